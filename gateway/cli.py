@@ -1,0 +1,39 @@
+"""`ipae-gateway` command line: one sub-command per module, imported only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# sub-command -> (module, help). Each module offers `add_arguments(parser)` and `run(args) -> int`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "decode": ("gateway.spec.decode_cli", "decode a captured APDU payload or ESipa/ES9+ body to JSON"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ipae-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(_module=module)
+        _load(module, "add_arguments")(p)
+    return parser
+
+
+def _load(module: str, attr: str) -> Callable[..., object]:
+    fn = getattr(importlib.import_module(module), attr)
+    assert callable(fn)
+    return fn  # type: ignore[no-any-return]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = _load(args._module, "run")(args)
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

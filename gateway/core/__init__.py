@@ -1,0 +1,1 @@
+"""The IPA engine: per-device state machines. Pure: no I/O, no asyncio, no sqlite3."""

@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop stand-ins and rigs: software eUICC, PKI, peers, device agent."""

@@ -1,0 +1,1 @@
+"""SM-DP+ and eIM peers for tests, demos and rigs."""
