@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -139,13 +141,69 @@ def test_encoded_sequences_walk_back_to_their_parts(parts: list[tuple[int, bytes
     assert b"".join(t.raw_of(buf) for t in walked) == buf
 
 
-@given(st.binary(max_size=64), st.integers(min_value=0, max_value=64))
+def _walk_all(buf: bytes, start: int, end: int) -> int:
+    seen = 0
+    for t in tlv.iter_tlvs(buf, start, end):
+        assert start <= t.start < t.value_start <= t.end <= end
+        seen += 1
+        if t.constructed:
+            seen += _walk_all(buf, t.value_start, t.end)
+    return seen
+
+
+@given(st.binary(max_size=96), st.integers(min_value=0, max_value=96))
 def test_garbage_only_ever_raises_decode_error(data: bytes, cut: int) -> None:
     try:
-        for t in tlv.iter_tlvs(data):
-            assert t.start < t.value_start <= t.end <= len(data)
-            if t.constructed:
-                tlv.children(data, t)
+        _walk_all(data, 0, len(data))
+    except DecodeError:
+        pass
+    try:
         tlv.read_tlv(data, 0, min(cut, len(data)))
     except DecodeError:
         pass
+
+
+@given(st.integers(min_value=0, max_value=300), st.integers(min_value=1, max_value=4))
+def test_non_minimal_long_form_lengths_are_walked_as_ber(length: int, octets: int) -> None:
+    if length >= 1 << (8 * octets):
+        return
+    buf = b"\x04" + bytes([0x80 | octets]) + length.to_bytes(octets, "big") + bytes(length)
+    assert tlv.read_single(buf) == Tlv(0x04, 0, 2 + octets, 2 + octets + length)
+
+
+ORACLE_ASN = """
+Oracle DEFINITIONS AUTOMATIC TAGS ::= BEGIN
+  Outer ::= [APPLICATION 54] SEQUENCE {
+    inner [35] SEQUENCE { id INTEGER, blob [APPLICATION 73] OCTET STRING },
+    items [3] SEQUENCE OF [6] OCTET STRING,
+    name [PRIVATE 300] UTF8String
+  }
+END
+"""
+
+
+@given(st.binary(max_size=400), st.lists(st.binary(max_size=300), max_size=5),
+       st.text(max_size=40), st.integers(min_value=-(2**40), max_value=2**40))
+def test_walker_agrees_with_asn1tools_der(blob: bytes, items: list[bytes], name: str, ident: int) -> None:
+    spec = _oracle()
+    value = {"inner": {"id": ident, "blob": blob}, "items": items, "name": name}
+    der = spec.encode("Outer", value)
+    outer = tlv.read_single(der)
+    assert outer.tag == 0x7F36
+    inner, seq, name_tlv = tlv.children(der, outer)
+    assert (inner.tag, seq.tag, name_tlv.tag) == (0xBF23, 0xA3, 0xDF822C)
+    assert tlv.child(der, inner, 0x5F49).value_of(der) == blob
+    assert [c.value_of(der) for c in tlv.children(der, seq)] == items
+    assert name_tlv.value_of(der) == name.encode()
+    assert [c.tag for c in tlv.children(der, inner)] == [0x02, 0x5F49]  # tagged components turn automatic tagging off
+
+
+_ORACLE: list[object] = []
+
+
+def _oracle() -> Any:
+    import asn1tools
+
+    if not _ORACLE:
+        _ORACLE.append(asn1tools.compile_string(ORACLE_ASN, "der"))
+    return _ORACLE[0]
