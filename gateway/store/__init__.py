@@ -1,1 +1,25 @@
+"""Durable state of the gateway in one SQLite file: registry, queues, sessions, audit log."""
 
+from gateway.store.aio import AsyncStore
+from gateway.store.audit import AuditLog, AuditRecord
+from gateway.store.backoff import BackoffPolicy, retry_delay
+from gateway.store.devices import Device, Devices
+from gateway.store.errors import (
+    IdempotencyConflict, LinkIdentityTaken, MigrationFailed, NotAGatewayDatabase, OutboxFull, SchemaTooNew,
+    StaleSession, StoreCorrupt, StoreDiskFull, StoreError, StoreIOError, StoreLocked, StoreReadOnly,
+    StoreUnavailable,
+)
+from gateway.store.inbox import Inbox, InboxEnqueued, InboxEntry, package_key
+from gateway.store.migrations import Migration, MigrationReport
+from gateway.store.outbox import Outbox, OutboxEnqueued, OutboxEntry, OutboxLimits, OutboxUsage
+from gateway.store.sessions import Session, Sessions
+from gateway.store.store import Store, StoreOptions
+
+__all__ = [
+    "AsyncStore", "AuditLog", "AuditRecord", "BackoffPolicy", "retry_delay", "Device", "Devices",
+    "IdempotencyConflict", "LinkIdentityTaken", "MigrationFailed", "NotAGatewayDatabase", "OutboxFull",
+    "SchemaTooNew", "StaleSession", "StoreCorrupt", "StoreDiskFull", "StoreError", "StoreIOError",
+    "StoreLocked", "StoreReadOnly", "StoreUnavailable", "Inbox", "InboxEnqueued", "InboxEntry",
+    "package_key", "Migration", "MigrationReport", "Outbox", "OutboxEnqueued", "OutboxEntry",
+    "OutboxLimits", "OutboxUsage", "Session", "Sessions", "Store", "StoreOptions",
+]

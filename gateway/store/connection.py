@@ -1,0 +1,146 @@
+"""One SQLite connection in WAL mode, and the only code that begins, commits or rolls back.
+
+The connection runs with `isolation_level=None` so the sqlite3 module never opens a transaction
+behind our back. `Db.atomic()` is the unit of work: the outermost block runs
+`BEGIN IMMEDIATE` (the write lock is taken up front, so a busy database fails at the start of
+a unit of work, never half-way through it) and `COMMIT`; nested blocks become SAVEPOINTs, so an
+inner failure that the caller catches undoes only the inner writes. Every sqlite3 exception
+leaves through `translate()` as a StoreError subclass, and after any failure the connection is
+back in autocommit with nothing half-written: what was committed before stays committed.
+
+`synchronous=FULL`: a commit is on disk when it returns, across a power cut too (the gateway
+answers an eIM push only after the package is committed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.store.errors import StoreError, translate
+
+log = logging.getLogger(__name__)
+
+Params = Sequence[Any]
+
+
+def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
+    """Open (or create) the database file and set the pragmas every connection needs."""
+    action = f"open database {path}"
+    try:
+        conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise translate(exc, action) from exc
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{action}: cannot switch to WAL journal mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise translate(exc, action) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Db:
+    """A connection plus transaction nesting; shared by every table module of one Store."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        self._depth = 0
+        # read by the audit table's DELETE trigger through ipae_audit_purge_allowed()
+        self.audit_purge_allowed = False
+        conn.create_function("ipae_audit_purge_allowed", 0, lambda: int(self.audit_purge_allowed))
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._depth > 0
+
+    @contextlib.contextmanager
+    def atomic(self, action: str = "transaction") -> Iterator[sqlite3.Connection]:
+        """All writes in the block commit together or not at all (nested: a savepoint)."""
+        if self._depth:
+            name = f"sp{self._depth}"
+            self._run(f"SAVEPOINT {name}", action)
+            self._depth += 1
+            try:
+                yield self.conn
+            except BaseException:
+                self._depth -= 1
+                self._quiet(f"ROLLBACK TO {name}")
+                self._quiet(f"RELEASE {name}")
+                raise
+            self._depth -= 1
+            self._run(f"RELEASE {name}", action)
+            return
+        self._run("BEGIN IMMEDIATE", action)
+        self._depth = 1
+        try:
+            yield self.conn
+        except sqlite3.Error as exc:
+            self._depth = 0
+            self._rollback()
+            raise translate(exc, action) from exc
+        except BaseException:
+            self._depth = 0
+            self._rollback()
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise translate(exc, f"{action} (commit)") from exc
+        finally:
+            self._depth = 0
+
+    def execute(self, sql: str, params: Params = (), *, action: str) -> sqlite3.Cursor:
+        """One statement, its sqlite3 errors translated; joins the open transaction if any."""
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise translate(exc, action) from exc
+
+    def executemany(self, sql: str, rows: Sequence[Params], *, action: str) -> sqlite3.Cursor:
+        try:
+            return self.conn.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise translate(exc, action) from exc
+
+    def fetchone(self, sql: str, params: Params = (), *, action: str) -> Any:
+        try:
+            return self.conn.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise translate(exc, action) from exc
+
+    def fetchall(self, sql: str, params: Params = (), *, action: str) -> list[Any]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise translate(exc, action) from exc
+
+    def _run(self, sql: str, action: str) -> None:
+        try:
+            self.conn.execute(sql)
+        except sqlite3.Error as exc:
+            raise translate(exc, action) from exc
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self._quiet("ROLLBACK")
+
+    def _quiet(self, sql: str) -> None:
+        # SQLite may already have rolled back by itself (SQLITE_FULL, IOERR): nothing left to undo
+        try:
+            self.conn.execute(sql)
+        except sqlite3.Error as exc:
+            log.debug("%s after a failed transaction: %s", sql, exc)
