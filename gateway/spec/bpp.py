@@ -17,7 +17,7 @@ Segments are slices of the received bytes (`gateway.spec.tlv` finds the offsets)
 decoded or re-encoded, so what the eUICC MACs is exactly what the SM-DP+ sent. Intermediate
 segments answer 9000 without data; only the last one answers ProfileInstallationResult
 (BF37), and a response with data before the last segment is an error result that ends the
-load. A package that is not shaped as above (missing or misplaced element, unknown tag,
+load (`segment_response` says which). A package that is not shaped as above (missing or misplaced element, unknown tag,
 trailing bytes) is refused with `DecodeError` before anything is sent to the card.
 """
 
@@ -148,3 +148,25 @@ def last_segment_index(segment_list: Sequence[object]) -> int:
 
 def is_last_segment(index: int, segment_list: Sequence[object]) -> bool:
     return index == last_segment_index(segment_list)
+
+
+def segment_response(index: int, segment_count: int, data: bytes, sw: int) -> bytes | None:
+    """What the response to segment `index` means for the load (SGP.22 §5.7.6).
+
+    None: the segment was accepted, send the next one. bytes: the ProfileInstallationResult
+    (BF37, exact bytes as received) that ends the load, either after the last segment or
+    early, as an error result. A failing status word raises its typed CardError.
+    """
+    if not 0 <= index < segment_count:
+        raise LocalProtocolError(f"segment {index} of {segment_count}")
+    apdu.check_sw(sw)
+    if data:
+        tag = tlv.read_single(data).tag
+        if tag != TAG_PROFILE_INSTALLATION_RESULT:
+            raise DecodeError(f"segment {index} answered tag {tag:X}, expected BF37",
+                              type_name="ProfileInstallationResult", offset=0)
+        return data
+    if index == segment_count - 1:
+        raise DecodeError("the last segment answered no ProfileInstallationResult",
+                          type_name="ProfileInstallationResult")
+    return None

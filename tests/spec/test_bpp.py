@@ -192,3 +192,29 @@ def test_bpp_encoded_by_the_codec_is_segmented_into_its_parts() -> None:
     assert segs[5] == t(0xA2, t(0x87, b"\x04" * 40))
     assert segs[7:] == [t(0x86, b"\x05" * 1020), t(0x86, b"\x06" * 1020), t(0x86, b"\x07" * 5)]
     assert codec.decode("BoundProfilePackage", data) == value
+
+
+RESULT = h("BF37 06 BF27 03 800101")
+
+
+def test_segment_response_goes_on_after_an_empty_9000() -> None:
+    assert bpp.segment_response(0, 9, b"", 0x9000) is None
+
+
+def test_segment_response_returns_the_result_bytes_early_or_last() -> None:
+    assert bpp.segment_response(3, 9, RESULT, 0x9000) == RESULT
+    assert bpp.segment_response(8, 9, RESULT, 0x9000) == RESULT
+
+
+def test_segment_response_refuses_a_silent_last_segment_and_foreign_data() -> None:
+    with pytest.raises(DecodeError, match="no ProfileInstallationResult"):
+        bpp.segment_response(8, 9, b"", 0x9000)
+    with pytest.raises(DecodeError, match="expected BF37"):
+        bpp.segment_response(2, 9, h("BF2000"), 0x9000)
+    with pytest.raises(DecodeError):
+        bpp.segment_response(2, 9, h("BF3705"), 0x9000)
+
+
+def test_segment_response_raises_typed_card_error() -> None:
+    with pytest.raises(apdu.ConditionsNotSatisfied):
+        bpp.segment_response(1, 9, b"", 0x6985)
