@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 # sub-command -> (module, help). Each module offers `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("gateway.spec.decode_cli", "decode a captured APDU payload or ESipa/ES9+ body to JSON"),
+    "check-config": ("gateway.service.check_config_cli", "validate the configuration without starting (exit 2 if invalid)"),
 }
 
 
