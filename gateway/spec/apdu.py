@@ -227,8 +227,11 @@ def get_response(le: int) -> bytes:
 
 
 def store_data_block_count(payload_len: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
+    """How many STORE DATA blocks `store_data` makes of a payload of `payload_len` bytes."""
     _check_segment_size(segment_size)
-    return max(1, -(-payload_len // segment_size))
+    if payload_len <= 0:
+        raise LocalProtocolError("STORE DATA needs a payload: an ES10 function is at least one TLV")
+    return -(-payload_len // segment_size)
 
 
 def _check_segment_size(segment_size: int) -> None:
