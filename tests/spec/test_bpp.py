@@ -3,10 +3,12 @@ sequences per segment, round trips and a fuzz test."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import DecodeError
@@ -218,3 +220,56 @@ def test_segment_response_refuses_a_silent_last_segment_and_foreign_data() -> No
 def test_segment_response_raises_typed_card_error() -> None:
     with pytest.raises(apdu.ConditionsNotSatisfied):
         bpp.segment_response(1, 9, b"", 0x6985)
+
+
+_PYCRATE: list[Any] = []
+
+
+def pycrate_rsp() -> Any:
+    """RSPDefinitions as compiled by pycrate in asn1play: an independent DER encoder (test-only)."""
+    if not _PYCRATE:
+        mod = importlib.import_module(
+            "asn1_play.generated_code.asn1.GSMA.SGP_32.v1_2.python_gen.sgp32.sgp32")
+        _PYCRATE.append(mod.GLOBAL.MOD["RSPDefinitions"])
+    return _PYCRATE[0]
+
+
+def pycrate_der(type_name: str, value: Any, component: str | None = None) -> bytes:
+    t = pycrate_rsp()[type_name]
+    if component is not None:
+        t = t._cont[component]
+    t.set_val(value)
+    return bytes(t.to_der())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.binary(max_size=300), min_size=1, max_size=3),
+    st.lists(st.binary(max_size=1100), min_size=1, max_size=4),
+    st.one_of(st.none(), st.binary(min_size=1, max_size=80)),
+    st.binary(min_size=1, max_size=16),
+)
+def test_bpp_encoded_by_pycrate_is_cut_into_its_independently_encoded_parts(
+        metadata: list[bytes], elements: list[bytes], keys: bytes | None, host_id: bytes) -> None:
+    isc = {"remoteOpId": 1, "transactionId": bytes(range(16)),
+           "controlRefTemplate": {"keyType": b"\x88", "keyLen": b"\x10", "hostId": host_id},
+           "smdpOtpk": b"\x04" + bytes(64), "smdpSign": bytes(range(64))}
+    value: dict[str, Any] = {"initialiseSecureChannelRequest": isc, "firstSequenceOf87": [b"\x87" * 32],
+                             "sequenceOf88": metadata, "sequenceOf86": elements}
+    if keys is not None:
+        value["secondSequenceOf87"] = [keys]
+    data = pycrate_der("BoundProfilePackage", value)
+    segs = bpp.segments(data)
+
+    isc_der = pycrate_der("InitialiseSecureChannelRequest", isc)
+    assert segs[0].endswith(isc_der) and tlv.read_tlv(segs[0]).tag == 0xBF36
+    assert segs[1] == pycrate_der("BoundProfilePackage", [b"\x87" * 32], "firstSequenceOf87")
+    a1 = pycrate_der("BoundProfilePackage", metadata, "sequenceOf88")
+    assert segs[2] + b"".join(segs[3:3 + len(metadata)]) == a1
+    rest = segs[3 + len(metadata):]
+    if keys is not None:
+        assert rest[0] == pycrate_der("BoundProfilePackage", [keys], "secondSequenceOf87")
+        rest = rest[1:]
+    assert b"".join(rest) == pycrate_der("BoundProfilePackage", elements, "sequenceOf86")
+    assert len(rest) == 1 + len(elements)
+    assert b"".join(segs) == data
