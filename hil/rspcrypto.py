@@ -24,7 +24,10 @@ Theory of operation. Everything here is a thin, spec-shaped layer over `cryptogr
 
 Where a detail is recalled from the specification rather than read from it, the comment
 says so; both peers of this project use this one module, so they agree by construction,
-while signatures stay checkable by any independent ECDSA implementation.
+while signatures stay checkable by any independent ECDSA implementation. Recalled, not
+checked against the SGP.22 text: the exact SharedInfo layout (`kdf_shared_info`), that the
+block counter also advances on C-MAC-only ('88') segments, and that a session built from
+ReplaceSessionKeys (PPK-ENC/PPK-CMAC) starts its block counter at 1 again.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from __future__ import annotations
 import hmac
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from cryptography import x509
@@ -249,7 +252,7 @@ class Scp03tSession:
     s_mac: bytes
     mac_chaining_value: bytes
     block_counter: int = 1
-    segments: int = field(default=0)
+    segments: int = 0        # segments accepted so far, named in error messages
 
     @classmethod
     def from_keys(cls, keys: SessionKeys) -> Scp03tSession:

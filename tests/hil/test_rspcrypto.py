@@ -117,6 +117,18 @@ def test_rs_der_conversion_round_trips_and_keeps_leading_zero_padding(r: int, s:
     assert rc.der_to_rs(rc.rs_to_der(rs)) == rs
 
 
+def test_brainpool_p256r1_signatures_and_ecka_work_the_same_way() -> None:
+    curve = ec.BrainpoolP256R1()
+    key, peer = rc.generate_key(curve), rc.generate_key(curve)
+    sig = rc.sign_rs(key, b"data")
+    assert len(sig) == 64
+    rc.verify_rs(key.public_key(), b"data", sig)
+    key.public_key().verify(rc.rs_to_der(sig, curve), b"data", ec.ECDSA(hashes.SHA256()))
+    assert rc.ecka_shared_secret(key, peer.public_key()) == rc.ecka_shared_secret(peer, key.public_key())
+    point = rc.public_key_bytes(peer.public_key())
+    assert rc.public_key_from_bytes(point, curve).public_numbers() == peer.public_key().public_numbers()
+
+
 def test_verify_rs_with_certificate_uses_the_certificate_key(pki: RspPki) -> None:
     data = b"smdpSigned2"
     rc.verify_rs_with_certificate(pki.dpauth.cert, data, rc.sign_rs(pki.dpauth.key, data))
