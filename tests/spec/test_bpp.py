@@ -262,7 +262,8 @@ def test_bpp_encoded_by_pycrate_is_cut_into_its_independently_encoded_parts(
     segs = bpp.segments(data)
 
     isc_der = pycrate_der("InitialiseSecureChannelRequest", isc)
-    assert segs[0].endswith(isc_der) and tlv.read_tlv(segs[0]).tag == 0xBF36
+    assert segs[0].endswith(isc_der) and segs[0][:2] == h("BF36")
+    assert segs[0][:-len(isc_der)] == tlv.header(0xBF36, len(data) - len(segs[0]) + len(isc_der))
     assert segs[1] == pycrate_der("BoundProfilePackage", [b"\x87" * 32], "firstSequenceOf87")
     a1 = pycrate_der("BoundProfilePackage", metadata, "sequenceOf88")
     assert segs[2] + b"".join(segs[3:3 + len(metadata)]) == a1
