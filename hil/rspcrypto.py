@@ -24,10 +24,11 @@ Theory of operation. Everything here is a thin, spec-shaped layer over `cryptogr
 
 Where a detail is recalled from the specification rather than read from it, the comment
 says so; both peers of this project use this one module, so they agree by construction,
-while signatures stay checkable by any independent ECDSA implementation. Recalled, not
-checked against the SGP.22 text: the exact SharedInfo layout (`kdf_shared_info`), that the
-block counter also advances on C-MAC-only ('88') segments, and that a session built from
-ReplaceSessionKeys (PPK-ENC/PPK-CMAC) starts its block counter at 1 again.
+while signatures stay checkable by any independent ECDSA implementation. Recalled rather
+than read in SGP.22: the SharedInfo layout (`kdf_shared_info`), that the block counter also
+advances on C-MAC-only ('88') segments, and that a session built from ReplaceSessionKeys
+(PPK-ENC/PPK-CMAC) starts its block counter at 1 again. All three agree with published
+known answers recorded from a third-party SM-DP+ (tests/hil/test_rspcrypto.py).
 """
 
 from __future__ import annotations
@@ -195,9 +196,9 @@ def kdf_shared_info(*, key_type: int, key_length: int, host_id: bytes, eid: byte
     SharedInfo = keyType (1 octet, '88' = AES) || keyLength (1 octet, '10' = 16)
                  || hostId as LV || EID as LV,
     with keyType, keyLength and hostId the values the SM-DP+ put in the controlRefTemplate
-    (tags 80, 81, 84) of InitialiseSecureChannel and the EID the 16-byte EID. Recalled from
-    SGP.22 (v3.0 numbers the clause 2.6.4.2); a public SM-DP+ implementation builds the same
-    bytes. The GlobalPlatform Amendment E key-usage octet is *not* part of it in SGP.22.
+    (tags 80, 81, 84) of InitialiseSecureChannel and the EID the 16-byte EID (v3.0 numbers
+    the clause 2.6.4.2). Recalled, then confirmed by known answers from a third-party SM-DP+.
+    Unlike GlobalPlatform Amendment E, no key-usage octet precedes keyType.
     """
     if not 0 <= key_type <= 0xFF or not 0 <= key_length <= 0xFF:
         raise ValueError("keyType and keyLength are single octets")

@@ -187,6 +187,58 @@ def test_euicc_and_smdp_derive_the_same_session_keys_from_their_own_key_halves()
     assert other_eid != on_dp
 
 
+# Known answers published with osmocom pySim's BSP unit tests (recorded from a third-party
+# SM-DP+ trace): data, not code. They pin the SharedInfo layout, the key order, the ICV
+# counter (advancing on the C-MAC-only '88' too) and the MAC input against another vendor.
+KAT_HOST_ID = b"\x80" * 8
+
+
+@pytest.mark.parametrize(("shs", "eid", "mcv", "s_enc", "s_mac"), [
+    ("8902dca391bbb22570fe60c176076246f568b1941265dff1d729e63039658089",
+     "89049032123451234512345678901335", "734bc93ddb10c71c5ad13d420dc08b5b",
+     "d782d575b22a38334556a3d9a1e2ae6b", "a35addc192ae8f934e2932116c7e89e7"),
+    ("c9a993dd4879a8f7161f2085410edd4f9652f1df37be097ba96ba2ca6be528fe",
+     "89049032123451234512345678901235", "406d507b448a699e7a36a38494debbde",
+     "472f5bfadd97f21d34f3ce9b51b92751", "9ec07f5b36a13e12a991d66e294e6242"),
+])
+def test_kdf_matches_published_known_answers(shs: str, eid: str, mcv: str, s_enc: str, s_mac: str) -> None:
+    keys = rc.derive_session_keys(bytes.fromhex(shs), host_id=KAT_HOST_ID, eid=bytes.fromhex(eid))
+    assert keys == rc.SessionKeys(bytes.fromhex(mcv), bytes.fromhex(s_enc), bytes.fromhex(s_mac))
+
+
+KAT_SEGMENTS = [
+    (0x87, "bf2400", "8718f6fe031e4b9cfe87c8e1e62f3fde85c49412d7722a6a2d89"),
+    (0x88, "bf252d5a0a98001032547698103214910947534d415f54455354921147534d415f544553545f50524f46494c45950100",
+     "8838bf252d5a0a98001032547698103214910947534d415f54455354921147534d415f544553545f50524f46494c45"
+     "9501008a62cc9adbb5ccbc"),
+    (0x87, "bf26368010000102030405060708090a0b0c0d0e0f8110010102030405060708090a0b0c0d0e0f8210020102030405"
+           "060708090a0b0c0d0e0f",
+     "8748a14c800a001992351cd46ad2945654674369701d82b7b46567652bc8fbed234939fc57fba748015525fd6c651e9d3d"
+     "1330652d42a0cfad950e912122af4ec5362d3c0bc535729c40"),
+]
+
+
+def test_scp03t_segments_match_a_third_party_smdp_and_unprotect_back() -> None:
+    keys = rc.SessionKeys(bytes.fromhex("406d507b448a699e7a36a38494debbde"),
+                          bytes.fromhex("472f5bfadd97f21d34f3ce9b51b92751"),
+                          bytes.fromhex("9ec07f5b36a13e12a991d66e294e6242"))
+    dp, euicc = rc.Scp03tSession.from_keys(keys), rc.Scp03tSession.from_keys(keys)
+    for tag, plain, protected in KAT_SEGMENTS:
+        assert rc.protect_segment(dp, tag, bytes.fromhex(plain)).hex() == protected
+        assert rc.unprotect_segment(euicc, bytes.fromhex(protected)) == bytes.fromhex(plain)
+
+
+def test_session_from_replace_session_keys_starts_its_block_counter_at_one() -> None:
+    # The third KAT segment carries ReplaceSessionKeys {MCV 00.., PPK-ENC 01 01.., PPK-CMAC 02 01..};
+    # the third party's first '86' under those keys starts (after 86 82 03 f8) with these two
+    # ciphertext blocks. CBC makes them depend on the first 32 plaintext bytes and the ICV only.
+    ppk = rc.Scp03tSession(s_enc=bytes([1]) + bytes(range(1, 16)), s_mac=bytes([2]) + bytes(range(1, 16)),
+                           mac_chaining_value=bytes(range(16)))
+    first_32 = bytes.fromhex("a048800102810101821a53494d616c6c69616e63652053616d706c652050726f")
+    seg = rc.protect_segment(ppk, 0x86, first_32)
+    assert seg[2:34].hex() == "0fd36b066b43e53906b33263c4141d18036fcac7bde47faed79e76514d39f1f4"
+
+
 def test_derive_session_keys_refuses_other_key_types() -> None:
     with pytest.raises(rc.RspCryptoError, match="unsupported"):
         rc.derive_session_keys(bytes(32), host_id=b"", eid=EID, key_type=0x80)
