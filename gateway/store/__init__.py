@@ -6,7 +6,7 @@ from gateway.store.backoff import BackoffPolicy, retry_delay
 from gateway.store.devices import Device, Devices
 from gateway.store.errors import (
     IdempotencyConflict, LinkIdentityTaken, MigrationFailed, NotAGatewayDatabase, OutboxFull, SchemaTooNew,
-    StaleSession, StoreCorrupt, StoreDiskFull, StoreError, StoreIOError, StoreLocked, StoreReadOnly,
+    StaleSession, StoreCorrupt, StoreDiskFull, StoreError, StoreIntegrityError, StoreIOError, StoreLocked, StoreReadOnly,
     StoreUnavailable,
 )
 from gateway.store.inbox import Inbox, InboxEnqueued, InboxEntry, package_key
@@ -18,7 +18,7 @@ from gateway.store.store import Store, StoreOptions
 __all__ = [
     "AsyncStore", "AuditLog", "AuditRecord", "BackoffPolicy", "retry_delay", "Device", "Devices",
     "IdempotencyConflict", "LinkIdentityTaken", "MigrationFailed", "NotAGatewayDatabase", "OutboxFull",
-    "SchemaTooNew", "StaleSession", "StoreCorrupt", "StoreDiskFull", "StoreError", "StoreIOError",
+    "SchemaTooNew", "StaleSession", "StoreCorrupt", "StoreDiskFull", "StoreError", "StoreIntegrityError", "StoreIOError",
     "StoreLocked", "StoreReadOnly", "StoreUnavailable", "Inbox", "InboxEnqueued", "InboxEntry",
     "package_key", "Migration", "MigrationReport", "Outbox", "OutboxEnqueued", "OutboxEntry",
     "OutboxLimits", "OutboxUsage", "Session", "Sessions", "Store", "StoreOptions",

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.store.errors import StoreError, translate
+from gateway.store.errors import StoreError, StoreIOError, StoreReadOnly, StoreUnavailable, translate
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
     except sqlite3.Error as exc:
-        raise translate(exc, action) from exc
+        raise explain(translate(exc, action), path) from exc
     try:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -44,11 +45,25 @@ def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
     except sqlite3.Error as exc:
         conn.close()
-        raise translate(exc, action) from exc
+        raise explain(translate(exc, action), path) from exc
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def explain(err: StoreError, path: Path) -> StoreError:
+    """SQLite reports a read-only mount as CANTOPEN or IOERR; say what it is when we can tell."""
+    if isinstance(err, (StoreUnavailable, StoreIOError, StoreReadOnly)):
+        try:
+            read_only = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        if read_only:
+            new = StoreReadOnly(f"{err} (the file system holding {path.parent} is mounted read-only)")
+            new.__cause__ = err.__cause__
+            return new
+    return err
 
 
 class Db:
@@ -90,7 +105,7 @@ class Db:
         except sqlite3.Error as exc:
             self._depth = 0
             self._rollback()
-            raise translate(exc, action) from exc
+            raise self._translate(exc, action) from exc
         except BaseException:
             self._depth = 0
             self._rollback()
@@ -99,7 +114,7 @@ class Db:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            raise translate(exc, f"{action} (commit)") from exc
+            raise self._translate(exc, f"{action} (commit)") from exc
         finally:
             self._depth = 0
 
@@ -108,31 +123,31 @@ class Db:
         try:
             return self.conn.execute(sql, params)
         except sqlite3.Error as exc:
-            raise translate(exc, action) from exc
+            raise self._translate(exc, action) from exc
 
     def executemany(self, sql: str, rows: Sequence[Params], *, action: str) -> sqlite3.Cursor:
         try:
             return self.conn.executemany(sql, rows)
         except sqlite3.Error as exc:
-            raise translate(exc, action) from exc
+            raise self._translate(exc, action) from exc
 
     def fetchone(self, sql: str, params: Params = (), *, action: str) -> Any:
         try:
             return self.conn.execute(sql, params).fetchone()
         except sqlite3.Error as exc:
-            raise translate(exc, action) from exc
+            raise self._translate(exc, action) from exc
 
     def fetchall(self, sql: str, params: Params = (), *, action: str) -> list[Any]:
         try:
             return self.conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise translate(exc, action) from exc
+            raise self._translate(exc, action) from exc
 
     def _run(self, sql: str, action: str) -> None:
         try:
             self.conn.execute(sql)
         except sqlite3.Error as exc:
-            raise translate(exc, action) from exc
+            raise self._translate(exc, action) from exc
 
     def _rollback(self) -> None:
         if self.conn.in_transaction:
@@ -144,3 +159,6 @@ class Db:
             self.conn.execute(sql)
         except sqlite3.Error as exc:
             log.debug("%s after a failed transaction: %s", sql, exc)
+
+    def _translate(self, exc: sqlite3.Error, action: str) -> StoreError:
+        return explain(translate(exc, action), self.path)

@@ -15,7 +15,7 @@ from gateway.errors import StoreError
 
 __all__ = [
     "StoreError", "StoreDiskFull", "StoreReadOnly", "StoreLocked", "StoreCorrupt", "StoreIOError",
-    "StoreUnavailable", "OutboxFull", "IdempotencyConflict", "StaleSession", "LinkIdentityTaken",
+    "StoreUnavailable", "StoreIntegrityError", "OutboxFull", "IdempotencyConflict", "StaleSession", "LinkIdentityTaken",
     "MigrationFailed", "SchemaTooNew", "NotAGatewayDatabase", "translate",
 ]
 
@@ -29,6 +29,7 @@ SQLITE_IOERR = 10
 SQLITE_CORRUPT = 11
 SQLITE_FULL = 13
 SQLITE_CANTOPEN = 14
+SQLITE_CONSTRAINT = 19
 SQLITE_NOTADB = 26
 
 
@@ -54,6 +55,12 @@ class StoreUnavailable(StoreError):
 
 class StoreCorrupt(StoreError):
     """SQLITE_CORRUPT / SQLITE_NOTADB: the file is damaged or not a database; needs an operator."""
+
+    retryable = False
+
+
+class StoreIntegrityError(StoreError):
+    """SQLITE_CONSTRAINT: a write broke a schema constraint; a bug, retrying cannot help."""
 
     retryable = False
 
@@ -117,6 +124,7 @@ _BY_CODE: dict[int, tuple[type[StoreError], str]] = {
     SQLITE_NOTADB: (StoreCorrupt, "file is not an SQLite database"),
     SQLITE_CANTOPEN: (StoreUnavailable, "cannot open the database file"),
     SQLITE_NOMEM: (StoreError, "out of memory"),
+    SQLITE_CONSTRAINT: (StoreIntegrityError, "constraint violated"),
 }
 
 

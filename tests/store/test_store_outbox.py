@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import pytest
+
+from gateway.store import BackoffPolicy, IdempotencyConflict, OutboxFull, OutboxLimits, Store, StoreOptions, retry_delay
+from gateway.store import breaker
+
+EIM = "eim.example.com"
+DP = "smdp.example.com"
+
+
+def test_enqueue_same_key_twice_is_one_entry_also_after_ack(store: Store) -> None:
+    a = store.outbox.enqueue(EIM, "eim1/tx1/result", "ProvideEimPackageResult", b"r1", now=1.0)
+    b = store.outbox.enqueue(EIM, "eim1/tx1/result", "ProvideEimPackageResult", b"r1", now=2.0)
+    assert a.new and not b.new and a.id == b.id
+    store.outbox.ack([e.id for e in store.outbox.lease(EIM, now=3.0)], now=3.0)
+    c = store.outbox.enqueue(EIM, "eim1/tx1/result", "ProvideEimPackageResult", b"r1", now=4.0)
+    assert not c.new and store.outbox.is_acked(EIM, "eim1/tx1/result")
+    assert store.outbox.lease(EIM, now=5.0) == []
+    store.outbox.enqueue(EIM, "k2", "x", b"a", now=1.0)
+    with pytest.raises(IdempotencyConflict):
+        store.outbox.enqueue(EIM, "k2", "x", b"b", now=1.0)
+
+
+def test_drains_oldest_first_per_server(store: Store) -> None:
+    for i in range(10):
+        store.outbox.enqueue(EIM if i % 2 else DP, f"k{i}", "n", bytes([i]), now=float(i))
+    first = store.outbox.lease(EIM, now=100.0, limit=3)
+    second = store.outbox.lease(EIM, now=100.0, limit=3)
+    assert [e.key for e in first] == ["k1", "k3", "k5"]
+    assert [e.key for e in second] == ["k7", "k9"]  # leased entries are not handed out twice
+    assert [e.key for e in store.outbox.lease(DP, now=100.0)] == ["k0", "k2", "k4", "k6", "k8"]
+
+
+def test_crash_between_send_and_ack_resends_after_lease_expiry(db_path: Path) -> None:
+    with Store.open(db_path) as s:
+        s.outbox.enqueue(EIM, "k", "n", b"payload", now=0.0)
+        sent = s.outbox.lease(EIM, now=10.0, lease_s=30.0)
+        assert [e.key for e in sent] == ["k"]
+        # process dies here: the eIM got the message, the ack never reached the disk
+    with Store.open(db_path) as s:
+        assert s.outbox.lease(EIM, now=20.0) == []  # the lease still holds
+        again = s.outbox.lease(EIM, now=40.0)
+        assert [(e.key, e.payload) for e in again] == [("k", b"payload")]
+        s.outbox.ack([again[0].id], now=41.0)
+        assert s.outbox.usage().entries == 0
+
+
+def test_release_leases_at_startup_makes_entries_due_at_once(db_path: Path) -> None:
+    with Store.open(db_path) as s:
+        s.outbox.enqueue(EIM, "k", "n", b"x", now=0.0)
+        s.outbox.lease(EIM, now=1.0, lease_s=3600.0)
+    with Store.open(db_path) as s:
+        assert s.outbox.release_leases() == 1
+        assert [e.key for e in s.outbox.lease(EIM, now=2.0)] == ["k"]
+
+
+def test_nack_backs_off_with_jitter_and_counts_attempts(store: Store) -> None:
+    policy = store.outbox.backoff
+    entry = store.outbox.enqueue(EIM, "k", "n", b"x", now=0.0)
+    now = 0.0
+    for attempt in range(1, 8):
+        leased = store.outbox.lease(EIM, now=now)
+        assert [e.id for e in leased] == [entry.id] and leased[0].attempts == attempt - 1
+        at = store.outbox.nack(entry.id, now=now, error="HTTP 503")
+        assert at is not None
+        ceiling = min(policy.cap_s, policy.base_s * 2 ** (attempt - 1))
+        assert now + ceiling / 2 <= at <= now + ceiling
+        assert store.outbox.lease(EIM, now=at - 0.001) == []
+        assert store.outbox.next_due(EIM) == at
+        now = at
+    assert store.outbox.pending(EIM)[0].last_error == "HTTP 503"
+
+
+def test_retry_delay_is_bounded_and_deterministic() -> None:
+    p = BackoffPolicy(base_s=1.0, cap_s=60.0)
+    assert retry_delay(1, p, 0.0) == 0.5 and retry_delay(1, p, 0.999) < 1.0
+    assert retry_delay(100, p, 0.5) == 45.0
+    r1, r2 = random.Random(3), random.Random(3)
+    assert [retry_delay(5, p, r1.random()) for _ in range(5)] == [retry_delay(5, p, r2.random()) for _ in range(5)]
+    with pytest.raises(ValueError):
+        retry_delay(0, p, 0.0)
+
+
+def test_bound_alarms_before_full_and_full_loses_nothing(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    limits = OutboxLimits(max_entries=10, max_bytes=10_000, alarm_ratio=0.8)
+    with Store.open(db_path, StoreOptions(outbox_limits=limits)) as s:
+        levels = [s.outbox.enqueue(EIM, f"k{i}", "n", b"x" * 10, now=float(i)).level for i in range(10)]
+        assert levels == ["ok"] * 7 + ["alarm", "alarm", "full"]
+        assert "above 80% of its limit" in caplog.text
+        with pytest.raises(OutboxFull) as info:
+            s.outbox.enqueue(EIM, "k10", "n", b"x", now=11.0)
+        assert info.value.retryable and info.value.entries == 10
+        # a duplicate of something already stored is still recognised while full
+        assert not s.outbox.enqueue(EIM, "k3", "n", b"x" * 10, now=12.0).new
+        s.outbox.ack([e.id for e in s.outbox.lease(EIM, now=20.0, limit=1)], now=20.0)
+        assert s.outbox.enqueue(EIM, "k10", "n", b"x", now=21.0).new
+    with Store.open(db_path, StoreOptions(outbox_limits=limits)) as s:
+        assert [e.key for e in s.outbox.pending()] == [f"k{i}" for i in range(1, 11)]
+
+
+def test_byte_bound_counts_payload_sizes(db_path: Path) -> None:
+    limits = OutboxLimits(max_entries=1000, max_bytes=100)
+    with Store.open(db_path, StoreOptions(outbox_limits=limits)) as s:
+        s.outbox.enqueue(EIM, "a", "n", b"x" * 60, now=0.0)
+        with pytest.raises(OutboxFull):
+            s.outbox.enqueue(EIM, "b", "n", b"x" * 41, now=0.0)
+        s.outbox.enqueue(EIM, "b", "n", b"x" * 40, now=0.0)
+        assert (s.outbox.usage().entries, s.outbox.usage().payload_bytes, s.outbox.usage().level) == (2, 100, "full")
+
+
+def test_purge_acked_forgets_tombstones_only(store: Store) -> None:
+    store.outbox.enqueue(EIM, "a", "n", b"1", now=0.0)
+    store.outbox.enqueue(EIM, "b", "n", b"2", now=0.0)
+    store.outbox.ack([store.outbox.lease(EIM, now=1.0, limit=1)[0].id], now=1.0)
+    assert store.outbox.purge_acked(older_than=2.0) == 1
+    assert [e.key for e in store.outbox.pending()] == ["b"]
+    assert store.outbox.enqueue(EIM, "a", "n", b"1", now=3.0).new
+
+
+def test_breaker_opens_probes_and_closes() -> None:
+    p = breaker.BreakerPolicy(failure_threshold=3, open_s=10.0, max_open_s=35.0)
+    b = breaker.BreakerState()
+    for t in range(3):
+        ok, b = breaker.allow(b, float(t))
+        assert ok
+        b = breaker.record_failure(b, float(t), p)
+    assert b.state == "open" and breaker.retry_at(b) == 12.0
+    assert breaker.allow(b, 11.9) == (False, b)
+    ok, b = breaker.allow(b, 12.0)
+    assert ok and b.state == "half_open"
+    assert not breaker.allow(b, 12.5)[0]  # one probe at a time
+    b = breaker.record_failure(b, 13.0, p)
+    assert (b.state, b.open_s) == ("open", 20.0)
+    ok, b = breaker.allow(b, 33.0)
+    b = breaker.record_failure(b, 33.0, p)
+    assert b.open_s == 35.0  # capped
+    ok, b = breaker.allow(b, 68.0)
+    assert ok and breaker.record_success(b) == breaker.BreakerState()
+
+
+def test_breaker_state_survives_restart_and_a_lost_probe_reopens(db_path: Path) -> None:
+    with Store.open(db_path) as s:
+        s.outbox.save_breaker(EIM, breaker.BreakerState("half_open", 5, 100.0, 30.0), now=130.0)
+        s.outbox.save_breaker(DP, breaker.BreakerState("open", 5, 100.0, 30.0), now=130.0)
+    with Store.open(db_path) as s:
+        assert s.outbox.load_breaker(EIM) == breaker.BreakerState("open", 5, 100.0, 30.0)
+        assert s.outbox.load_breaker(DP).state == "open"
+        assert s.outbox.load_breaker("other") == breaker.BreakerState()
