@@ -1,0 +1,213 @@
+"""Device link over CoAP (RFC 7252) with DTLS PSK (aiocoap + tinydtls), block-wise (RFC 7959).
+
+Theory of operation. One resource per device, ``/ipae/v1/<eid-hex>``, takes POST: the request
+payload is one encoded uplink, the response payload the one downlink (content format 63,
+application/cbor-seq). aiocoap reassembles Block1 uploads and serves large downlinks as Block2
+blocks of 1 KB from its per-resource cache; the first block carries Size2, so an agent knows how
+many blocks follow and may fetch them in parallel (random access, RFC 7959 §2.4).
+
+Security. The DTLS server (aiocoap's experimental ``tinydtls_server`` transport) looks up the
+client's PSK identity through `RegistryCredentials`, a CredentialsMap bound to the
+`DeviceRegistry`: the handshake succeeds only with the PSK registered for that identity, and
+aiocoap then reports the identity as the request's authenticated claim. The resource maps the
+claim to the one EID bound to it and answers 4.03 (ErrorMsg FORBIDDEN) when the URI names another
+EID or the payload claims another EID. Plain CoAP (no DTLS) exists only for labs and only when
+`allow_plain=True`: the URI's EID is then trusted as is.
+
+Oversized uploads are cut off while they stream in (4.13 before the whole body is spooled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiocoap
+import aiocoap.credentials
+import aiocoap.error
+import aiocoap.resource
+from aiocoap.numbers import codes
+
+from gateway.errors import AccessDenied, UnknownDevice
+from gateway.links.base import DeviceRegistry, UplinkHandler, answer
+from gateway.links.protocol import ErrorCode, ErrorMsg, Downlink, encode_downlink
+
+log = logging.getLogger(__name__)
+
+RESOURCE_PREFIX = ("ipae", "v1")
+CONTENT_FORMAT_CBOR_SEQ = 63
+BLOCK_SIZE = 1024
+DEFAULT_MAX_UPLINK = 64 * 1024
+
+_CODE_FOR_ERROR = {
+    ErrorCode.UNSUPPORTED_VERSION: codes.BAD_REQUEST,
+    ErrorCode.MALFORMED: codes.BAD_REQUEST,
+    ErrorCode.TOO_LARGE: codes.REQUEST_ENTITY_TOO_LARGE,
+    ErrorCode.FORBIDDEN: codes.FORBIDDEN,
+    ErrorCode.UNKNOWN_DEVICE: codes.FORBIDDEN,
+    ErrorCode.UNEXPECTED: codes.CONFLICT,
+    ErrorCode.INTERNAL: codes.INTERNAL_SERVER_ERROR,
+}
+
+
+def resource_path(eid: bytes) -> tuple[str, ...]:
+    return (*RESOURCE_PREFIX, eid.hex())
+
+
+class RegistryCredentials(aiocoap.credentials.CredentialsMap):  # type: ignore[misc]
+    """aiocoap server credentials answered from the DeviceRegistry (dict lookup per handshake).
+
+    aiocoap's own map scans every entry for each handshake; this keeps the lookup O(1) for fleets.
+    The returned claim is the PSK identity, which the resource maps back to its EID.
+    """
+
+    def __init__(self, registry: DeviceRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def find_dtls_psk(self, identity: bytes) -> tuple[bytes, str]:
+        try:
+            device = self._registry.by_identity(identity.decode("utf-8"))
+        except (UnicodeDecodeError, UnknownDevice):
+            raise KeyError(identity) from None
+        return device.secret, device.identity
+
+    def __bool__(self) -> bool:
+        # aiocoap replaces a falsy (empty) map with a fresh one; this map's entries live elsewhere
+        return True
+
+
+class _ProtocolReply(aiocoap.error.RenderableError):  # type: ignore[misc]
+    """An ErrorMsg rendered with the CoAP code that matches it."""
+
+    def __init__(self, downlink: ErrorMsg) -> None:
+        super().__init__(downlink.text)
+        self.downlink = downlink
+
+    def to_message(self) -> aiocoap.Message:
+        return _message_for(self.downlink, encode_downlink(self.downlink))
+
+
+def _message_for(downlink: Downlink, payload: bytes) -> aiocoap.Message:
+    code = codes.CHANGED
+    if isinstance(downlink, ErrorMsg):
+        code = _CODE_FOR_ERROR.get(ErrorCode(downlink.code) if downlink.code in ErrorCode._value2member_map_
+                                   else ErrorCode.INTERNAL, codes.INTERNAL_SERVER_ERROR)
+    msg = aiocoap.Message(code=code, payload=payload, content_format=CONTENT_FORMAT_CBOR_SEQ)
+    if len(payload) > BLOCK_SIZE:
+        msg.opt.size2 = len(payload)
+    return msg
+
+
+class DeviceLinkResource(aiocoap.resource.Resource):  # type: ignore[misc]
+    """The server site: every request goes here; the path names the device."""
+
+    def __init__(self, handler: UplinkHandler, registry: DeviceRegistry, *, max_uplink: int,
+                 plain: bool) -> None:
+        super().__init__()
+        self._handler = handler
+        self._registry = registry
+        self._max_uplink = max_uplink
+        self._plain = plain
+        self.exchanges = 0
+        self.refused = 0
+
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        block1 = request.opt.block1
+        size1 = request.opt.size1
+        if (block1 is not None and block1.start + len(request.payload) > self._max_uplink) or (
+                size1 is not None and size1 > self._max_uplink) or len(request.payload) > self._max_uplink:
+            self.refused += 1
+            raise _ProtocolReply(ErrorMsg(int(ErrorCode.TOO_LARGE),
+                                          f"uplink exceeds {self._max_uplink} bytes"))
+        return True
+
+    def _bound_eid(self, request: aiocoap.Message) -> bytes:
+        path = tuple(request.opt.uri_path)
+        if len(path) != 3 or path[:2] != RESOURCE_PREFIX:
+            raise UnknownDevice(f"no resource /{'/'.join(path)}")
+        try:
+            path_eid = bytes.fromhex(path[2])
+        except ValueError:
+            raise UnknownDevice(f"no resource /{'/'.join(path)}") from None
+        claims = list(getattr(request.remote, "authenticated_claims", []) or [])
+        identity = claims[0] if claims else None
+        if isinstance(identity, str):
+            bound = self._registry.by_identity(identity).eid
+            if bound != path_eid:
+                raise AccessDenied(f"identity {identity!r} is bound to {bound.hex()}, not {path_eid.hex()}")
+            return bound
+        if self._plain:
+            return self._registry.by_eid(path_eid).eid
+        raise AccessDenied("request without an authenticated DTLS identity")
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        try:
+            eid = self._bound_eid(request)
+        except AccessDenied as exc:
+            self.refused += 1
+            log.warning("CoAP request refused: %s", exc)
+            raise _ProtocolReply(ErrorMsg(int(ErrorCode.FORBIDDEN), str(exc))) from None
+        except UnknownDevice as exc:
+            self.refused += 1
+            raise _ProtocolReply(ErrorMsg(int(ErrorCode.UNKNOWN_DEVICE), str(exc))) from None
+        downlink, payload = await answer(self._handler, eid, request.payload)
+        self.exchanges += 1
+        return _message_for(downlink, payload)
+
+
+@dataclass(frozen=True, slots=True)
+class CoapServerConfig:
+    host: str = "127.0.0.1"
+    dtls_port: int = 5684
+    plain_port: int | None = None  # lab only: plain CoAP on this port when allow_plain
+    allow_plain: bool = False
+    max_uplink: int = DEFAULT_MAX_UPLINK
+
+
+class CoapServer:
+    """The gateway's CoAP endpoint(s): DTLS always, plain CoAP only when explicitly allowed."""
+
+    def __init__(self, handler: UplinkHandler, registry: DeviceRegistry, config: CoapServerConfig) -> None:
+        if config.plain_port is not None and not config.allow_plain:
+            raise ValueError("plain CoAP needs allow_plain=True (lab use only)")
+        self._config = config
+        self._registry = registry
+        self.dtls_site = DeviceLinkResource(handler, registry, max_uplink=config.max_uplink, plain=False)
+        self.plain_site = DeviceLinkResource(handler, registry, max_uplink=config.max_uplink, plain=True)
+        self._contexts: list[Any] = []
+
+    async def start(self) -> None:
+        # tinydtls_server only serves when listed explicitly; it cannot share a Context with a
+        # plain transport bound elsewhere, hence one Context per endpoint.
+        # aiocoap adds the coaps/coap port difference (5684 - 5683) to the bind port of a DTLS
+        # server transport: bind one below to listen where configured (and never on port 0).
+        if not 1 < self._config.dtls_port < 65536:
+            raise ValueError(f"DTLS port {self._config.dtls_port} must be a fixed port")
+        dtls = await aiocoap.Context.create_server_context(
+            self.dtls_site, bind=(self._config.host, self._config.dtls_port - 1),
+            transports=["tinydtls_server"], server_credentials=RegistryCredentials(self._registry))
+        self._contexts.append(dtls)
+        if self._config.allow_plain and self._config.plain_port is not None:
+            log.warning("plain CoAP enabled on port %d: lab use only", self._config.plain_port)
+            plain = await aiocoap.Context.create_server_context(
+                self.plain_site, bind=(self._config.host, self._config.plain_port),
+                transports=["udp6"])
+            self._contexts.append(plain)
+
+    async def close(self) -> None:
+        contexts, self._contexts = self._contexts, []
+        for ctx in contexts:
+            await ctx.shutdown()
+        await asyncio.sleep(0)
+
+    async def __aenter__(self) -> CoapServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+

@@ -1,0 +1,137 @@
+"""Agent side of the CoAP link: POST with Block1 upload, parallel Block2 download (RFC 7959).
+
+Theory of operation. The uplink goes out as one POST to ``/ipae/v1/<eid-hex>``; when it is
+larger than one 1 KB block it is sent as Block1 blocks, one confirmable request at a time
+(the server reassembles in order). The response carries the first downlink block and, when
+more follow, Size2. The remaining blocks are fetched by *random access*: one NON POST with a
+Block2 option per block, up to `window` of them in flight or waiting, so a 30-block batch costs
+about one extra round trip instead of 29. NON because aiocoap (like RFC 7252's NSTART = 1)
+queues confirmable requests to one peer behind each other; a lost NON is re-requested after
+`block_timeout`. Blocks are handed to the agent strictly in order; the window is the memory
+bound (window x 1 KB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiocoap
+import aiocoap.credentials
+from aiocoap.optiontypes import BlockOption
+
+from gateway.errors import NetworkError, TransportTimeout
+from gateway.links.coap import BLOCK_SIZE, CONTENT_FORMAT_CBOR_SEQ
+
+SZX_1K = 6  # 2 ** (6 + 4) = 1024
+
+
+class CoapAgentTransport:
+    def __init__(self, host: str, port: int, eid: bytes, *, identity: str | None = None,
+                 psk: bytes | None = None, block_timeout: float = 5.0, block_retries: int = 4,
+                 request_timeout: float = 120.0, max_window: int | None = None) -> None:
+        self._scheme = "coaps" if psk is not None else "coap"
+        self._uri = f"{self._scheme}://{host}:{port}/ipae/v1/{eid.hex()}"
+        self._host, self._port = host, port
+        self._identity, self._psk = identity, psk
+        self._ctx: aiocoap.Context | None = None
+        self.block_timeout = block_timeout
+        self.block_retries = block_retries
+        self.request_timeout = request_timeout
+        self.max_window = max_window
+        self.block_requests = 0
+
+    async def _context(self) -> aiocoap.Context:
+        if self._ctx is None:
+            transports = ["tinydtls"] if self._psk is not None else ["udp6"]
+            ctx = await aiocoap.Context.create_client_context(transports=transports)
+            if self._psk is not None:
+                assert self._identity is not None
+                ctx.client_credentials[f"coaps://{self._host}:{self._port}/*"] = aiocoap.credentials.DTLS(
+                    psk=self._psk, client_identity=self._identity.encode())
+            self._ctx = ctx
+        return self._ctx
+
+    async def close(self) -> None:
+        if self._ctx is not None:
+            ctx, self._ctx = self._ctx, None
+            await ctx.shutdown()
+
+    async def _request(self, msg: aiocoap.Message, timeout: float) -> aiocoap.Message:
+        ctx = await self._context()
+        try:
+            return await asyncio.wait_for(ctx.request(msg, handle_blockwise=False).response, timeout)
+        except asyncio.TimeoutError:
+            raise TransportTimeout(f"no CoAP response from {self._uri} within {timeout} s") from None
+        except aiocoap.error.Error as exc:
+            raise NetworkError(f"CoAP request to {self._uri} failed: {exc!r}") from exc
+
+    async def _upload(self, payload: bytes) -> aiocoap.Message:
+        if len(payload) <= BLOCK_SIZE:
+            return await self._request(aiocoap.Message(code=aiocoap.POST, uri=self._uri, payload=payload,
+                                                       content_format=CONTENT_FORMAT_CBOR_SEQ),
+                                       self.request_timeout)
+        blocks = [payload[i:i + BLOCK_SIZE] for i in range(0, len(payload), BLOCK_SIZE)]
+        for n, block in enumerate(blocks):
+            more = n < len(blocks) - 1
+            msg = aiocoap.Message(code=aiocoap.POST, uri=self._uri, payload=block,
+                                  content_format=CONTENT_FORMAT_CBOR_SEQ,
+                                  block1=BlockOption.BlockwiseTuple(n, more, SZX_1K), size1=len(payload))
+            response = await self._request(msg, self.request_timeout)
+            if more and response.code != aiocoap.CONTINUE:
+                return response  # refused mid-way (4.13, 4.03): its payload is the ErrorMsg
+        return response
+
+    async def _block(self, number: int) -> bytes:
+        for _ in range(self.block_retries):
+            msg = aiocoap.Message(code=aiocoap.POST, transport_tuning=aiocoap.Unreliable, uri=self._uri,
+                                  content_format=CONTENT_FORMAT_CBOR_SEQ,
+                                  block2=BlockOption.BlockwiseTuple(number, False, SZX_1K))
+            self.block_requests += 1
+            try:
+                response = await self._request(msg, self.block_timeout)
+            except TransportTimeout:
+                continue
+            got = response.opt.block2
+            if not response.code.is_successful() or got is None or got.block_number != number:
+                raise NetworkError(f"block {number} of {self._uri}: {response.code} {got}")
+            return bytes(response.payload)
+        raise TransportTimeout(f"block {number} of {self._uri}: no answer after {self.block_retries} tries")
+
+    async def exchange(self, payload: bytes, buffer_size: int) -> AsyncIterator[bytes]:
+        first = await self._upload(payload)
+        yield bytes(first.payload)
+        block2 = first.opt.block2
+        if block2 is None or not block2.more:
+            return
+        if block2.size_exponent != SZX_1K:
+            raise NetworkError(f"server chose {block2.size} byte blocks, 1024 expected")
+        total = first.opt.size2
+        window = max(1, buffer_size // BLOCK_SIZE)
+        if self.max_window is not None:
+            window = min(window, self.max_window)
+        if total is None:  # no Size2: one block at a time
+            number, more = 1, True
+            while more:
+                msg_payload = await self._block(number)
+                more = len(msg_payload) == BLOCK_SIZE
+                yield msg_payload
+                number += 1
+            return
+        count = -(-total // BLOCK_SIZE)
+        pending: dict[int, asyncio.Task[bytes]] = {}
+        try:
+            next_request = 1
+            for number in range(1, count):
+                while next_request < count and len(pending) < window:
+                    pending[next_request] = asyncio.ensure_future(self._block(next_request))
+                    next_request += 1
+                data = await pending.pop(number)
+                yield data
+        finally:
+            for task in pending.values():
+                task.cancel()
+            for task in pending.values():
+                with contextlib.suppress(BaseException):
+                    await task
