@@ -12,7 +12,8 @@ Theory of operation. *Whether* a failed operation may be retried is decided only
   consecutive retryable failures it opens and every call is refused at once
   (`CircuitOpen`, itself retryable) until `reset_timeout_s` has passed; then it lets
   `half_open_max_calls` probes through (half-open). A probe that succeeds closes the
-  circuit; one that fails opens it again. Definitive errors (a refusal the server made
+  circuit; one that fails opens it again for twice as long (up to `max_reset_timeout_s`),
+  so a server down for a day is probed a few dozen times, not thousands. Definitive errors (a refusal the server made
   on purpose) prove the server is reachable and count as success.
 
 Time is a float of seconds from any monotonic origin, passed in by the caller (principle 5
@@ -96,18 +97,27 @@ class CircuitBreaker:
     server: str
     failure_threshold: int = 5
     reset_timeout_s: float = 30.0
+    max_reset_timeout_s: float = 1800.0
     half_open_max_calls: int = 1
     state: BreakerState = BreakerState.CLOSED
     consecutive_failures: int = 0
     opened_at: float = 0.0
+    open_for_s: float = 0.0
     probes_in_flight: int = field(default=0)
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1 or self.half_open_max_calls < 1 or self.reset_timeout_s < 0:
             raise ValueError("failure_threshold and half_open_max_calls >= 1, reset_timeout_s >= 0")
+        if self.max_reset_timeout_s < self.reset_timeout_s:
+            raise ValueError("max_reset_timeout_s must be >= reset_timeout_s")
+
+    @property
+    def retry_at(self) -> float:
+        """When an open circuit admits its next probe."""
+        return self.opened_at + self.open_for_s
 
     def _advance(self, now: float) -> None:
-        if self.state is BreakerState.OPEN and now >= self.opened_at + self.reset_timeout_s:
+        if self.state is BreakerState.OPEN and now >= self.retry_at:
             self.state = BreakerState.HALF_OPEN
             self.probes_in_flight = 0
 
@@ -119,7 +129,7 @@ class CircuitBreaker:
         """Admit a call or raise CircuitOpen. Every admitted call must end in `after_call`."""
         self._advance(now)
         if self.state is BreakerState.OPEN:
-            raise CircuitOpen(self.server, self.opened_at + self.reset_timeout_s)
+            raise CircuitOpen(self.server, self.retry_at)
         if self.state is BreakerState.HALF_OPEN:
             if self.probes_in_flight >= self.half_open_max_calls:
                 raise CircuitOpen(self.server, now + self.reset_timeout_s)
@@ -131,14 +141,14 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             self.probes_in_flight = max(0, self.probes_in_flight - 1)
             if failed:
-                self._open(now)
+                self._open(now, min(self.max_reset_timeout_s, max(self.open_for_s, self.reset_timeout_s) * 2))
             else:
                 self._close()
             return
         if failed:
             self.consecutive_failures += 1
             if self.state is BreakerState.CLOSED and self.consecutive_failures >= self.failure_threshold:
-                self._open(now)
+                self._open(now, self.reset_timeout_s)
         elif self.state is BreakerState.CLOSED:
             self.consecutive_failures = 0
 
@@ -147,12 +157,14 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             self.probes_in_flight = max(0, self.probes_in_flight - 1)
 
-    def _open(self, now: float) -> None:
+    def _open(self, now: float, open_for_s: float) -> None:
         self.state = BreakerState.OPEN
         self.opened_at = now
+        self.open_for_s = open_for_s
         self.probes_in_flight = 0
 
     def _close(self) -> None:
         self.state = BreakerState.CLOSED
         self.consecutive_failures = 0
         self.probes_in_flight = 0
+        self.open_for_s = 0.0

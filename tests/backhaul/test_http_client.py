@@ -217,3 +217,24 @@ def test_unusable_trust_file_is_a_config_error(tmp_path: Path) -> None:
         TlsTrust(ca_file=str(bad)).ssl_context()
     ctx = TlsTrust().ssl_context()
     assert ctx.verify_mode is ssl.CERT_REQUIRED and ctx.check_hostname
+
+
+async def test_esipa_exchange_returns_exact_bytes_none_for_204_and_checks_content_type(serve: Serve) -> None:
+    from gateway.backhaul import esipa_client
+    from gateway.errors import DecodeError
+
+    answers = {b"a": web.Response(body=b"\xbf\x4f\x81\x01\x00", content_type=ASN1_CONTENT_TYPE),
+               b"b": web.Response(status=204),
+               b"c": web.Response(text="<html/>", content_type="text/html")}
+
+    async def eim(request: web.Request) -> web.Response:
+        return answers[await request.read()]
+
+    app = web.Application()
+    app.router.add_post("/gsma/rsp2/asn1", eim)
+    server = await serve(app)
+    async with BackhaulHttp() as http:
+        assert await esipa_client.exchange_asn1(http, server, b"a") == b"\xbf\x4f\x81\x01\x00"
+        assert await esipa_client.exchange_asn1(http, server, b"b") is None
+        with pytest.raises(DecodeError):
+            await esipa_client.exchange_asn1(http, server, b"c")

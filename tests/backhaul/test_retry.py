@@ -91,14 +91,20 @@ def test_breaker_opens_after_threshold_then_half_opens_and_closes_on_success() -
     b.before_call(34)
 
 
-def test_failed_probe_reopens_for_a_full_timeout() -> None:
-    b = CircuitBreaker("https://dp", failure_threshold=1, reset_timeout_s=10)
+def test_failed_probe_reopens_for_twice_as_long_up_to_the_cap() -> None:
+    b = CircuitBreaker("https://dp", failure_threshold=1, reset_timeout_s=10, max_reset_timeout_s=30)
     b.before_call(0)
     b.after_call(0, TransportTimeout("t"))
     b.before_call(10)
     b.after_call(11, NetworkError("still down"))
-    assert b.current_state(20) is BreakerState.OPEN
-    assert b.current_state(21) is BreakerState.HALF_OPEN
+    assert b.current_state(30) is BreakerState.OPEN
+    assert b.current_state(31) is BreakerState.HALF_OPEN      # opened for 20 s
+    b.before_call(31)
+    b.after_call(31, NetworkError("still down"))
+    assert b.retry_at == 61                                   # 40 s capped at 30 s
+    b.before_call(61)
+    b.after_call(61, None)
+    assert b.current_state(61) is BreakerState.CLOSED and b.open_for_s == 0
 
 
 def test_definitive_errors_prove_the_server_is_up() -> None:
