@@ -145,3 +145,21 @@ async def test_client_that_does_not_trust_the_gateway_cannot_push(inject: Server
 
 def _ci(pki: RspPki) -> TlsTrust:
     return TlsTrust(ca_file=str(pki.ci.cert_path))
+
+
+async def test_random_requests_never_crash_the_endpoint(inject: Server, recorder: Recorder,
+                                                        raw: aiohttp.ClientSession) -> None:
+    import random
+    rng = random.Random(5)
+    types = [ASN1_CONTENT_TYPE, "application/json", "application/json;charset=UTF-8", "text/plain",
+             "application/x-gsma-rsp-asn1;x=1", "", "multipart/form-data; boundary=x"]
+    recorder.fail_with = DecodeError("stub decodes nothing")
+    for _ in range(60):
+        path = rng.choice(["/gsma/rsp2/asn1", "/gsma/rsp2/esipa/transferEimPackage"])
+        body = rng.randbytes(rng.choice([0, 1, 17, 900, 1500]))
+        headers = {"Content-Type": rng.choice(types)} if rng.random() < 0.9 else {}
+        async with raw.post(inject.base_url + path, data=body, headers=headers) as resp:
+            assert resp.status in (400, 413, 415)
+    async with raw.post(inject.base_url + "/gsma/rsp2/asn1", data=TRANSFER,
+                        headers={"Content-Type": ASN1_CONTENT_TYPE}) as resp:
+        assert resp.status == 400   # still alive, still answering
