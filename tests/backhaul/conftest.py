@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.backhaul.http import Server, TlsTrust
+from gateway.backhaul.inject_server import server_ssl_context
 from hil.pki import RspPki, generate_pki
 
 
@@ -55,15 +56,9 @@ def other_host_cert(pki: RspPki, tmp_path_factory: pytest.TempPathFactory) -> tu
     return cert_path, key_path
 
 
-def server_context(cert: Path, key: Path) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(cert), str(key))
-    return ctx
-
-
 @pytest.fixture
 def smdp_ssl(pki: RspPki) -> ssl.SSLContext:
-    return server_context(pki.dptls.cert_path, pki.dptls.key_path)
+    return server_ssl_context(str(pki.dptls.cert_path), str(pki.dptls.key_path))
 
 
 @pytest.fixture

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import web
 
 from gateway.backhaul import es9p_client, es11_client
-from gateway.backhaul.http import BackhaulHttp
+from gateway.backhaul.http import BackhaulHttp, Server
 from gateway.errors import DecodeError, FunctionFailed, is_retryable
 from gateway.spec import es9p, es11
-from tests.backhaul.conftest import Serve  # type alias only
 
 TID = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
 SERVER_SIGNED1 = bytes.fromhex("3081058001AA8100")  # non-canonical on purpose: must pass unchanged
 BPP = b"\xbf\x36\x82\x01\x00" + bytes(256)
+
+
+Serve = Callable[..., Awaitable[Server]]  # the `serve` fixture of conftest
 
 
 def b64(data: bytes) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from gateway.backhaul.http import (
     Server,
     TlsTrust,
 )
+from gateway.backhaul.inject_server import server_ssl_context
 from gateway.core.retry import BreakerState, CircuitBreaker, CircuitOpen
 from gateway.errors import (
     ConfigError,
@@ -27,7 +29,8 @@ from gateway.errors import (
     is_retryable,
 )
 from hil.pki import RspPki
-from tests.backhaul.conftest import Serve, server_context  # helpers, not fixtures
+
+Serve = Callable[..., Awaitable[Server]]  # the `serve` fixture of conftest
 
 
 def echo_app(seen: list[web.Request] | None = None, peers: list[object] | None = None) -> web.Application:
@@ -82,7 +85,7 @@ async def test_json_binding_and_connection_reuse(serve: Serve) -> None:
 
 async def test_trust_anchors_given_as_der_pin_the_server(serve: Serve, pki: RspPki) -> None:
     # How an eIM's TLS trust learnt from the eUICC (trustedPublicKeyDataTls) is used.
-    eim_ssl = server_context(pki.eim_tls.cert_path, pki.eim_tls.key_path)
+    eim_ssl = server_ssl_context(str(pki.eim_tls.cert_path), str(pki.eim_tls.key_path))
     server = await serve(echo_app(), ssl_context=eim_ssl, trust=TlsTrust(ca_der=(pki.tls_ca.cert_der,)))
     async with BackhaulHttp() as http:
         assert (await http.post_esipa_asn1(server, b"\x01\x02")).body == b"\x02\x01"
@@ -101,7 +104,7 @@ async def test_wrong_ca_is_a_tls_verification_error_not_retryable(serve: Serve, 
 
 async def test_wrong_hostname_is_a_tls_verification_error(serve: Serve,
                                                           other_host_cert: tuple[Path, Path]) -> None:
-    server = await serve(echo_app(), ssl_context=server_context(*other_host_cert))
+    server = await serve(echo_app(), ssl_context=server_ssl_context(*map(str, other_host_cert)))
     async with BackhaulHttp() as http:
         with pytest.raises(TlsVerificationError) as info:
             await http.post_esipa_asn1(server, b"\x01")
