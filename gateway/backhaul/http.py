@@ -85,9 +85,14 @@ class TlsTrust:
 
     def ssl_context(self) -> ssl.SSLContext:
         try:
-            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
-            for der in self.ca_der:
-                ctx.load_verify_locations(cadata=der)
+            if self.ca_file is None and not self.ca_der:
+                ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+            else:  # pinned: no system anchors at all
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                if self.ca_file is not None:
+                    ctx.load_verify_locations(cafile=self.ca_file)
+                for der in self.ca_der:
+                    ctx.load_verify_locations(cadata=der)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"unusable TLS trust anchors: {exc}", file=self.ca_file) from None
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -241,3 +241,10 @@ async def test_esipa_exchange_returns_exact_bytes_none_for_204_and_checks_conten
         assert await esipa_client.exchange_asn1(http, server, b"b") is None
         with pytest.raises(DecodeError):
             await esipa_client.exchange_asn1(http, server, b"c")
+
+
+def test_given_anchors_replace_the_system_store(pki: RspPki) -> None:
+    ctx = TlsTrust(ca_der=(pki.tls_ca.cert_der,)).ssl_context()
+    assert [c["serialNumber"] for c in ctx.get_ca_certs()] == [f"{pki.tls_ca.cert.serial_number:X}"]
+    assert len(TlsTrust(ca_file=str(pki.ci.cert_path)).ssl_context().get_ca_certs()) == 1
+    assert ctx.minimum_version is ssl.TLSVersion.TLSv1_2
