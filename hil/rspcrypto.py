@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import hmac
 import string
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -373,7 +374,10 @@ def unprotect_segment(session: Scp03tSession, segment: bytes, *,
 
 
 def _who(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string() or f"serial {cert.serial_number:X}"
+    try:
+        return cert.subject.rfc4514_string() or f"serial {cert.serial_number:X}"
+    except ValueError:
+        return "certificate with a malformed subject"
 
 
 def _ext(cert: x509.Certificate, ext_type: type[x509.ExtensionType]) -> x509.ExtensionType | None:
@@ -381,6 +385,32 @@ def _ext(cert: x509.Certificate, ext_type: type[x509.ExtensionType]) -> x509.Ext
         return cert.extensions.get_extension_for_class(ext_type).value
     except x509.ExtensionNotFound:
         return None
+
+
+def load_certificate_der(data: bytes) -> x509.Certificate:
+    """Parse a certificate received in an RSP message (serverCertificate, eumCertificate, ...)."""
+    try:
+        with warnings.catch_warnings():
+            # What `cryptography` still accepts with a warning (a serial number that is not
+            # positive, a countryName that is not 2 letters, ...) RFC 5280 forbids: refuse it.
+            warnings.simplefilter("error")
+            cert = x509.load_der_x509_certificate(data)
+            # Fields are parsed lazily: touch each now so that a malformed name, extension
+            # or key is refused here and not as a bare library exception later.
+            _ = (cert.subject, cert.issuer, cert.extensions, cert.not_valid_before_utc,
+                 cert.not_valid_after_utc, cert.public_key(), cert.signature_hash_algorithm)
+    except (ValueError, TypeError, UnsupportedAlgorithm, Warning, x509.InvalidVersion,
+            x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise CertificateInvalid(f"not a usable DER X.509 certificate: {exc!r}") from exc
+    return cert
+
+
+def select_ci(trusted: Sequence[x509.Certificate], ci_pkid: bytes) -> x509.Certificate:
+    """The trusted CI certificate whose SKI is `ci_pkid` (euiccCiPKIdToBeUsed, §5.6.1/§5.7.13)."""
+    for ci in trusted:
+        if subject_key_identifier(ci) == ci_pkid:
+            return ci
+    raise CertificateInvalid(f"no trusted CI with key identifier {ci_pkid.hex()}")
 
 
 def subject_key_identifier(cert: x509.Certificate) -> bytes:

@@ -8,6 +8,7 @@ own DER verification, and chains against certificates generated in the test.
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -480,3 +481,45 @@ def test_eid_helpers_compute_and_check_mod97_digits() -> None:
 def test_every_eid_under_the_prefix_is_permitted(pki: RspPki, tail: str) -> None:
     _, cert = pki.issue_euicc(rc.eid_with_check_digits("89049032" + tail))
     assert rc.eid_permitted_by_eum(cert, pki.eum.cert)
+
+
+def test_select_ci_finds_the_ci_by_its_key_identifier(pki: RspPki, tmp_path: Path) -> None:
+    other = generate_pki(tmp_path / "other")
+    assert rc.select_ci([other.ci.cert, pki.ci.cert], pki.ci_pkid) == pki.ci.cert
+    with pytest.raises(rc.CertificateInvalid, match="no trusted CI"):
+        rc.select_ci([other.ci.cert], pki.ci_pkid)
+
+
+def test_load_certificate_der_round_trips_exact_bytes(pki: RspPki) -> None:
+    assert rc.load_certificate_der(pki.dpauth.cert_der) == pki.dpauth.cert
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_garbage_certificate_bytes_raise_certificate_invalid(blob: bytes) -> None:
+    with pytest.raises(rc.CertificateInvalid):
+        rc.load_certificate_der(blob)
+
+
+@settings(max_examples=int(os.environ.get("HIL_FUZZ_EXAMPLES", "100")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_altered_byte_of_the_signed_part_fails_load_or_verification(
+        pki: RspPki, data: st.DataObject) -> None:
+    der = pki.dpauth.cert_der
+    tbs = pki.dpauth.cert.tbs_certificate_bytes
+    start = der.index(tbs)
+    index = data.draw(st.integers(start, start + len(tbs) - 1))
+    delta = data.draw(st.integers(1, 255))
+    altered = der[:index] + bytes([der[index] ^ delta]) + der[index + 1:]
+    with pytest.raises(rc.CertificateInvalid):
+        rc.verify_server_certificate(rc.load_certificate_der(altered), pki.ci.cert, rc.OID_RSP_ROLE_DP_AUTH)
+
+
+def test_altered_signature_value_fails_verification(pki: RspPki) -> None:
+    der = pki.dpauth.cert_der
+    sig = pki.dpauth.cert.signature
+    at = der.rindex(sig) + len(sig) // 2
+    altered = der[:at] + bytes([der[at] ^ 0x01]) + der[at + 1:]
+    with pytest.raises(rc.CertificateInvalid, match="signature does not verify"):
+        rc.verify_server_certificate(rc.load_certificate_der(altered), pki.ci.cert, rc.OID_RSP_ROLE_DP_AUTH)
