@@ -11,7 +11,8 @@ Theory of operation. Everything here is a thin, spec-shaped layer over `cryptogr
   the issuer's key, issuer name and key identifiers, validity, CA flags, key usage, the RSP
   role in certificatePolicies, and for eUICC certificates that the EID lies under the EUM's
   name constraint (the SGP.22 v2 "Variant O" rule: permitted directoryName subtrees whose
-  serialNumber is an EID *prefix*, see `eid_permitted_by_eum`).
+  serialNumber is an EID *prefix*, see `eid_permitted_by_eum`). Parse certificates received
+  from a peer with `load_certificate_der`, which refuses malformed ones up front.
 - **Key agreement** (SGP.22 §2.6.4 / §3.1.3): ECKA-DH (TR-03111 §4.3.1) gives the shared
   secret ShS (the x-coordinate); the X9.63 KDF with SHA-256 turns ShS and the shared info
   of InitialiseSecureChannel into (initial MAC chaining value, S-ENC, S-MAC).

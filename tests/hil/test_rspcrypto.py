@@ -523,3 +523,19 @@ def test_altered_signature_value_fails_verification(pki: RspPki) -> None:
     altered = der[:at] + bytes([der[at] ^ 0x01]) + der[at + 1:]
     with pytest.raises(rc.CertificateInvalid, match="signature does not verify"):
         rc.verify_server_certificate(rc.load_certificate_der(altered), pki.ci.cert, rc.OID_RSP_ROLE_DP_AUTH)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=80))
+def test_garbage_signatures_and_points_raise_rsp_crypto_errors(blob: bytes) -> None:
+    pub = rc.generate_key().public_key()
+    with pytest.raises(rc.SignatureInvalid):
+        rc.verify_rs(pub, b"data", blob)
+    try:
+        rc.der_to_rs(blob)
+    except rc.SignatureInvalid:
+        pass
+    try:
+        rc.public_key_from_bytes(blob)
+    except rc.RspCryptoError:
+        pass
