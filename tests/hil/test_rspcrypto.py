@@ -539,3 +539,18 @@ def test_garbage_signatures_and_points_raise_rsp_crypto_errors(blob: bytes) -> N
         rc.public_key_from_bytes(blob)
     except rc.RspCryptoError:
         pass
+
+
+def test_brainpool_ci_and_dpauth_chain_verifies_like_nist() -> None:
+    curve = ec.BrainpoolP256R1()
+    usage = {k: False for k in ("digital_signature", "content_commitment", "key_encipherment",
+                                "data_encipherment", "key_agreement", "key_cert_sign", "crl_sign",
+                                "encipher_only", "decipher_only")}
+    ci = issue_certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "BP CI")]), None,
+                           key=rc.generate_key(curve), ca=True, roles=[rc.OID_RSP_ROLE_CI],
+                           key_usage=x509.KeyUsage(**usage | {"key_cert_sign": True, "crl_sign": True}))
+    key, cert = issue_certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "BP DP")]), ci,
+                                  key=rc.generate_key(curve), roles=[rc.OID_RSP_ROLE_DP_AUTH],
+                                  key_usage=x509.KeyUsage(**usage | {"digital_signature": True}))
+    rc.verify_server_certificate(cert, ci[1], rc.OID_RSP_ROLE_DP_AUTH)
+    rc.verify_rs_with_certificate(cert, b"serverSigned1", rc.sign_rs(key, b"serverSigned1"))
