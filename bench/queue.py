@@ -29,6 +29,7 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.a
 
 import argparse
 import asyncio
+import functools
 import json
 import platform
 import random
@@ -136,12 +137,13 @@ async def drain(path: Path, port: int, lease_batch: int, concurrency: int, count
         def lease(s: Store) -> list[OutboxEntry]:
             return s.outbox.lease(SERVER, now=clock(), limit=lease_batch, lease_s=60.0)
 
-        def settle(s: Store, acked: list[int], failed: list[int]) -> None:
+        def settle_and_lease(s: Store, acked: list[int], failed: list[int]) -> list[OutboxEntry]:
             now = clock()
             with s.transaction():
                 s.outbox.ack(acked, now=now)
                 for i in failed:
                     s.outbox.nack(i, now=now, error="bench: POST failed")
+            return lease(s)
 
         t0 = time.perf_counter()
         sent = 0
@@ -153,7 +155,7 @@ async def drain(path: Path, port: int, lease_batch: int, concurrency: int, count
             failures += len(failed)
             sent += len(acked)
             # settle this batch and lease the next in one trip to the store thread
-            batch = await astore.run(lambda s, a=acked, f=failed: (settle(s, a, f), lease(s))[1])  # type: ignore[misc]
+            batch = await astore.run(functools.partial(settle_and_lease, acked=acked, failed=failed))
         elapsed = time.perf_counter() - t0
         remaining = await astore.run(lambda s: s.outbox.usage().entries)
         async with http.get(f"http://127.0.0.1:{port}/stats") as resp:
