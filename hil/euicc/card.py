@@ -51,8 +51,6 @@ INS_SELECT = 0xA4
 INS_STORE_DATA = 0xE2
 INS_GET_RESPONSE = 0xC0
 
-FULL_MEMORY_BUFFER = 512
-
 
 class StatusWord(Exception):
     """Raised by an ES10 handler (or inside this layer) to answer with a bare status word."""
@@ -242,8 +240,7 @@ class ApduLayer:
         if channel.store_data is None or cmd.p2 != channel.next_block:
             channel.store_data = None
             raise StatusWord(SW_WRONG_P1P2, f"block {cmd.p2} out of sequence")
-        limit = FULL_MEMORY_BUFFER if self.faults.memory_full else self.max_command_size
-        if len(channel.store_data) + len(cmd.data) > limit:
+        if len(channel.store_data) + len(cmd.data) > self.max_command_size:
             channel.store_data = None
             raise StatusWord(SW_NOT_ENOUGH_MEMORY, "STORE DATA sequence too long")
         channel.store_data += cmd.data

@@ -13,9 +13,10 @@ every command APDU the card receives since it was created (or since `Faults.rese
   what the state file holds at that point: the ISD-P created by ConfigureISDP, marked as
   being installed, is removed at the next power-up (SGP.22: a partially installed Profile is
   deleted), and the volatile RSP session is gone.
-- ``memory_full``: no room for a new Profile (ConfigureISDP fails with insufficientMemory)
-  or a new eIM (addEim / AddInitialEim fail), and a STORE DATA sequence longer than a small
-  buffer is refused with 6A84.
+- ``memory_full``: no room for a new Profile (ConfigureISDP fails with
+  installFailedDueToInsufficientMemoryForProfile), a new eIM (addEim / AddInitialEim answer
+  insufficientMemory) or the immediate-enable configuration. (A STORE DATA sequence longer
+  than the card's buffer, `ApduLayer.max_command_size`, is refused with 6A84 regardless.)
 """
 
 from __future__ import annotations

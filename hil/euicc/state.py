@@ -26,7 +26,7 @@ STATE_VERSION = 1
 
 @dataclass
 class Profile:
-    iccid: bytes
+    iccid: bytes                             # b"" between ConfigureISDP and StoreMetadata
     isdp_aid: bytes
     state: str = "disabled"                  # "disabled" | "enabled"
     install_state: str = "installing"        # "installing" (between ConfigureISDP and the end) | "installed"
@@ -40,9 +40,15 @@ class Profile:
     profile_policy_rules: list[str] = field(default_factory=list)
     dp_proprietary_data: bytes | None = None
     fallback: bool = False
+    fallback_allowed: bool = False
     emergency: bool = False
     smdp_oid: str | None = None
     profile_elements: int = 0
+    connectivity_parameters: bytes | None = None
+    # what a torn installation needs to report itself at the next power-up
+    install_transaction_id: bytes | None = None
+    install_smdp_address: str | None = None
+    install_command: int = 1
 
 
 @dataclass
@@ -85,6 +91,8 @@ class EuiccState:
     fallback_from_iccid: bytes | None = None  # Profile that was enabled before ExecuteFallbackMechanism
     emergency_from_iccid: bytes | None = None
     emergency_active: bool = False
+    rollback_context: dict[str, Any] | None = None  # eimId/counterValue/eimTransactionId of the enable
+    next_association_token: int = 1
 
     def profile(self, iccid: bytes) -> Profile | None:
         return next((p for p in self.profiles if p.iccid == iccid), None)

@@ -1,0 +1,273 @@
+"""Profile download against the software eUICC, with real signatures and SCP03t, end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from gateway.spec import bpp as bpp_split
+from gateway.spec import codec
+from hil.euicc import Faults, PowerLoss, SoftEuicc
+from hil.pki import RspPki, generate_pki
+from test_euicc_support import (
+    Card,
+    MiniSmdp,
+    Order,
+    download,
+    iccid,
+    oracle_decode,
+    raw_child,
+    verify_rs,
+)
+
+
+@pytest.fixture
+def euicc(pki: RspPki) -> SoftEuicc:
+    return SoftEuicc(pki, pki.eid_bytes)
+
+
+@pytest.fixture
+def card(euicc: SoftEuicc) -> Card:
+    return Card(euicc)
+
+
+@pytest.fixture(scope="module")
+def rogue_pki(tmp_path_factory: pytest.TempPathFactory) -> RspPki:
+    return generate_pki(tmp_path_factory.mktemp("rogue"))
+
+
+def test_challenge_is_fresh_16_bytes_each_time(card: Card) -> None:
+    first = card.es10("GetEuiccChallengeRequest", {}, "GetEuiccChallengeResponse")["euiccChallenge"]
+    second = card.es10("GetEuiccChallengeRequest", {}, "GetEuiccChallengeResponse")["euiccChallenge"]
+    assert len(first) == 16 and first != second
+
+
+def test_euicc_info1_and_2_name_the_ci_and_decode_in_the_oracle(card: Card, pki: RspPki) -> None:
+    info1 = card.call(bytes.fromhex("BF2000"))
+    assert codec.decode("EUICCInfo1", info1)["euiccCiPKIdListForSigning"] == [pki.ci_pkid]
+    assert oracle_decode("EUICCInfo1", info1, "RSPDefinitions")["euiccCiPKIdListForVerification"] == [pki.ci_pkid]
+    info2 = card.call(bytes.fromhex("BF2200"))
+    decoded = oracle_decode("EUICCInfo2", info2)
+    assert decoded["euiccCiPKIdListForSigning"] == [pki.ci_pkid]
+    assert decoded["iotSpecificInfo"]["iotVersion"] == [b"\x01\x02\x00"]
+
+
+def test_full_download_installs_a_profile_with_a_signed_installation_result(
+        card: Card, euicc: SoftEuicc, pki: RspPki) -> None:
+    order = Order(iccid(1))
+    pir, smdp = download(card, pki, order)
+    data = codec.decode("ProfileInstallationResult", pir)["profileInstallationResultData"]
+    assert data["finalResult"][0] == "successResult"
+    assert data["transactionId"] == smdp.transaction_id
+    assert data["notificationMetadata"]["notificationAddress"] == smdp.address
+    assert bytes.fromhex("060388370A") in raw_child(pir, 0)   # smdpOid 2.999.10 from CERT.DPauth
+    assert smdp.euicc_cert is not None
+    verify_rs(smdp.euicc_cert, raw_child(pir, 0), codec.decode("ProfileInstallationResult", pir)["euiccSignPIR"])
+    assert oracle_decode("ProfileInstallationResult", pir)["profileInstallationResultData"]["transactionId"] \
+        == smdp.transaction_id
+    [profile] = euicc.profiles
+    assert profile.iccid == order.iccid and profile.state == "disabled" and profile.install_state == "installed"
+    assert profile.profile_elements == len(order.pe_bytes)
+    assert not euicc.session_open
+    [note] = euicc.notifications
+    assert note.event == "install" and note.der == pir
+
+
+def test_download_with_replace_session_keys_and_small_segments(euicc: SoftEuicc, pki: RspPki) -> None:
+    card = Card(euicc, segment_size=37, max_le=100)
+    pir, _ = download(card, pki, Order(iccid(2), pe_bytes=bytes(3000)), replace_keys=True)
+    assert codec.decode("ProfileInstallationResult", pir)["profileInstallationResultData"]["finalResult"][0] \
+        == "successResult"
+    assert euicc.profiles[0].profile_elements == 3000
+
+
+def test_authenticate_server_refuses_a_server_certificate_from_an_unknown_ci(
+        card: Card, pki: RspPki, rogue_pki: RspPki) -> None:
+    challenge = card.es10("GetEuiccChallengeRequest", {}, "GetEuiccChallengeResponse")["euiccChallenge"]
+    smdp = MiniSmdp(pki, dpauth_key=rogue_pki.dpauth.key, dpauth_der=rogue_pki.dpauth.cert_der)
+    kind, err = codec.decode("AuthenticateServerResponse", card.call(smdp.authenticate_server_request(challenge)))
+    assert kind == "authenticateResponseError" and err["authenticateErrorCode"] == 7
+    assert not card.euicc.session_open
+
+
+def test_authenticate_server_refuses_an_unknown_ci_to_be_used(card: Card, rogue_pki: RspPki, pki: RspPki) -> None:
+    challenge = card.es10("GetEuiccChallengeRequest", {}, "GetEuiccChallengeResponse")["euiccChallenge"]
+    request = MiniSmdp(pki).authenticate_server_request(challenge, ci_pkid=rogue_pki.ci_pkid)
+    assert codec.decode("AuthenticateServerResponse", card.call(request))[1]["authenticateErrorCode"] == 7
+
+
+def test_authenticate_server_refuses_a_signature_by_another_key(card: Card, pki: RspPki) -> None:
+    challenge = card.es10("GetEuiccChallengeRequest", {}, "GetEuiccChallengeResponse")["euiccChallenge"]
+    smdp = MiniSmdp(pki, dpauth_key=pki.dppb.key)
+    kind, err = codec.decode("AuthenticateServerResponse", card.call(smdp.authenticate_server_request(challenge)))
+    assert (kind, err["authenticateErrorCode"]) == ("authenticateResponseError", 2)
+
+
+def test_authenticate_server_refuses_another_challenge_and_no_session(card: Card, pki: RspPki) -> None:
+    request = MiniSmdp(pki).authenticate_server_request(bytes(16))
+    assert codec.decode("AuthenticateServerResponse", card.call(request))[1]["authenticateErrorCode"] == 4
+    card.es10("GetEuiccChallengeRequest", {}, "GetEuiccChallengeResponse")
+    assert codec.decode("AuthenticateServerResponse", card.call(request))[1]["authenticateErrorCode"] == 6
+
+
+def test_authenticate_server_refuses_a_dppb_certificate_in_place_of_dpauth(card: Card, pki: RspPki) -> None:
+    challenge = card.es10("GetEuiccChallengeRequest", {}, "GetEuiccChallengeResponse")["euiccChallenge"]
+    smdp = MiniSmdp(pki, dpauth_key=pki.dppb.key, dpauth_der=pki.dppb.cert_der)
+    assert codec.decode("AuthenticateServerResponse",
+                        card.call(smdp.authenticate_server_request(challenge)))[1]["authenticateErrorCode"] == 1
+
+
+def test_prepare_download_refuses_a_bad_smdp_signature2(card: Card, pki: RspPki) -> None:
+    smdp = MiniSmdp(pki)
+    challenge = card.es10("GetEuiccChallengeRequest", {}, "GetEuiccChallengeResponse")["euiccChallenge"]
+    smdp.check_authenticate_response(card.call(smdp.authenticate_server_request(challenge)))
+    kind, err = codec.decode("PrepareDownloadResponse", card.call(smdp.prepare_download_request(key=pki.dpauth.key)))
+    assert (kind, err["downloadErrorCode"]) == ("downloadResponseError", 2)
+
+
+def test_prepare_download_without_authentication_has_no_session(card: Card, pki: RspPki) -> None:
+    smdp = MiniSmdp(pki, euicc_signature1=bytes(64))
+    assert codec.decode("PrepareDownloadResponse", card.call(smdp.prepare_download_request()))[1][
+        "downloadErrorCode"] == 4
+
+
+def _prepared(card: Card, pki: RspPki) -> MiniSmdp:
+    smdp = MiniSmdp(pki)
+    challenge = card.es10("GetEuiccChallengeRequest", {}, "GetEuiccChallengeResponse")["euiccChallenge"]
+    smdp.check_authenticate_response(card.call(smdp.authenticate_server_request(challenge)))
+    smdp.check_prepare_response(card.call(smdp.prepare_download_request()))
+    return smdp
+
+
+def _error_of(pir: bytes) -> tuple[int, int]:
+    kind, err = codec.decode("ProfileInstallationResult", pir)["profileInstallationResultData"]["finalResult"]
+    assert kind == "errorResult"
+    return err["bppCommandId"], err["errorReason"]
+
+
+def test_tampered_profile_element_segment_gets_an_early_error_result(card: Card, euicc: SoftEuicc,
+                                                                      pki: RspPki) -> None:
+    smdp = _prepared(card, pki)
+    bpp = smdp.bound_profile_package(euicc.eid, Order(iccid(3), pe_bytes=bytes(2500)))
+    segments = bpp_split.segments(bpp)
+    target = len(segments) - 2
+    segments[target] = segments[target][:-9] + bytes([segments[target][-9] ^ 1]) + segments[target][-8:]
+    for index, segment in enumerate(segments):
+        data = card.call(segment)
+        if data:
+            break
+    assert index == target
+    assert _error_of(data) == (5, 8)
+    assert euicc.profiles == [] and not euicc.session_open
+    assert smdp.euicc_cert is not None
+    verify_rs(smdp.euicc_cert, raw_child(data, 0), codec.decode("ProfileInstallationResult", data)["euiccSignPIR"])
+    assert euicc.notifications[-1].der == data
+
+
+def test_bpp_bound_to_another_transaction_is_refused_at_initialise_secure_channel(
+        card: Card, euicc: SoftEuicc, pki: RspPki) -> None:
+    smdp = _prepared(card, pki)
+    good = smdp.transaction_id
+    smdp.transaction_id = bytes(16)
+    bpp = smdp.bound_profile_package(euicc.eid, Order(iccid(4)))
+    smdp.transaction_id = good
+    data, index = card.load_bpp(bpp)
+    assert index == 0 and _error_of(data) == (0, 3)
+
+
+def test_bpp_signed_for_another_euicc_otpk_is_an_invalid_signature(card: Card, euicc: SoftEuicc,
+                                                                   pki: RspPki) -> None:
+    smdp = _prepared(card, pki)
+    real = smdp.euicc_otpk
+    from hil import rspcrypto
+    smdp.euicc_otpk = rspcrypto.public_key_bytes(rspcrypto.generate_key().public_key())
+    bpp = smdp.bound_profile_package(euicc.eid, Order(iccid(5)))
+    smdp.euicc_otpk = real
+    data, index = card.load_bpp(bpp)
+    assert index == 0 and _error_of(data) == (0, 2)
+
+
+def test_second_install_of_the_same_iccid_is_refused(card: Card, euicc: SoftEuicc, pki: RspPki) -> None:
+    download(card, pki, Order(iccid(6)))
+    pir, _ = download(card, pki, Order(iccid(6)))
+    assert _error_of(pir) == (2, 9)
+    assert len(euicc.profiles) == 1
+
+
+def test_full_memory_refuses_the_isdp(euicc: SoftEuicc, pki: RspPki) -> None:
+    euicc.faults.memory_full = True
+    pir, _ = download(Card(euicc), pki, Order(iccid(7)))
+    assert _error_of(pir) == (1, 10)
+    assert euicc.profiles == []
+
+
+def test_cancel_session_answers_a_signed_response_and_ends_the_session(card: Card, euicc: SoftEuicc,
+                                                                       pki: RspPki) -> None:
+    smdp = _prepared(card, pki)
+    response = card.call(codec.encode("CancelSessionRequest", {"transactionId": smdp.transaction_id, "reason": 1}))
+    kind, ok = codec.decode("CancelSessionResponse", response)
+    assert kind == "cancelSessionResponseOk"
+    signed = ok["euiccCancelSessionSigned"]
+    assert (signed["transactionId"], signed["reason"]) == (smdp.transaction_id, 1)
+    assert bytes.fromhex("810388370A") in raw_child(response, 0, 0)   # smdpOid 2.999.10
+    verify_rs(pki.euicc.cert, raw_child(response, 0, 0), ok["euiccCancelSessionSignature"])
+    assert not euicc.session_open
+    again = card.call(codec.encode("CancelSessionRequest", {"transactionId": smdp.transaction_id, "reason": 1}))
+    assert codec.decode("CancelSessionResponse", again) == ("cancelSessionResponseError", 5)
+
+
+def test_cancel_session_answer_is_not_valid_for_another_key(card: Card, pki: RspPki) -> None:
+    smdp = _prepared(card, pki)
+    response = card.call(codec.encode("CancelSessionRequest", {"transactionId": smdp.transaction_id, "reason": 2}))
+    with pytest.raises(InvalidSignature):
+        verify_rs(pki.dpauth.cert, raw_child(response, 0, 0),
+                  codec.decode("CancelSessionResponse", response)[1]["euiccCancelSessionSignature"])
+
+
+def test_tear_in_the_middle_of_the_bpp_leaves_no_profile_and_reports_interruption(
+        pki: RspPki, tmp_path: Path) -> None:
+    state = tmp_path / "euicc.json"
+    euicc = SoftEuicc(pki, pki.eid_bytes, state, faults=Faults(tear_after_bpp_segments=5))
+    card = Card(euicc)
+    smdp = _prepared(card, pki)
+    segments = bpp_split.segments(smdp.bound_profile_package(euicc.eid, Order(iccid(8), pe_bytes=bytes(2500))))
+    with pytest.raises(PowerLoss):
+        for segment in segments:
+            card.call(segment)
+    with pytest.raises(PowerLoss):
+        euicc.transmit(bytes.fromhex("00A4040010") + bytes(16))
+    reborn = SoftEuicc(pki, pki.eid_bytes, state)
+    assert reborn.profiles == []
+    [note] = reborn.notifications
+    assert note.event == "install"
+    assert _error_of(note.der) == (5, 11)
+    assert codec.decode("ProfileInstallationResult", note.der)["profileInstallationResultData"]["transactionId"] \
+        == smdp.transaction_id
+    verify_rs(pki.euicc.cert, raw_child(note.der, 0), codec.decode("ProfileInstallationResult", note.der)["euiccSignPIR"])
+
+
+def test_power_cycle_after_a_tear_on_the_same_object(pki: RspPki) -> None:
+    euicc = SoftEuicc(pki, pki.eid_bytes, None, faults=Faults(tear_after_bpp_segments=3))
+    card = Card(euicc)
+    smdp = _prepared(card, pki)
+    with pytest.raises(PowerLoss):
+        card.load_bpp(smdp.bound_profile_package(euicc.eid, Order(iccid(9))))
+    euicc.power_cycle()
+    assert euicc.profiles == [] and not euicc.session_open
+    assert _error_of(euicc.notifications[0].der)[1] == 11
+    download(Card(euicc), pki, Order(iccid(9)))
+    assert [p.iccid for p in euicc.profiles] == [iccid(9)]
+
+
+def test_euicc_for_another_eid_gets_its_own_certificate_under_the_eum(pki: RspPki) -> None:
+    eid = bytes.fromhex("89049032000000000000000000001234")
+    euicc = SoftEuicc(pki, eid)
+    card = Card(euicc)
+    smdp = MiniSmdp(pki)
+    challenge = card.es10("GetEuiccChallengeRequest", {}, "GetEuiccChallengeResponse")["euiccChallenge"]
+    ok = smdp.check_authenticate_response(card.call(smdp.authenticate_server_request(challenge)))
+    cert = x509.load_der_x509_certificate(ok["euiccCertificate"])
+    assert cert.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)[0].value == eid.hex()
