@@ -9,6 +9,7 @@ full ES10 implementation is not needed to test the links.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import shutil
 import socket
@@ -118,8 +119,8 @@ class Broker:
         return path.read_text() if path.exists() else ""
 
 
-def _wait_port(port: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
+def _wait_port(port: int, deadline: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -141,6 +142,7 @@ def start_mosquitto(directory: Path, password_file: Path, acl_file: Path,
     port = _free_tcp()
     lines = [
         "per_listener_settings false",
+        f"user {getpass.getuser()}",  # when the tests run as root, do not drop to 'mosquitto'
         "allow_anonymous false",
         f"password_file {password_file}",
         f"acl_file {acl_file}",
@@ -158,9 +160,9 @@ def start_mosquitto(directory: Path, password_file: Path, acl_file: Path,
     conf.write_text("\n".join(lines) + "\n")
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait_port(port, time.monotonic() + 10)
+        _wait_port(port, time.monotonic() + 10, proc)
         if tls_port:
-            _wait_port(tls_port, time.monotonic() + 10)
+            _wait_port(tls_port, time.monotonic() + 10, proc)
     except RuntimeError:
         proc.kill()
         _, err = proc.communicate()
@@ -184,3 +186,58 @@ def broker_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "broker"
     d.mkdir()
     yield d
+
+
+GATEWAY_USER = "ipae-gateway"
+GATEWAY_PASSWORD = "gateway-secret"
+
+
+def broker_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A test CA and a server certificate for 127.0.0.1 / localhost (P-256, cryptography)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ipae test broker CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    paths[2].chmod(0o600)
+    return paths
+
+
+@pytest.fixture
+def broker(broker_dir: Path, registry: DeviceRegistry) -> Iterator[Broker]:
+    from gateway.links.mqtt import mqtt_password, write_acl_file, write_password_file
+
+    password_file, acl_file = broker_dir / "passwd", broker_dir / "acl"
+    write_password_file(password_file, [(GATEWAY_USER, GATEWAY_PASSWORD)]
+                        + [(d.identity, mqtt_password(d)) for d in registry])
+    write_acl_file(acl_file, GATEWAY_USER, registry)
+    b = start_mosquitto(broker_dir, password_file, acl_file, tls=broker_tls_files(broker_dir))
+    try:
+        yield b
+    finally:
+        stop_mosquitto(b)
