@@ -10,16 +10,23 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
+import os
 import sys
-import time
-from collections.abc import Callable
-from typing import Any
 
-from gateway.spec import bpp, tlv
+# `python bench/codec.py` puts bench/ first on sys.path, where a sibling such as bench/queue.py
+# would shadow the standard library module of the same name for everything imported below.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+from gateway.spec import bpp, tlv  # noqa: E402
 
 BPP_TARGET_MS = 5.0
 
@@ -53,6 +60,8 @@ def _median_ms(fn: Callable[[], object], runs: int) -> tuple[float, float]:
 def bench_bpp_cut(runs: int) -> dict[str, Any]:
     data = sample_bpp()
     seqs = bpp.store_data_apdus(data, 255)
+    if b"".join(block[5:] for seq in seqs for block in seq) != data:
+        raise SystemExit("BPP cut does not re-join to the input")
     median, p95 = _median_ms(lambda: bpp.store_data_apdus(data, 255), runs)
     return {
         "bpp_bytes": len(data),
