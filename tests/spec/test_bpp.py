@@ -4,7 +4,6 @@ sequences per segment, round trips and a fuzz test."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import DecodeError
-from gateway.spec import apdu, bpp, tlv
+from gateway.spec import apdu, bpp, codec, tlv
 
 
 def h(s: str) -> bytes:
@@ -166,13 +165,7 @@ def test_fuzz_mutated_valid_bpp_only_raises_decode_error(draw: st.DataObject) ->
         assert b"".join(segs) == candidate
 
 
-codec_ready = importlib.util.find_spec("gateway.spec.codec") is not None
-
-
-@pytest.mark.skipif(not codec_ready, reason="gateway.spec.codec not written yet")
 def test_bpp_encoded_by_the_codec_is_segmented_into_its_parts() -> None:
-    from gateway.spec import codec
-
     value = {
         "initialiseSecureChannelRequest": {
             "remoteOpId": 1,
