@@ -216,3 +216,19 @@ async def test_plain_coap_needs_explicit_lab_opt_in(handler: ScriptedHandler, re
         await transport.close()
         await server.close()
     assert report.batches == 1 and report.idle_after_s == handler.idle_s
+
+
+async def test_agent_command_line_runs_a_session_over_dtls(coap_server: CoapServer, handler: ScriptedHandler) -> None:
+    import json
+    import sys
+    handler.batches[eid_of(4)] = [p.Batch(9, es10_steps(4), aid=ISD_R_AID)]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hil.agent", "--transport", "coap", "--port", str(port_of(coap_server)),
+        "--eid", eid_of(4).hex(), "--identity", "dev4", "--psk-hex", b"psk-of-device-4".hex(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    line = json.loads(out.decode().splitlines()[-1])
+    assert line["batches"] == 1 and line["exchanges"] == 2 and line["idle_after_s"] == handler.idle_s
+    (result,) = handler.results_for(eid_of(4))
+    assert result.batch_id == 9 and len(result.results) == 4
