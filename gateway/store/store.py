@@ -81,6 +81,20 @@ class Store:
         with self._db.atomic("store transaction"):
             yield
 
+    def stats(self) -> dict[str, int]:
+        """Row counts and file sizes for the metrics endpoint."""
+        counts = self._db.fetchone(
+            "SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM inbox WHERE state != 'done'),"
+            " (SELECT count(*) FROM sessions), (SELECT max(id) FROM audit)", action="read store statistics")
+        usage = self.outbox.usage()
+        files = [self.path, self.path.with_name(self.path.name + "-wal")]
+        return {
+            "devices": counts[0], "inbox_open": counts[1], "sessions": counts[2],
+            "audit_last_id": counts[3] or 0, "outbox_pending": usage.entries,
+            "outbox_pending_bytes": usage.payload_bytes,
+            "db_bytes": sum(f.stat().st_size for f in files if f.exists()),
+        }
+
     def check(self) -> None:
         """Full integrity check (PRAGMA quick_check); raises StoreCorrupt with SQLite's findings."""
         rows = self._db.fetchall("PRAGMA quick_check", action=f"check {self.path}")

@@ -73,3 +73,15 @@ def test_updates_to_an_unknown_device_and_bad_status_are_clear_errors(store: Sto
     with pytest.raises(LocalProtocolError):
         store.devices.record_contact(EID_A, now=2.0, status={"raw": b"\x01"})
     assert store.devices.require(EID_A).last_contact is None
+
+
+def test_stats_count_what_is_stored(store: Store) -> None:
+    store.devices.register(EID_A, "coap", "a", now=1.0)
+    store.inbox.enqueue(EID_A, "k", "p", b"x", origin=None, now=1.0)
+    store.outbox.enqueue("eim", "r", "r", b"xyz", now=1.0)
+    store.audit.append(time=1.0, operation="op", result="ok")
+    stats = store.stats()
+    assert {k: v for k, v in stats.items() if k != "db_bytes"} == {
+        "devices": 1, "inbox_open": 1, "sessions": 0, "audit_last_id": 1, "outbox_pending": 1,
+        "outbox_pending_bytes": 3}
+    assert stats["db_bytes"] > 0

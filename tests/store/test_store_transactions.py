@@ -139,7 +139,7 @@ def test_sigkill_in_the_middle_of_a_unit_of_work_leaves_no_trace_of_it(db_path: 
 
 
 def test_sigkill_at_random_points_then_restart_runs_every_package_exactly_once(db_path: Path) -> None:
-    keys = _seed(db_path, devices=50, per_device=20)
+    keys = _seed(db_path, devices=40, per_device=10)
     rng = random.Random(1234)
     kills = 0
     progress: list[int] = []
@@ -147,7 +147,7 @@ def test_sigkill_at_random_points_then_restart_runs_every_package_exactly_once(d
         proc = _spawn(db_path, "slow")
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "READY"
-        time.sleep(rng.uniform(0.0, 0.05))
+        time.sleep(rng.uniform(0.0, 0.04))
         _kill(proc)
         kills += 1
         progress.append(_check_consistent(db_path, keys))
