@@ -98,6 +98,15 @@ class Inbox:
             f"SELECT {_COLUMNS} FROM inbox WHERE eid = ? AND state != 'done' ORDER BY id", (eid,),
             action=f"list inbox of {eid.hex()}")]
 
+    def entries(self, eid: bytes | None = None) -> list[InboxEntry]:
+        """Every entry, done ones included (history, checks), oldest first."""
+        if eid is None:
+            rows = self._db.fetchall(f"SELECT {_COLUMNS} FROM inbox ORDER BY id", action="list inbox entries")
+        else:
+            rows = self._db.fetchall(f"SELECT {_COLUMNS} FROM inbox WHERE eid = ? ORDER BY id", (eid,),
+                                     action=f"list inbox entries of {eid.hex()}")
+        return [_entry(r) for r in rows]
+
     def eids_with_work(self) -> list[bytes]:
         return [bytes(r[0]) for r in self._db.fetchall(
             "SELECT DISTINCT eid FROM inbox WHERE state != 'done' ORDER BY eid", action="list inboxes")]

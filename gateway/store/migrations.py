@@ -81,6 +81,8 @@ def migrate(db: Db, steps: Sequence[Migration], *, backup: bool = True) -> Migra
     step: Migration | None = None
     try:
         with db.atomic(f"migrate {db.path} from v{old} to v{target}") as conn:
+            if current_version(db) != old:
+                raise StoreError("another process changed the schema version while this one was upgrading")
             conn.execute(_VERSION_TABLE)
             for step in steps[old:]:
                 with db.atomic(f"migration step v{step.version}"):

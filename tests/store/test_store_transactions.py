@@ -14,8 +14,7 @@ import pytest
 
 from gateway.store import OutboxLimits, Store, StoreOptions
 
-sys.path.insert(0, str(Path(__file__).parent))
-from crash_worker import SERVER, result_for  # noqa: E402
+from crash_worker import SERVER, result_for
 
 EID = bytes.fromhex("89049032123451234512345678901235")
 WORKER = Path(__file__).with_name("crash_worker.py")
@@ -86,14 +85,12 @@ def _check_consistent(path: Path, keys: set[str]) -> int:
     """Every done package has exactly one result and one audit record; nothing else does."""
     with Store.open(path) as s:
         s.check()
-        done = set()
-        for eid in _all_eids(s):
-            for entry in _entries(s, eid):
-                if entry.state == "done":
-                    done.add(entry.key)
-                session = s.sessions.get(eid)
-                if entry.state == "in_progress":
-                    assert session is not None and session.state == "running" and session.blob == entry.key.encode()
+        entries = s.inbox.entries()
+        done = {e.key for e in entries if e.state == "done"}
+        for entry in entries:
+            if entry.state == "in_progress":
+                session = s.sessions.get(entry.eid)
+                assert session is not None and session.state == "running" and session.blob == entry.key.encode()
         results = {e.key: e.payload for e in s.outbox.pending()}
         assert set(results) == {"result/" + k for k in done}
         assert all(results["result/" + k] == result_for(k) for k in done)
@@ -104,12 +101,6 @@ def _check_consistent(path: Path, keys: set[str]) -> int:
         return len(done)
 
 
-def _all_eids(s: Store) -> list[bytes]:
-    return [bytes(r[0]) for r in s._db.fetchall("SELECT DISTINCT eid FROM inbox", action="test")]
-
-
-def _entries(s: Store, eid: bytes) -> list:  # type: ignore[type-arg]
-    return [s.inbox.get(r[0]) for r in s._db.fetchall("SELECT id FROM inbox WHERE eid = ?", (eid,), action="test")]
 
 
 def _spawn(path: Path, mode: str = "run") -> subprocess.Popen[str]:
