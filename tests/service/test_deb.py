@@ -110,6 +110,13 @@ def test_install_creates_user_directories_and_private_credentials(installed: Pat
     assert Path("/etc/ipae-gateway/gateway.d").is_dir() and Path("/etc/ipae-gateway/devices.d").is_dir()
 
 
+def test_installed_unit_verifies_with_its_binary_and_man_page(installed: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    result = _run("systemd-analyze", "verify", "/lib/systemd/system/ipae-gateway.service", check=False)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+
+
 def test_installed_cli_runs_help_and_check_config(installed: Path) -> None:
     assert shutil.which("ipae-gateway") == "/usr/bin/ipae-gateway"
     help_text = _run("ipae-gateway", "--help").stdout
