@@ -378,7 +378,8 @@ def _run_eco(euicc: SoftEuicc, eco: tuple[str, Any], context: dict[str, Any]) ->
     state = euicc.state
     if name == "addEim":
         try:
-            return ("addEimResult", _add_eim(euicc, arg))
+            added = _add_eim(euicc, arg)
+            return ("addEimResult", ("addEimResultCode", 0) if added[0] == "addOk" else added)
         except _AddRefused as refusal:
             return ("addEimResult", ("addEimResultCode", refusal.code))
     if name == "deleteEim":

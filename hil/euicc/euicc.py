@@ -28,6 +28,7 @@ from gateway.errors import DecodeError, LocalProtocolError
 from gateway.spec import codec, tlv
 from hil.euicc import state as nvm
 from hil.euicc.card import (
+    SW_NO_PRECISE_DIAGNOSIS,
     SW_REFERENCED_DATA_NOT_FOUND,
     SW_WRONG_DATA,
     ApduLayer,
@@ -170,8 +171,10 @@ class SoftEuicc:
             raise StatusWord(SW_WRONG_DATA, f"{function.name}: {exc}") from exc
         try:
             return function.handler(self, request, value)
-        except (DecodeError, LocalProtocolError) as exc:
+        except DecodeError as exc:
             raise StatusWord(SW_WRONG_DATA, f"{function.name}: {exc}") from exc
+        except LocalProtocolError as exc:   # a response this card cannot encode: its own bug
+            raise StatusWord(SW_NO_PRECISE_DIAGNOSIS, f"{function.name}: {exc}") from exc
 
 
 def _peek_tag(data: bytes) -> int:
