@@ -10,7 +10,7 @@ from gateway.store.errors import (
     StaleSession, StoreCorrupt, StoreDiskFull, StoreError, StoreIntegrityError, StoreIOError, StoreLocked, StoreReadOnly,
     StoreUnavailable,
 )
-from gateway.store.inbox import Inbox, InboxEnqueued, InboxEntry, package_key
+from gateway.store.inbox import Inbox, InboxEnqueued, InboxEntry, package_key, transaction_key
 from gateway.store.migrations import Migration, MigrationReport
 from gateway.store.outbox import Outbox, OutboxEnqueued, OutboxEntry, OutboxLimits, OutboxUsage
 from gateway.store.sessions import Session, Sessions
@@ -21,6 +21,6 @@ __all__ = [
     "IdempotencyConflict", "LinkIdentityTaken", "MigrationFailed", "NotAGatewayDatabase", "OutboxFull",
     "SchemaTooNew", "StaleSession", "StoreCorrupt", "StoreDiskFull", "StoreError", "StoreIntegrityError", "StoreIOError",
     "StoreLocked", "StoreReadOnly", "StoreUnavailable", "Inbox", "InboxEnqueued", "InboxEntry",
-    "package_key", "Migration", "MigrationReport", "Outbox", "OutboxEnqueued", "OutboxEntry",
+    "package_key", "transaction_key", "Migration", "MigrationReport", "Outbox", "OutboxEnqueued", "OutboxEntry",
     "OutboxLimits", "OutboxUsage", "Session", "Sessions", "Store", "StoreOptions",
 ]

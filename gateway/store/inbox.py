@@ -44,6 +44,11 @@ class InboxEnqueued:
     state: InboxState
 
 
+def transaction_key(eim_id: str, eim_transaction_id: bytes) -> str:
+    """The idempotency key of an eIM package that carries an eimTransactionId (SGP.32 §2.11)."""
+    return f"eim:{eim_id}/tx:{eim_transaction_id.hex()}"
+
+
 def package_key(payload: bytes) -> str:
     """An idempotency key from the package bytes, for packages without a transaction id."""
     return "sha256:" + hashlib.sha256(payload).hexdigest()

@@ -9,7 +9,9 @@ restart the session and inbox say either "not yet run" or "done, result queued",
 
 The Store is synchronous and not thread-safe: one thread owns it (`AsyncStore` in aio.py gives
 an event loop a dedicated thread). The caller supplies every time value (`now`), and the
-randomness used for retry jitter (`rng`), so tests can compress a day into seconds.
+randomness used for retry jitter (`rng`), so tests can compress a day into seconds. `now` is
+wall-clock seconds since the epoch (time.time() in production): stored times are compared
+across restarts and reboots, which a monotonic clock cannot do.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import IdempotencyConflict, Store, package_key
+from gateway.store import IdempotencyConflict, Store, package_key, transaction_key
 
 EID = bytes.fromhex("89049032123451234512345678901235")
 OTHER = bytes.fromhex("89049032123451234512345678901299")
@@ -58,3 +58,8 @@ def test_requeue_and_purge_done(store: Store) -> None:
     assert store.inbox.purge_done(older_than=4.0) == 0
     assert store.inbox.purge_done(older_than=5.0) == 1
     assert store.inbox.find(EID, "k") is None
+
+
+def test_transaction_key_names_the_eim_and_the_transaction() -> None:
+    assert transaction_key("eim1", b"\x01\xab") == "eim:eim1/tx:01ab"
+    assert transaction_key("eim1", b"\x01") != transaction_key("eim2", b"\x01")

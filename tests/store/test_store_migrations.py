@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from gateway.store import MigrationFailed, NotAGatewayDatabase, SchemaTooNew, Store
 from gateway.store.migrations import Migration
@@ -61,10 +62,9 @@ def test_newer_gateway_upgrades_an_older_database_and_keeps_a_backup(db_path: Pa
         assert s.migration.backup == db_path.with_name("gateway.db.v1.bak")
         assert [e.key for e in s.outbox.pending()] == ["k1"]
         assert s.inbox.find(EID, "p1") is not None
-    conn = sqlite3.connect(db_path)
-    assert [c[1] for c in conn.execute("PRAGMA table_info(inbox)")][-1] == "priority"
-    versions = conn.execute("SELECT version, description FROM schema_version ORDER BY version").fetchall()
-    conn.close()
+    with sqlite_utils.Database(db_path) as db:
+        assert db["inbox"].columns_dict["priority"] is int  # type: ignore[union-attr]
+        versions = [(r["version"], r["description"]) for r in db["schema_version"].rows]  # type: ignore[union-attr]
     assert versions == [(1, MIGRATIONS[0].description), (2, "inbox priority")]
     with Store.open(db_path.with_name("gateway.db.v1.bak"), migrations=MIGRATIONS) as backup:
         assert backup.schema_version == 1 and [e.key for e in backup.outbox.pending()] == ["k1"]
