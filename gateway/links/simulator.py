@@ -1,0 +1,284 @@
+"""In-process link simulator: round-trip time, bandwidth and loss between devices and the gateway.
+
+Theory of operation. A simulator is a relay that sits between device agents and a gateway
+endpoint on loopback. Each *flow* (one device's UDP source address, or one TCP connection)
+gets a `LinkProfile` and two independent one-way lines. A message entering a line waits until
+the line is free, occupies it for ``size * 8 / bandwidth`` seconds (serialisation), then
+arrives ``rtt / 2`` later (propagation); with probability ``loss`` a UDP datagram is dropped
+(TCP segments are never dropped: TCP would retransmit them, which costs time the loss figure
+does not model). So a request/response exchange costs one RTT plus the serialisation of both
+messages, as on an NB-IoT or satellite bearer.
+
+`UdpLinkSimulator` relays datagrams (CoAP, DTLS), `TcpLinkSimulator` relays byte streams
+(MQTT). Both take one profile for every flow or a function of the flow's peer address, so a
+benchmark can give each device its own link. Delivery is scheduled on the event loop
+(call_at), so thousands of flows cost timers, not tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkProfile:
+    rtt_s: float = 0.0
+    bandwidth_bps: float | None = None  # None: unlimited
+    loss: float = 0.0  # probability that a UDP datagram is lost, each way
+
+    def __post_init__(self) -> None:
+        if self.rtt_s < 0 or not 0 <= self.loss < 1 or (self.bandwidth_bps is not None and self.bandwidth_bps <= 0):
+            raise ValueError(f"invalid link profile {self}")
+
+
+ProfileSource = LinkProfile | Callable[[Address], LinkProfile]
+
+
+@dataclass(slots=True)
+class _Line:
+    """One direction of a flow: when it is free again."""
+
+    profile: LinkProfile
+    busy_until: float = 0.0
+
+    def arrival(self, now: float, size: int) -> float:
+        start = max(now, self.busy_until)
+        serialisation = size * 8 / self.profile.bandwidth_bps if self.profile.bandwidth_bps else 0.0
+        self.busy_until = start + serialisation
+        return self.busy_until + self.profile.rtt_s / 2
+
+
+@dataclass
+class LinkStats:
+    datagrams: int = 0
+    dropped: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    flows: int = 0
+
+
+def _profile(source: ProfileSource, peer: Address) -> LinkProfile:
+    return source(peer) if callable(source) else source
+
+
+class _Upstream(asyncio.DatagramProtocol):
+    def __init__(self, relay: UdpLinkSimulator, flow: _UdpFlow) -> None:
+        self.relay, self.flow = relay, flow
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.relay._down(self.flow, data)
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _UdpFlow:
+    peer: Address
+    up: _Line
+    down: _Line
+    transport: asyncio.DatagramTransport | None = None
+    backlog: list[bytes] = field(default_factory=list)
+
+
+class UdpLinkSimulator(asyncio.DatagramProtocol):
+    """Relay UDP datagrams from devices (to `listen_port`) to `target`, through simulated lines."""
+
+    def __init__(self, target: Address, profile: ProfileSource, *, host: str = "127.0.0.1",
+                 seed: int | None = None) -> None:
+        self.target = target
+        self.host = host
+        self._source = profile
+        self._rng = random.Random(seed)
+        self._flows: dict[Address, _UdpFlow] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timers: set[asyncio.TimerHandle] = set()
+        self.stats = LinkStats()
+        self.listen_port = 0
+
+    async def start(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        transport, _ = await self._loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, 0))
+        self._transport = transport
+        self.listen_port = int(transport.get_extra_info("sockname")[1])
+        return self.listen_port
+
+    async def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        for flow in self._flows.values():
+            if flow.transport is not None:
+                flow.transport.close()
+        self._flows.clear()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        await asyncio.sleep(0)
+
+    async def __aenter__(self) -> UdpLinkSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _later(self, when: float, fn: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            fn(*args)
+        handle = self._loop.call_at(when, fire)
+        self._timers.add(handle)
+
+    def _lost(self, profile: LinkProfile) -> bool:
+        if profile.loss and self._rng.random() < profile.loss:
+            self.stats.dropped += 1
+            return True
+        return False
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assert self._loop is not None
+        peer = (str(addr[0]), int(addr[1]))
+        flow = self._flows.get(peer)
+        if flow is None:
+            profile = _profile(self._source, peer)
+            flow = _UdpFlow(peer, _Line(profile), _Line(profile))
+            self._flows[peer] = flow
+            self.stats.flows += 1
+            self._loop.create_task(self._open(flow))
+        self.stats.datagrams += 1
+        self.stats.bytes_up += len(data)
+        if self._lost(flow.up.profile):
+            return
+        self._later(flow.up.arrival(self._loop.time(), len(data)), self._send_up, flow, data)
+
+    async def _open(self, flow: _UdpFlow) -> None:
+        assert self._loop is not None
+        transport, _ = await self._loop.create_datagram_endpoint(lambda: _Upstream(self, flow),
+                                                                 remote_addr=self.target)
+        flow.transport = transport
+        for data in flow.backlog:
+            transport.sendto(data)
+        flow.backlog.clear()
+
+    def _send_up(self, flow: _UdpFlow, data: bytes) -> None:
+        if flow.transport is None:
+            flow.backlog.append(data)
+        else:
+            flow.transport.sendto(data)
+
+    def _down(self, flow: _UdpFlow, data: bytes) -> None:
+        assert self._loop is not None
+        self.stats.datagrams += 1
+        self.stats.bytes_down += len(data)
+        if self._lost(flow.down.profile):
+            return
+        self._later(flow.down.arrival(self._loop.time(), len(data)), self._send_down, flow.peer, data)
+
+    def _send_down(self, peer: Address, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.sendto(data, peer)
+
+
+class TcpLinkSimulator:
+    """Relay TCP connections from devices to `target` with per-connection RTT and bandwidth."""
+
+    def __init__(self, target: Address, profile: ProfileSource, *, host: str = "127.0.0.1") -> None:
+        self.target = target
+        self.host = host
+        self._source = profile
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.stats = LinkStats()
+        self.listen_port = 0
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, self.host, 0)
+        self.listen_port = int(self._server.sockets[0].getsockname()[1])
+        return self.listen_port
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await task
+        for writer in list(self._writers):
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> TcpLinkSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        profile = _profile(self._source, (str(peer[0]), int(peer[1])))
+        self.stats.flows += 1
+        self._writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(up_writer)
+        for src, dst, up in ((reader, up_writer, True), (up_reader, writer, False)):
+            task = asyncio.get_running_loop().create_task(self._pump(src, dst, _Line(profile), up))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, line: _Line, up: bool) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                when, data = await queue.get()
+                if not data:
+                    break
+                delay = when - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                dst.write(data)
+                await dst.drain()
+            with contextlib.suppress(OSError):
+                if dst.can_write_eof():
+                    dst.write_eof()
+
+        sender = loop.create_task(deliver())
+        try:
+            while data := await src.read(65536):
+                if up:
+                    self.stats.bytes_up += len(data)
+                else:
+                    self.stats.bytes_down += len(data)
+                queue.put_nowait((line.arrival(loop.time(), len(data)), data))
+            queue.put_nowait((loop.time(), b""))
+            await sender
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await sender

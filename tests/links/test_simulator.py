@@ -1,0 +1,119 @@
+"""The link simulator adds the round-trip time, serialisation delay and loss it is given."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gateway.links import protocol as p
+from gateway.links.base import DeviceRegistry
+from gateway.links.coap import CoapServer
+from gateway.links.simulator import LinkProfile, TcpLinkSimulator, UdpLinkSimulator
+from gateway.spec.apdu import ISD_R_AID
+from hil.agent import Agent
+from hil.agent.coap_transport import CoapAgentTransport
+from tests.links.conftest import ScriptedHandler, echo_card, eid_of, es10_steps
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+
+
+class Client(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.got: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.got.put_nowait((time.monotonic(), data))
+
+
+async def udp_echo_through(profile: LinkProfile, payloads: list[bytes], seed: int = 1
+                           ) -> tuple[list[tuple[float, bytes]], float, UdpLinkSimulator]:
+    loop = asyncio.get_running_loop()
+    echo_t, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    port = echo_t.get_extra_info("sockname")[1]
+    sim = UdpLinkSimulator(("127.0.0.1", port), profile, seed=seed)
+    await sim.start()
+    client = Client()
+    client_t, _ = await loop.create_datagram_endpoint(lambda: client, remote_addr=("127.0.0.1", sim.listen_port))
+    try:
+        t0 = time.monotonic()
+        for data in payloads:
+            client_t.sendto(data)
+        got = []
+        with pytest.raises(asyncio.TimeoutError):
+            while True:
+                got.append(await asyncio.wait_for(client.got.get(), profile.rtt_s + 1.0))
+        return got, t0, sim
+    finally:
+        client_t.close()
+        await sim.close()
+        echo_t.close()
+
+
+async def test_a_datagram_echo_takes_one_round_trip() -> None:
+    got, t0, _ = await udp_echo_through(LinkProfile(rtt_s=0.4), [b"ping"])
+    assert [d for _, d in got] == [b"ping"]
+    assert 0.38 <= got[0][0] - t0 < 0.55
+
+
+async def test_bandwidth_serialises_datagrams_one_after_the_other() -> None:
+    # 10 x 1000 bytes at 80 kbit/s: 0.1 s per datagram each way; the last one is back after ~1.1 s
+    got, t0, _ = await udp_echo_through(LinkProfile(rtt_s=0.0, bandwidth_bps=80_000), [bytes(1000)] * 10)
+    assert len(got) == 10
+    assert 1.0 <= got[-1][0] - t0 < 1.4
+
+
+async def test_loss_drops_the_given_share_of_datagrams() -> None:
+    got, _, sim = await udp_echo_through(LinkProfile(rtt_s=0.0, loss=0.3), [bytes([i]) for i in range(200)], seed=7)
+    assert 0.35 < len(got) / 200 < 0.65  # two lines at 30 % each: about 49 % survive
+    assert sim.stats.dropped + len(got) * 2 <= 400 and sim.stats.dropped > 100
+
+
+async def test_tcp_relay_adds_half_the_rtt_each_way() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.read(100))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with TcpLinkSimulator(("127.0.0.1", port), LinkProfile(rtt_s=0.3)) as sim:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.listen_port)
+        t0 = time.monotonic()
+        writer.write(b"hello")
+        assert await reader.read(100) == b"hello"
+        elapsed = time.monotonic() - t0
+        writer.close()
+        await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    assert 0.28 <= elapsed < 0.5
+
+
+async def test_a_30_kb_coap_batch_costs_one_extra_round_trip_not_thirty(
+        coap_server: CoapServer, handler: ScriptedHandler, registry: DeviceRegistry) -> None:
+    rtt = 0.3
+    async with UdpLinkSimulator(("127.0.0.1", coap_server._config.dtls_port), LinkProfile(rtt_s=rtt)) as sim:
+        transport = CoapAgentTransport("127.0.0.1", sim.listen_port, eid_of(1), identity="dev1",
+                                       psk=b"psk-of-device-1")
+        from hil.euicc.card import ApduLayer
+        agent = Agent(Agent.make_status(eid_of(1), buffer_size=32 * 1024), ApduLayer(lambda r: b""), transport)
+        try:
+            await agent.run_session()  # DTLS handshake + Hello/Idle
+            handler.batches[eid_of(1)] = [p.Batch(2, es10_steps(120), aid=ISD_R_AID)]
+            t0 = time.monotonic()
+            report = await agent.run_session()
+            elapsed = time.monotonic() - t0
+        finally:
+            await transport.close()
+    assert report.downlink_bytes > 30_000 and report.exchanges == 2
+    assert elapsed < 3.5 * rtt + 0.3  # Hello -> block 0, blocks 1..30 at once, Result -> Idle
