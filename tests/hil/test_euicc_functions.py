@@ -180,7 +180,7 @@ def test_delay_fault_slows_every_apdu(pki: RspPki) -> None:
 def test_apdu_shell_answers_each_line(pki: RspPki, tmp_path: Path) -> None:
     state = tmp_path / "shell.json"
     lines = ["00 70 00 00 01", "01A4040010A0000005591010FFFFFFFF890000010000", "81E2910003BF2E00",
-             "01C0000015", "not hex", "81E2910003BF6503800161", ""]
+             "01C0000015", "not hex", "81E2910006BF650380016100", ""]
     proc = subprocess.run([sys.executable, "-m", "hil.euicc", "--pki", str(pki.directory), "--eid", pki.eid,
                            "--state", str(state)], input="\n".join(lines) + "\n", capture_output=True,
                           text=True, cwd=REPO, timeout=60)
