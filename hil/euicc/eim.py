@@ -307,9 +307,9 @@ def _failed(result: tuple[str, Any]) -> bool:
     if isinstance(value, int):
         return value != 0 and not (name == "deleteEimResult" and value == 2)
     if name == "addEimResult":
-        return value[0] == "addEimResultCode" and value[1] != 0
+        return bool(value[0] == "addEimResultCode" and value[1] != 0)
     if name in ("listProfileInfoResult", "listEimResult"):
-        return value[0].endswith("Error")
+        return str(value[0]).endswith("Error")
     return False
 
 

@@ -20,12 +20,14 @@ from its NVM, and cleans up a Profile whose installation was torn.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import DecodeError, LocalProtocolError
 from gateway.spec import codec, tlv
+from hil.euicc import bpp_load
 from hil.euicc import state as nvm
 from hil.euicc.card import (
     SW_NO_PRECISE_DIAGNOSIS,
@@ -86,6 +88,7 @@ class SoftEuicc:
         self.just_installed: bytes | None = None  # ICCID, for ImmediateEnable (SGP.32 §5.9.x)
         self.refresh_requests = 0                 # REFRESH proactive commands a real card would send
         self.powered = True
+        self._lock = threading.Lock()
         self._boot()
 
     # -- public helpers ---------------------------------------------------------------------
@@ -96,16 +99,21 @@ class SoftEuicc:
 
     def transmit(self, apdu: bytes) -> bytes:
         """One command APDU in, response data + SW out (raises PowerLoss after a tear)."""
-        if not self.powered:
-            raise PowerLoss("the card is off: call power_cycle()")
-        try:
-            return self.apdu.transmit(apdu)
-        except PowerLoss:
-            self.powered = False
-            raise
+        with self._lock:
+            if not self.powered:
+                raise PowerLoss("the card is off: call power_cycle()")
+            try:
+                return self.apdu.transmit(apdu)
+            except PowerLoss:
+                self.powered = False
+                raise
 
     def power_cycle(self) -> None:
         """Power off and on: volatile state is lost, the NVM snapshot is what remains."""
+        with self._lock:
+            self._power_on()
+
+    def _power_on(self) -> None:
         self.state = nvm.load_bytes(self._nvm)
         self.session = None
         self.bpp = None
@@ -147,20 +155,16 @@ class SoftEuicc:
     # -- internals --------------------------------------------------------------------------
 
     def _boot(self) -> None:
-        from hil.euicc.bpp_load import clean_up_torn_installations
-
-        if clean_up_torn_installations(self):
+        if bpp_load.clean_up_torn_installations(self):
             self.commit()
 
     def _es10(self, request: bytes) -> bytes:
         try:
-            head_tag = _peek_tag(request)
+            head_tag = bpp_load.header(request)[0]
         except DecodeError as exc:
             raise StatusWord(SW_WRONG_DATA, str(exc)) from exc
         if head_tag == 0xBF36 or (head_tag in BPP_SEGMENT_TAGS and self.bpp is not None):
-            from hil.euicc.bpp_load import load_segment
-
-            return load_segment(self, request)
+            return bpp_load.load_segment(self, request)
         function = FUNCTIONS.get(head_tag)
         if function is None:
             raise StatusWord(SW_REFERENCED_DATA_NOT_FOUND, f"unknown ES10 tag {head_tag:X}")
@@ -175,17 +179,3 @@ class SoftEuicc:
             raise StatusWord(SW_WRONG_DATA, f"{function.name}: {exc}") from exc
         except LocalProtocolError as exc:   # a response this card cannot encode: its own bug
             raise StatusWord(SW_NO_PRECISE_DIAGNOSIS, f"{function.name}: {exc}") from exc
-
-
-def _peek_tag(data: bytes) -> int:
-    """The outer tag of `data` even when only a header is present (BPP header segments)."""
-    if not data:
-        raise DecodeError("empty ES10 request", offset=0)
-    tag = data[0]
-    if tag & 0x1F != 0x1F:
-        return tag
-    for i in range(1, min(len(data), 4)):
-        tag = (tag << 8) | data[i]
-        if not data[i] & 0x80:
-            return tag
-    raise DecodeError("truncated or over-long tag", offset=0)

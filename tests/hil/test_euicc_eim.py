@@ -20,6 +20,7 @@ from test_euicc_support import (
     eim_configuration,
     eim_package,
     iccid,
+    oracle,
     oracle_decode,
     raw_child,
     verify_rs,
@@ -313,3 +314,20 @@ def test_signature_inputs_append_the_association_token_as_tlv_84() -> None:
     assert signed_data.eim_signature_input(b"\x30\x00", 5) == bytes.fromhex("3000840105")
     assert signed_data.eim_signature_input(b"\x30\x00", None) == b"\x30\x00"
     assert signed_data.association_token_tlv(128) == bytes.fromhex("84020080")
+
+
+def test_package_encoded_and_signed_by_an_independent_encoder_is_accepted(card: Card, pki: RspPki) -> None:
+    """pycrate (asn1play) encodes the EuiccPackageRequest; the eUICC verifies it as received."""
+    S = oracle()["SGP32Definitions"]
+    signed_type = S["EuiccPackageSigned"]
+    signed_type.set_val({"eimId": EIM_ID, "eidValue": card.euicc.eid, "counterValue": 7,
+                         "euiccPackage": ("psmoList", [("getRAT", {})])})
+    signed = signed_type.to_der()
+    signature = rspcrypto.sign_rs(pki.eim_sign.key, signed)
+    request_type = S["EuiccPackageRequest"]
+    request_type.set_val({"euiccPackageSigned": signed_type.get_val(), "eimSignature": signature})
+    response = card.call(request_type.to_der())
+    kind, value = codec.decode("EuiccPackageResult", response)
+    assert kind == "euiccPackageResultSigned"
+    assert value["euiccPackageResultDataSigned"]["counterValue"] == 7
+    assert "eimTransactionId" not in value["euiccPackageResultDataSigned"]
