@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import Credentials, GatewayFile, Secret, eid_check_digits, load_config
+from gateway.config import Credentials, GatewayFile, Secret, eid_check_digits, load_config, load_devices_csv
 from gateway.config.schema import Origins, build, documented_keys
 from gateway.errors import ConfigError
 
@@ -378,3 +378,15 @@ def test_fuzzed_file_bytes_give_a_config_or_a_config_error(tmp_path_factory: pyt
         load_config(d / "gateway.toml")
     except ConfigError:
         pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300) | st.text(alphabet=st.sampled_from('abc,"#\n\r 0123456789-_.'), max_size=300))
+def test_fuzzed_device_csv_gives_devices_or_a_config_error(tmp_path_factory: pytest.TempPathFactory,
+                                                           text: str) -> None:
+    path = tmp_path_factory.mktemp("csv") / "fleet.csv"
+    path.write_text("eid,link,identity,segment_size\n" + text)
+    try:
+        load_devices_csv(path)
+    except ConfigError as exc:
+        assert exc.file == str(path)

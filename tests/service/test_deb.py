@@ -7,12 +7,14 @@ an ipae-gateway package that was already installed.
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import os
 import pwd
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,14 +63,17 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(deb: Path) -> Iterator[Path]:
-    if _installed():
-        pytest.skip("ipae-gateway is already installed on this machine: not touching it")
-    try:
-        _run("dpkg", "-i", str(deb), timeout=300)
-        assert _installed()
-        yield deb
-    finally:
-        _run("dpkg", "--purge", PACKAGE, check=False, timeout=300)
+    # Two test runs on one machine take turns: the package is a machine-wide resource.
+    with open(Path(tempfile.gettempdir()) / "ipae-gateway-deb-test.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _installed():
+            pytest.skip("ipae-gateway is already installed on this machine: not touching it")
+        try:
+            _run("dpkg", "-i", str(deb), timeout=300)
+            assert _installed()
+            yield deb
+        finally:
+            _run("dpkg", "--purge", PACKAGE, check=False, timeout=300)
 
 
 def test_deb_file_name_has_version_and_architecture(deb: Path) -> None:
