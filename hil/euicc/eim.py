@@ -484,3 +484,9 @@ def ipa_euicc_data(euicc: SoftEuicc, request: bytes, value: Any) -> bytes:
         elif tag == 0x87 and tid is not None:
             fields.append(signed_data.tlv_bytes(0x87, tid))
     return wrap(0xBF52, [wrap(0xA0, fields)])
+
+
+@es10(0xBF42, "IpaeActivation", "IpaeActivationRequest")
+def ipae_activation(euicc: SoftEuicc, request: bytes, value: Any) -> bytes:
+    """This eUICC has no IPAe (EUICCInfo2.ipaMode = ipad): activation is notSupported."""
+    return codec.encode("IpaeActivationResponse", {"ipaeActivationResult": 1})

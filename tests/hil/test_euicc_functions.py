@@ -193,3 +193,20 @@ def test_apdu_shell_answers_each_line(pki: RspPki, tmp_path: Path) -> None:
     assert out[4] == "6700"
     assert out[5].startswith("BF6503") and out[5].endswith("9000")
     assert json.loads(state.read_text())["state"]["default_dp_address"] == "a"
+
+
+def test_ipae_activation_is_not_supported_by_an_ipad_euicc(card: Card) -> None:
+    assert card.es10("IpaeActivationRequest", {"ipaeOption": (b"\x80", 1)}, "IpaeActivationResponse") == {
+        "ipaeActivationResult": 1}
+    assert codec.decode("EUICCInfo2", card.call(bytes.fromhex("BF2200")))["ipaMode"] == 0
+
+
+def test_internal_error_answers_6f00_instead_of_crashing(card: Card, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hil.euicc import rsp
+
+    def broken(*_: object) -> dict[str, object]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(rsp, "euicc_info1", broken)
+    assert card.call_sw(bytes.fromhex("BF2000"))[1] == 0x6F00
+    assert card.call_sw(bytes.fromhex("BF2E00"))[1] == 0x9000

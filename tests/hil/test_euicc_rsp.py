@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,8 @@ def test_tear_in_the_middle_of_the_bpp_leaves_no_profile_and_reports_interruptio
             card.call(segment)
     with pytest.raises(PowerLoss):
         euicc.transmit(bytes.fromhex("00A4040010") + bytes(16))
+    [torn] = json.loads(state.read_text())["state"]["profiles"]
+    assert torn["install_state"] == "installing"          # what the card's NVM held at the tear
     reborn = SoftEuicc(pki, pki.eid_bytes, state)
     assert reborn.profiles == []
     [note] = reborn.notifications
