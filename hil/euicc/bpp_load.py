@@ -252,7 +252,7 @@ def _complete(euicc: SoftEuicc, loader: BppLoader, sequence: int, clear: bytes) 
         profile = Profile(iccid=b"", isdp_aid=euicc.new_isdp_aid(),
                           install_transaction_id=loader.session.transaction_id,
                           install_smdp_address=loader.session.server_address,
-                          smdp_oid=loader.session.smdp_oid)
+                          smdp_oid=loader.session.smdp_oid, install_command=CMD_STORE_METADATA)
         dp = configure.get("dpProprietaryData")
         if dp is not None:
             profile.dp_proprietary_data = codec.encode("DpProprietaryData", dp)

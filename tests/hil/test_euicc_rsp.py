@@ -228,10 +228,11 @@ def test_cancel_session_answer_is_not_valid_for_another_key(card: Card, pki: Rsp
                   codec.decode("CancelSessionResponse", response)[1]["euiccCancelSessionSignature"])
 
 
+@pytest.mark.parametrize(("tear_after", "command"), [(2, 2), (5, 5)])
 def test_tear_in_the_middle_of_the_bpp_leaves_no_profile_and_reports_interruption(
-        pki: RspPki, tmp_path: Path) -> None:
+        pki: RspPki, tmp_path: Path, tear_after: int, command: int) -> None:
     state = tmp_path / "euicc.json"
-    euicc = SoftEuicc(pki, pki.eid_bytes, state, faults=Faults(tear_after_bpp_segments=5))
+    euicc = SoftEuicc(pki, pki.eid_bytes, state, faults=Faults(tear_after_bpp_segments=tear_after))
     card = Card(euicc)
     smdp = _prepared(card, pki)
     segments = bpp_split.segments(smdp.bound_profile_package(euicc.eid, Order(iccid(8), pe_bytes=bytes(2500))))
@@ -246,7 +247,7 @@ def test_tear_in_the_middle_of_the_bpp_leaves_no_profile_and_reports_interruptio
     assert reborn.profiles == []
     [note] = reborn.notifications
     assert note.event == "install"
-    assert _error_of(note.der) == (5, 11)
+    assert _error_of(note.der) == (command, 11)
     assert codec.decode("ProfileInstallationResult", note.der)["profileInstallationResultData"]["transactionId"] \
         == smdp.transaction_id
     verify_rs(pki.euicc.cert, raw_child(note.der, 0), codec.decode("ProfileInstallationResult", note.der)["euiccSignPIR"])
