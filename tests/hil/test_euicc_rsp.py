@@ -275,3 +275,28 @@ def test_euicc_for_another_eid_gets_its_own_certificate_under_the_eum(pki: RspPk
     ok = smdp.check_authenticate_response(card.call(smdp.authenticate_server_request(challenge)))
     cert = x509.load_der_x509_certificate(ok["euiccCertificate"])
     assert cert.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)[0].value == eid.hex()
+
+
+def test_every_download_response_decodes_in_the_independent_decoder(card: Card, euicc: SoftEuicc,
+                                                                     pki: RspPki) -> None:
+    smdp = MiniSmdp(pki)
+    challenge = card.call(bytes.fromhex("BF2E00"))
+    assert oracle_decode("GetEuiccChallengeResponse", challenge, "RSPDefinitions")["euiccChallenge"] \
+        == codec.decode("GetEuiccChallengeResponse", challenge)["euiccChallenge"]
+    auth = card.call(smdp.authenticate_server_request(codec.decode("GetEuiccChallengeResponse",
+                                                                   challenge)["euiccChallenge"]))
+    kind, ok = oracle_decode("AuthenticateServerResponse", auth)
+    assert kind == "authenticateResponseOk" and ok["euiccSigned1"]["transactionId"] == smdp.transaction_id
+    smdp.check_authenticate_response(auth)
+    prepared = card.call(smdp.prepare_download_request())
+    kind, ok = oracle_decode("PrepareDownloadResponse", prepared)
+    assert kind == "downloadResponseOk" and len(ok["euiccSigned2"]["euiccOtpk"]) == 65
+    cancel = card.call(codec.encode("CancelSessionRequest", {"transactionId": smdp.transaction_id, "reason": 4}))
+    kind, ok = oracle_decode("CancelSessionResponse", cancel)
+    assert kind == "cancelSessionResponseOk" and ok["euiccCancelSessionSigned"]["reason"] == 4
+    download(card, pki, Order(iccid(30)))
+    listed = card.call(bytes.fromhex("BF2800"))
+    assert oracle_decode("ListNotificationResponse", listed, "RSPDefinitions")[1][0]["seqNumber"] == 1
+    pending = card.call(bytes.fromhex("BF2B00"))
+    kind, items = oracle_decode("RetrieveNotificationsListResponse", pending)
+    assert kind == "notificationList" and items[0][0] == "profileInstallationResult"
