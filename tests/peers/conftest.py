@@ -1,0 +1,35 @@
+"""Fixtures for the SM-DP+ and eIM peer tests: the shared test PKI, the peers on real TLS
+sockets, a software eUICC and the gateway's own HTTPS client pointed at the peers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.backhaul.http import BackhaulHttp, HttpLimits, Server, TlsTrust
+from hil.euicc import SoftEuicc
+from hil.peers.smdpp import SmdppServer
+from hil.pki import RspPki
+from tests.hil.conftest import pki  # noqa: F401  (the session-wide test PKI)
+
+
+@pytest.fixture
+async def smdpp(pki: RspPki) -> AsyncIterator[SmdppServer]:  # noqa: F811
+    async with SmdppServer(pki) as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[BackhaulHttp]:
+    async with BackhaulHttp(HttpLimits(request_timeout_s=20.0, connect_timeout_s=5.0)) as client:
+        yield client
+
+
+def server_for(pki: RspPki, url: str) -> Server:  # noqa: F811
+    return Server(url, TlsTrust(ca_file=str(pki.tls_trust_path)))
+
+
+@pytest.fixture
+def euicc(pki: RspPki) -> SoftEuicc:  # noqa: F811
+    return SoftEuicc(pki, pki.eid_bytes)
