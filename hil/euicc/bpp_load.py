@@ -174,6 +174,8 @@ def _initialise_secure_channel(euicc: SoftEuicc, data: bytes, head_len: int, len
         scp = _check_isc(euicc, session, raw, value)
     except _Failed as failure:
         return _fail(euicc, session, failure)
+    except DecodeError as exc:
+        return _fail(euicc, session, _Failed(CMD_INITIALISE_SECURE_CHANNEL, ERR_INCORRECT_INPUT_VALUES, str(exc)))
     session.phase = "loading"
     euicc.bpp = BppLoader(session=session, total=head_len + length, received=len(data), scp=scp)
     return b""

@@ -179,6 +179,8 @@ class SoftEuicc:
         if head_tag == 0xBF36 or (head_tag in BPP_SEGMENT_TAGS and self.bpp is not None):
             return bpp_load.load_segment(self, request)
         function = FUNCTIONS.get(head_tag)
+        if function is None and self.bpp is not None:   # garbage inside a BPP: ends the load
+            return bpp_load.load_segment(self, request)
         if function is None:
             raise StatusWord(SW_REFERENCED_DATA_NOT_FOUND, f"unknown ES10 tag {head_tag:X}")
         try:

@@ -160,11 +160,19 @@ def load_bytes(data: bytes) -> EuiccState:
 
 
 def load(path: Path) -> EuiccState:
-    """The state in `path`, or a fresh eUICC's state when the file does not exist."""
+    """The state in `path`, or a fresh eUICC's state when the file does not exist.
+
+    A file that is not a state this code wrote is a ValueError naming the file: a card whose
+    NVM is garbage does not boot, and guessing would hide the problem.
+    """
     try:
-        return load_bytes(path.read_bytes())
+        data = path.read_bytes()
     except FileNotFoundError:
         return EuiccState()
+    try:
+        return load_bytes(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a software eUICC state file ({exc})") from exc
 
 
 def save(state: EuiccState, path: Path) -> None:

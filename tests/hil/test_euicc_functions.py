@@ -210,3 +210,11 @@ def test_internal_error_answers_6f00_instead_of_crashing(card: Card, monkeypatch
     monkeypatch.setattr(rsp, "euicc_info1", broken)
     assert card.call_sw(bytes.fromhex("BF2000"))[1] == 0x6F00
     assert card.call_sw(bytes.fromhex("BF2E00"))[1] == 0x9000
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"version": 99, "state": {}}', b'{"version": 1}', b"[]"])
+def test_a_corrupt_state_file_is_refused_with_its_name(pki: RspPki, tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="bad.json"):
+        SoftEuicc(pki, pki.eid_bytes, path)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
@@ -300,3 +301,31 @@ def test_every_download_response_decodes_in_the_independent_decoder(card: Card, 
     pending = card.call(bytes.fromhex("BF2B00"))
     kind, items = oracle_decode("RetrieveNotificationsListResponse", pending)
     assert kind == "notificationList" and items[0][0] == "profileInstallationResult"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_corruption_of_a_bpp_is_refused_without_installing(pki: RspPki, data: st.DataObject) -> None:
+    euicc = SoftEuicc(pki, pki.eid_bytes)
+    card = Card(euicc)
+    smdp = _prepared(card, pki)
+    segments = bpp_split.segments(smdp.bound_profile_package(euicc.eid, Order(iccid(40), pe_bytes=bytes(1200))))
+    index = data.draw(st.integers(0, len(segments) - 1))
+    position = data.draw(st.integers(0, len(segments[index]) - 1))
+    flip = data.draw(st.integers(1, 255))
+    segment = bytearray(segments[index])
+    segment[position] ^= flip
+    segments[index] = bytes(segment)
+    outcome = None
+    for segment in segments:
+        response, sw = card.call_sw(segment)
+        assert sw in (0x9000, 0x6A80, 0x6A88, 0x6985)
+        if sw != 0x9000 or response:
+            outcome = response
+            break
+    if outcome:
+        kind, _ = codec.decode("ProfileInstallationResult", outcome)["profileInstallationResultData"]["finalResult"]
+        assert kind == "errorResult"
+    if euicc.session_open:      # the IPA ends a failed download with CancelSession
+        card.call(codec.encode("CancelSessionRequest", {"transactionId": smdp.transaction_id, "reason": 5}))
+    assert euicc.profiles == [] and euicc.bpp is None
