@@ -1,0 +1,124 @@
+"""One serial line to a modem (pyserial): a command line out, its reply in, URCs aside.
+
+Theory of operation. `AtPort.command` first reads whatever is already waiting (late URCs,
+the tail of a reply that timed out) and files it as unsolicited, writes the command line
+ended by CR, then feeds every line that arrives to a `ReplyCollector` until a final result
+code or the deadline. Parsing is `gateway.links.serial.at`; this module only moves bytes and
+keeps time. Calls are serialised by a lock, so one port can be shared by threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import serial
+
+from gateway.links.serial.at import AtReply, LineSplitter, ReplyCollector
+from gateway.links.serial.errors import ModemPortError, ModemTimeout
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.05
+
+
+class AtPort:
+    def __init__(self, port: Any, *, timeout_s: float = 5.0,
+                 on_urc: Callable[[str], None] | None = None) -> None:
+        self._serial = port
+        self.timeout_s = timeout_s
+        self.on_urc = on_urc
+        self.urcs: deque[str] = deque(maxlen=256)
+        self._splitter = LineSplitter()
+        self._lock = threading.Lock()
+        self._stale = False
+
+    @classmethod
+    def open(cls, device: str, *, baudrate: int = 115200, rtscts: bool = False, timeout_s: float = 5.0,
+             on_urc: Callable[[str], None] | None = None) -> AtPort:
+        try:
+            port = serial.Serial(device, baudrate=baudrate, rtscts=rtscts, timeout=_POLL_S,
+                                 write_timeout=timeout_s, exclusive=True)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise ModemPortError(f"cannot open {device}: {exc}") from exc
+        return cls(port, timeout_s=timeout_s, on_urc=on_urc)
+
+    def close(self) -> None:
+        with self._lock:
+            self._serial.close()
+
+    def __enter__(self) -> AtPort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def command(self, line: str, prefix: str | None = None, *, bare_info: bool = False,
+                timeout_s: float | None = None) -> AtReply:
+        """Send `line`; its reply, or the typed ModemError of its final result code."""
+        with self._lock:
+            self._take_pending()
+            collector = ReplyCollector(line, prefix, bare_info=bare_info)
+            log.debug("modem <- %s", line)
+            self._write(line.encode("ascii") + b"\r")
+            deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+            try:
+                while True:
+                    for text in self._read_lines(deadline):
+                        reply = collector.feed(text)
+                        if reply is not None:
+                            log.debug("modem -> %s OK", reply.info)
+                            return reply
+            finally:
+                for urc in collector.urcs:
+                    self._urc(urc)
+
+    def _read_lines(self, deadline: float) -> list[str]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            self._stale = True
+            raise ModemTimeout("modem did not answer in time")
+        try:
+            self._serial.timeout = min(remaining, _POLL_S)
+            chunk = self._serial.read(max(1, self._serial.in_waiting))
+        except (serial.SerialException, OSError) as exc:
+            raise ModemPortError(f"serial port failed: {exc}") from exc
+        return self._splitter.feed(chunk) if chunk else []
+
+    def _take_pending(self) -> None:
+        """File what arrived between commands as URCs; after a timeout, wait for quiet first."""
+        quiet_s = 0.2 if self._stale else 0.0
+        self._stale = False
+        try:
+            while True:
+                self._serial.timeout = quiet_s
+                waiting = self._serial.in_waiting
+                chunk = self._serial.read(waiting) if waiting else (self._serial.read(1) if quiet_s else b"")
+                if not chunk:
+                    break
+                for text in self._splitter.feed(chunk):
+                    self._urc(text)
+        except (serial.SerialException, OSError) as exc:
+            raise ModemPortError(f"serial port failed: {exc}") from exc
+        if quiet_s:
+            self._splitter = LineSplitter()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._serial.write(data)
+            self._serial.flush()
+        except serial.SerialTimeoutException as exc:
+            self._stale = True
+            raise ModemTimeout(f"modem did not take the command: {exc}") from exc
+        except (serial.SerialException, OSError) as exc:
+            raise ModemPortError(f"serial port failed: {exc}") from exc
+
+    def _urc(self, line: str) -> None:
+        self.urcs.append(line)
+        log.debug("modem URC %s", line)
+        if self.on_urc is not None:
+            self.on_urc(line)
