@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
@@ -331,3 +332,19 @@ def test_package_encoded_and_signed_by_an_independent_encoder_is_accepted(card: 
     assert kind == "euiccPackageResultSigned"
     assert value["euiccPackageResultDataSigned"]["counterValue"] == 7
     assert "eimTransactionId" not in value["euiccPackageResultDataSigned"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_altered_byte_of_a_package_is_refused(pki: RspPki, data: st.DataObject) -> None:
+    card = Card(SoftEuicc(pki, pki.eid_bytes))
+    card.es10("AddInitialEimRequest", {"eimConfigurationDataList": [eim_configuration(pki)]}, "AddInitialEimResponse")
+    request = bytearray(eim_package(pki, card.euicc.eid, 3, ("psmoList", [
+        ("setDefaultDpAddress", {"defaultDpAddress": "dp.example"})])))
+    position = data.draw(st.integers(0, len(request) - 1))
+    request[position] ^= data.draw(st.integers(1, 255))
+    response, sw = card.call_sw(bytes(request))
+    assert sw in (0x9000, 0x6A80, 0x6A88)
+    if response:
+        assert codec.decode("EuiccPackageResult", response)[0] != "euiccPackageResultSigned"
+    assert card.euicc.state.eims[0].counter == 0 and card.euicc.state.default_dp_address is None
