@@ -14,13 +14,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, the arguments of that one sub-command are loaded (the others
+    are listed by name and help alone, so a slow or broken module cannot break other commands)."""
     parser = argparse.ArgumentParser(prog="ipae-gateway", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        _load(module, "add_arguments")(p)
+        if name == only:
+            _load(module, "add_arguments")(p)
     return parser
 
 
@@ -31,7 +34,9 @@ def _load(module: str, attr: str) -> Callable[..., object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(chosen).parse_args(argv)
     result = _load(args._module, "run")(args)
     return int(result) if isinstance(result, int) else 0
 
