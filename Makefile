@@ -8,7 +8,7 @@ SYSTEM_PACKAGES := mosquitto libsystemd-dev pkg-config autoconf automake libtool
 	python3-dev python3-venv socat iproute2 systemd debhelper dh-virtualenv lintian fakeroot dpkg-dev
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test typecheck bench system-packages clean
+.PHONY: demo test typecheck bench deb system-packages clean
 
 demo: $(STAMP)
 	$(BIN)/ipae-gateway demo
@@ -20,8 +20,13 @@ test: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy
 
+# Benchmarks print their figures; they are not part of `make test`.
 bench: $(STAMP)
-	$(BIN)/python bench/codec.py
+	$(BIN)/python bench/codec.py --json
+	$(BIN)/python bench/queue.py --json
+
+deb: system-packages
+	packaging/build-deb.sh dist
 
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
@@ -40,4 +45,4 @@ $(STAMP): pyproject.toml | system-packages
 	touch $@
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache
