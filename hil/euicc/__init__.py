@@ -22,6 +22,17 @@ real card would have asked for after a change of the enabled Profile),
 APDU shell: ``python -m hil.euicc --pki DIR --eid EID --state FILE`` reads one command
 APDU per line in hex on stdin and writes each response in hex on stdout.
 
+ES10 functions answered (request tag): GetEUICCInfo1 BF20, PrepareDownload BF21, GetEUICCInfo2
+BF22, ListNotification BF28, RetrieveNotificationsList BF2B, ProfileInfoList BF2D,
+GetEuiccChallenge BF2E, RemoveNotificationFromList BF30, LoadBoundProfilePackage BF36 (ES8+
+segments), AuthenticateServer BF38, GetEuiccConfiguredAddresses BF3C, GetEID BF3E, CancelSession
+BF41, IpaeActivation BF42 (notSupported), GetRAT BF43, LoadEuiccPackage BF51, IpaEuiccData BF52,
+GetEimConfigurationData BF55, GetCerts BF56, AddInitialEim BF57, ProfileRollback BF58,
+ConfigureImmediateProfileEnabling BF59, ImmediateEnable BF5A, Enable/DisableEmergencyProfile
+BF5B/BF5C, ExecuteFallbackMechanism BF5D, ReturnFromFallback BF5E, GetConnectivityParameters
+BF5F, EuiccMemoryReset BF64, SetDefaultDpAddress BF65. Not implemented: the SGP.32 compact
+response forms, ES10c (EnableProfile/DisableProfile/DeleteProfile/SetNickname).
+
 Modules: card (ISO 7816 layer), state (NVM), faults, euicc (dispatch and lifecycle), rsp
 (download functions), bpp_load (LoadBoundProfilePackage), notifications, profiles, eim
 (SGP.32 eIM functions), info (EUICCInfo1/2), signed_data (what each signature covers).

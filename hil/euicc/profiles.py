@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gateway.spec import codec
+from hil.euicc.card import SW_REFERENCED_DATA_NOT_FOUND, StatusWord
 from hil.euicc.dispatch import es10
 from hil.euicc.info import bits, has_bit
 from hil.euicc.notifications import EVENT_BITS, profile_event
@@ -384,3 +385,21 @@ def get_connectivity_parameters(euicc: SoftEuicc, request: bytes, value: Any) ->
         return codec.encode("GetConnectivityParametersResponse", ("connectivityParametersError", 1))
     return codec.encode("GetConnectivityParametersResponse",
                         ("connectivityParameters", {"httpParams": current.connectivity_parameters}))
+
+
+# --- ES10a / ES10c reads the IPA needs (SGP.22 §5.7.3, §5.7.20) ------------------------------------
+
+
+@es10(0xBF3C, "GetEuiccConfiguredAddresses", "EuiccConfiguredAddressesRequest")
+def get_euicc_configured_addresses(euicc: SoftEuicc, request: bytes, value: Any) -> bytes:
+    response: dict[str, Any] = {"rootDsAddress": euicc.state.root_ds_address}
+    if euicc.state.default_dp_address is not None:
+        response["defaultDpAddress"] = euicc.state.default_dp_address
+    return codec.encode("EuiccConfiguredAddressesResponse", response)
+
+
+@es10(0xBF3E, "GetEID", "GetEuiccDataRequest")
+def get_eid(euicc: SoftEuicc, request: bytes, value: Any) -> bytes:
+    if value["tagList"] != b"\x5a":
+        raise StatusWord(SW_REFERENCED_DATA_NOT_FOUND, "GetEuiccData supports tag 5A (EID) only")
+    return codec.encode("GetEuiccDataResponse", {"eidValue": euicc.eid})

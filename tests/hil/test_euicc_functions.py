@@ -218,3 +218,13 @@ def test_a_corrupt_state_file_is_refused_with_its_name(pki: RspPki, tmp_path: Pa
     path.write_bytes(content)
     with pytest.raises(ValueError, match="bad.json"):
         SoftEuicc(pki, pki.eid_bytes, path)
+
+
+def test_get_eid_and_configured_addresses(card: Card, euicc: SoftEuicc, pki: RspPki) -> None:
+    assert card.call(bytes.fromhex("BF3E035C015A")) == bytes.fromhex("BF3E125A10") + pki.eid_bytes
+    assert card.call_sw(bytes.fromhex("BF3E035C014F"))[1] == 0x6A88
+    assert card.es10("EuiccConfiguredAddressesRequest", {}, "EuiccConfiguredAddressesResponse") == {
+        "rootDsAddress": euicc.state.root_ds_address}
+    euicc.state.default_dp_address = "dp.example"
+    assert card.es10("EuiccConfiguredAddressesRequest", {}, "EuiccConfiguredAddressesResponse")[
+        "defaultDpAddress"] == "dp.example"

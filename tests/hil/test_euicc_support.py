@@ -159,7 +159,7 @@ class MiniSmdp:
         eum.verify_directly_issued_by(self.pki.ci.cert)
         verify_rs(self.euicc_cert, raw_child(response, 0, 0), ok["euiccSignature1"])
         self.euicc_signature1 = ok["euiccSignature1"]
-        return ok
+        return dict(ok)
 
     def prepare_download_request(self, *, cert_der: bytes | None = None,
                                  key: ec.EllipticCurvePrivateKey | None = None) -> bytes:
