@@ -177,6 +177,7 @@ def load(path: Path) -> EuiccState:
 
 def save(state: EuiccState, path: Path) -> None:
     data = dump(state)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
