@@ -1,0 +1,139 @@
+"""The engine's outputs: frozen dataclasses the runtime performs, in list order.
+
+Theory of operation. `Engine.handle` returns a list of actions for one event. The runtime
+applies the store actions of one list (SaveSession, MarkInbox, Audit) in ONE store
+transaction *before* it performs any I/O action of the same list (SendBatch, ReplyIdle,
+ReplyError, PostEsipa, PostEs9, timers): the session blob is a write-ahead record of what
+the engine is about to do, so a crash after the commit re-sends (the engine re-emits its
+outstanding requests on `Engine.restore`) and a crash before it loses nothing the servers
+or the eUICC saw.
+
+Backhaul requests carry a `request_id` unique per device and attempt; the answer comes back
+as BackhaulAnswered/BackhaulFailed with the same id. Bodies are exact bytes: DER of
+EsipaMessageFromIpaToEim for ESipa (ASN.1 binding), the JSON body for ES9+ (SGP.22 §6.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from gateway.core import serial
+from gateway.links.protocol import Batch
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
+class SendBatch:
+    """The downlink for the device's pending uplink: run this batch."""
+
+    eid: bytes
+    batch: Batch
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
+class ReplyIdle:
+    """The downlink for the device's pending uplink: nothing to do, come back later."""
+
+    eid: bytes
+    retry_after_s: int
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
+class ReplyError:
+    eid: bytes
+    code: int
+    text: str
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
+class PostEsipa:
+    """POST one ESipa message (ASN.1 binding, SGP.32 §6.3) to the device's eIM."""
+
+    eid: bytes
+    request_id: str
+    eim_id: str
+    eim_fqdn: str
+    function: str       # ESipa function name, e.g. "GetEimPackage"
+    body: bytes         # DER of EsipaMessageFromIpaToEim
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
+class PostEs9:
+    """POST one ES9+ function (SGP.22 §6.5.2) to an SM-DP+."""
+
+    eid: bytes
+    request_id: str
+    smdp_address: str
+    function: str       # gateway.spec.es9p function name, e.g. "initiateAuthentication"
+    body: bytes         # the JSON request body (gateway.spec.es9p dataclass .to_json())
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
+class SaveSession:
+    """Persist the device's session: state name (for queries) and the blob to resume from."""
+
+    eid: bytes
+    state_name: str
+    blob: bytes
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
+class MarkInbox:
+    """Move an inbox entry: "running" when its procedure starts, "done" when its result is
+    recorded, "duplicate" when it was refused as a replay of a package already run."""
+
+    eid: bytes
+    key: str
+    state: str
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
+class Audit:
+    eid: bytes
+    iccid: bytes | None
+    operation: str
+    origin: str
+    result: str
+    detail: str = ""
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    eid: bytes
+    name: str
+    at: float
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    eid: bytes
+    name: str
+
+
+Action: TypeAlias = (SendBatch | ReplyIdle | ReplyError | PostEsipa | PostEs9 | SaveSession
+                     | MarkInbox | Audit | StartTimer | CancelTimer)
+DOWNLINKS = (SendBatch, ReplyIdle, ReplyError)
+STORE_ACTIONS = (SaveSession, MarkInbox, Audit)
+
+
+def to_bytes(action: Action) -> bytes:
+    return serial.dumps(action)
+
+
+def from_bytes(data: bytes) -> Action:
+    value = serial.loads(data)
+    if not isinstance(value, (SendBatch, ReplyIdle, ReplyError, PostEsipa, PostEs9, SaveSession,
+                              MarkInbox, Audit, StartTimer, CancelTimer)):
+        from gateway.errors import DecodeError
+        raise DecodeError(f"not an action: {type(value).__name__}", type_name="engine action")
+    return value

@@ -1,0 +1,43 @@
+"""The engine's configuration: one frozen dataclass, built by the service from the TOML config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.core.retry import BackoffPolicy
+from gateway.links.protocol import REFRESH_UICC_RESET
+
+
+@dataclass(frozen=True, slots=True)
+class EimEndpoint:
+    """An eIM the operator configured for devices whose eUICC was not read yet."""
+
+    eim_id: str
+    fqdn: str
+    indirect: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"eimId": self.eim_id, "eimFqdn": self.fqdn}
+        if self.indirect:
+            out["indirectProfileDownload"] = True
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    segment_size: int = 255                      # STORE DATA block size (some modems need less)
+    max_batch_bytes: int | None = None           # per-device default when the agent gives none
+    default_smdp: str | None = None              # for contactDefaultSmdp when the eUICC has none
+    eims: tuple[EimEndpoint, ...] = ()           # eIMs to poll before the eUICC was read
+    initial_eim: Mapping[str, Any] | None = None  # EimConfigurationData for AddInitialEim
+    device_tac: bytes = b"\x35\x29\x06\x11"      # DeviceInfo.tac sent in ctxParams1
+    refresh: str = REFRESH_UICC_RESET            # what the device does after enable/disable
+    idle_retry_s: int = 3600                     # Idle when nothing is to do
+    poll_interval_s: float | None = None         # scheduled GetEimPackage; None = on wake-up only
+    request_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(2.0, 60.0, 3))
+    delivery_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(5.0, 3600.0, None))
+    poll_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(2.0, 30.0, 1))
+    recent_packages: int = 256                   # package keys remembered to refuse duplicates
+    seed: int | None = None                      # jitter PRNG seed (tests); None = random

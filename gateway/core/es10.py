@@ -1,0 +1,289 @@
+"""ES10b requests the IPA sends and the parts of responses it reads (SGP.22 §5.7, SGP.32 §5.9).
+
+Theory of operation. Requests without signed content are encoded with the project codec.
+Requests that carry server-signed structures (AuthenticateServer, PrepareDownload) are
+assembled from the exact TLVs the server sent (`tlv.header` + concatenation): decoding and
+re-encoding them could change a byte and break the eUICC's signature check (DESIGN 8).
+Readers return the exact bytes of signed responses and decode only what the IPA decides on.
+Every decoding failure is `DecodeError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import DecodeError
+from gateway.spec import codec, tlv
+
+TAG_GET_EUICC_CHALLENGE = 0xBF2E
+TAG_GET_EUICC_INFO1 = 0xBF20
+TAG_GET_EUICC_INFO2 = 0xBF22
+TAG_AUTHENTICATE_SERVER = 0xBF38
+TAG_PREPARE_DOWNLOAD = 0xBF21
+TAG_CANCEL_SESSION = 0xBF41
+TAG_RETRIEVE_NOTIFICATIONS_LIST = 0xBF2B
+TAG_REMOVE_NOTIFICATION = 0xBF30
+TAG_LOAD_EUICC_PACKAGE = 0xBF51
+TAG_IPA_EUICC_DATA = 0xBF52
+TAG_GET_EIM_CONFIGURATION_DATA = 0xBF55
+TAG_ADD_INITIAL_EIM = 0xBF57
+TAG_PROFILE_INSTALLATION_RESULT = 0xBF37
+
+CANCEL_REASON = {  # CancelSessionReason, SGP.22 §5.7.14
+    "endUserRejection": 0, "postponed": 1, "timeout": 2, "pprNotAllowed": 3,
+    "metadataMismatch": 4, "loadBppExecutionError": 5, "undefinedReason": 127,
+}
+
+
+def _wrap(tag: int, *parts: bytes) -> bytes:
+    body = b"".join(parts)
+    return tlv.header(tag, len(body)) + body
+
+
+def get_euicc_challenge() -> bytes:  # SGP.22 §5.7.7
+    return codec.encode("GetEuiccChallengeRequest", {})
+
+
+def get_euicc_info1() -> bytes:  # SGP.22 §5.7.8
+    return codec.encode("GetEuiccInfo1Request", {})
+
+
+def get_euicc_info2() -> bytes:  # SGP.22 §5.7.8
+    return codec.encode("GetEuiccInfo2Request", {})
+
+
+def get_eim_configuration_data() -> bytes:  # SGP.32 §5.9.18
+    return codec.encode("GetEimConfigurationDataRequest", {})
+
+
+def add_initial_eim(eim_configuration_data: list[dict[str, Any]]) -> bytes:  # SGP.32 §5.9.x
+    return codec.encode("AddInitialEimRequest", {"eimConfigurationDataList": eim_configuration_data})
+
+
+def retrieve_notifications_list(*, euicc_package_results: bool = False,
+                                seq_number: int | None = None) -> bytes:  # SGP.22 §5.7.10, SGP.32
+    value: dict[str, Any] = {}
+    if euicc_package_results:
+        value["searchCriteria"] = ("euiccPackageResults", None)
+    elif seq_number is not None:
+        value["searchCriteria"] = ("seqNumber", seq_number)
+    return codec.encode("RetrieveNotificationsListRequest", value)
+
+
+def remove_notification_from_list(seq_number: int) -> bytes:  # SGP.22 §5.7.11
+    return codec.encode("NotificationSentRequest", {"seqNumber": seq_number})
+
+
+def cancel_session(transaction_id: bytes, reason: str) -> bytes:  # SGP.22 §5.7.14
+    return codec.encode("CancelSessionRequest", {"transactionId": transaction_id,
+                                                 "reason": CANCEL_REASON[reason]})
+
+
+def ctx_params1(matching_id: str | None, device_info: dict[str, Any]) -> bytes:
+    value: dict[str, Any] = {"deviceInfo": device_info}
+    if matching_id is not None:
+        value["matchingId"] = matching_id
+    return codec.encode("CtxParams1", ("ctxParamsForCommonAuthentication", value))
+
+
+def authenticate_server(server_signed1: bytes, server_signature1: bytes, euicc_ci_pkid: bytes,
+                        server_certificate: bytes, ctx_params: bytes) -> bytes:  # SGP.22 §5.7.13
+    """From the exact TLVs of InitiateAuthentication's answer (tags 30, 5F37, 04, 30)."""
+    return _wrap(TAG_AUTHENTICATE_SERVER, server_signed1, server_signature1, euicc_ci_pkid,
+                 server_certificate, ctx_params)
+
+
+def prepare_download(smdp_signed2: bytes, smdp_signature2: bytes, smdp_certificate: bytes,
+                     hash_cc: bytes | None = None) -> bytes:  # SGP.22 §5.7.5
+    return _wrap(TAG_PREPARE_DOWNLOAD, smdp_signed2, smdp_signature2,
+                 hash_cc if hash_cc is not None else b"", smdp_certificate)
+
+
+def ensure_tlv(data: bytes, tag: int, what: str) -> bytes:
+    """`data` as a full TLV with `tag`: ES9+ JSON carries full TLVs, some servers only values."""
+    try:
+        if data and tlv.read_single(data).tag == tag:
+            return data
+    except DecodeError:
+        pass
+    return tlv.header(tag, len(data)) + data
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def outer(data: bytes, expected: int, what: str) -> tlv.Tlv:
+    node = tlv.read_single(data)
+    if node.tag != expected:
+        raise DecodeError(f"{what}: tag {node.tag:X}, expected {expected:X}", type_name=what)
+    return node
+
+
+def euicc_challenge(data: bytes) -> bytes:
+    value = codec.decode("GetEuiccChallengeResponse", data)
+    return bytes(value["euiccChallenge"])
+
+
+@dataclass(frozen=True, slots=True)
+class SignedAnswer:
+    """A signed ES10b response: exact bytes, whether it is the Ok alternative, its error code."""
+
+    raw: bytes
+    ok: bool
+    error: int | None = None
+    transaction_id: bytes | None = None
+
+
+def authenticate_server_response(data: bytes) -> SignedAnswer:
+    value = codec.decode("AuthenticateServerResponse", data)
+    kind, inner = value
+    if kind == "authenticateResponseOk":
+        return SignedAnswer(data, True, None, bytes(inner["euiccSigned1"]["transactionId"]))
+    if kind == "authenticateResponseError":
+        return SignedAnswer(data, False, int(inner["authenticateErrorCode"]), bytes(inner["transactionId"]))
+    return SignedAnswer(data, kind.startswith("compact"), None)
+
+
+def prepare_download_response(data: bytes) -> SignedAnswer:
+    kind, inner = codec.decode("PrepareDownloadResponse", data)
+    if kind == "downloadResponseOk":
+        return SignedAnswer(data, True, None, bytes(inner["euiccSigned2"]["transactionId"]))
+    if kind == "downloadResponseError":
+        return SignedAnswer(data, False, int(inner["downloadErrorCode"]), bytes(inner["transactionId"]))
+    return SignedAnswer(data, kind.startswith("compact"), None)
+
+
+def cancel_session_response(data: bytes) -> SignedAnswer:
+    kind, inner = codec.decode("CancelSessionResponse", data)
+    if kind == "cancelSessionResponseError":
+        return SignedAnswer(data, False, int(inner))
+    return SignedAnswer(data, True)
+
+
+@dataclass(frozen=True, slots=True)
+class InstallResult:
+    raw: bytes
+    success: bool
+    seq_number: int
+    notification_address: str
+    iccid: bytes | None
+    transaction_id: bytes
+    error_reason: int | None
+
+
+def profile_installation_result(data: bytes) -> InstallResult:
+    value = codec.decode("ProfileInstallationResult", data)
+    pir = value["profileInstallationResultData"]
+    meta = pir["notificationMetadata"]
+    kind, inner = pir["finalResult"]
+    return InstallResult(
+        raw=data, success=kind == "successResult", seq_number=int(meta["seqNumber"]),
+        notification_address=str(meta["notificationAddress"]),
+        iccid=bytes(meta["iccid"]) if "iccid" in meta else None,
+        transaction_id=bytes(pir["transactionId"]),
+        error_reason=int(inner["errorReason"]) if kind == "errorResult" else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One pending notification as read from the eUICC: exact signed bytes + where it goes."""
+
+    seq_number: int
+    address: str
+    raw: bytes
+    event: str   # "install" | "enable" | "disable" | "delete" | "other"
+    iccid: bytes | None = None
+
+
+_EVENT_BITS = ("install", "enable", "disable", "delete")
+
+
+def _event_name(bits: tuple[bytes, int]) -> str:
+    data, n = bits
+    for i, name in enumerate(_EVENT_BITS):
+        if i < n and data[i // 8] & (0x80 >> (i % 8)):
+            return name
+    return "other"
+
+
+def notification_of(raw: bytes) -> Notification:
+    """Read a PendingNotification (BF37 or 30 SEQUENCE) given as exact bytes."""
+    kind, inner = codec.decode("RSPDefinitions.PendingNotification", raw)
+    if kind == "profileInstallationResult":
+        pir = profile_installation_result(raw)
+        return Notification(pir.seq_number, pir.notification_address, raw, "install", pir.iccid)
+    meta = inner["tbsOtherNotification"]
+    return Notification(int(meta["seqNumber"]), str(meta["notificationAddress"]), raw,
+                        _event_name(meta["profileManagementOperation"]),
+                        bytes(meta["iccid"]) if "iccid" in meta else None)
+
+
+@dataclass(frozen=True, slots=True)
+class PackageResult:
+    """An EuiccPackageResult (BF51) held by the eUICC until the eIM acknowledged it."""
+
+    raw: bytes
+    eim_id: str
+    seq_number: int | None
+    transaction_id: bytes | None
+    counter: int | None
+
+
+def euicc_package_result(raw: bytes) -> PackageResult:
+    kind, inner = codec.decode("EuiccPackageResult", raw)
+    if kind == "euiccPackageResultSigned":
+        d = inner["euiccPackageResultDataSigned"]
+        return PackageResult(raw, d["eimId"], int(d["seqNumber"]), _opt_bytes(d, "eimTransactionId"),
+                             int(d["counterValue"]))
+    if kind == "euiccPackageErrorSigned":
+        d = inner["euiccPackageErrorDataSigned"]
+        return PackageResult(raw, d["eimId"], None, _opt_bytes(d, "eimTransactionId"), int(d["counterValue"]))
+    return PackageResult(raw, inner["eimId"], None, _opt_bytes(inner, "eimTransactionId"), None)
+
+
+def package_result_changes_profile(raw: bytes) -> bool:
+    """Did this result enable or disable a Profile (so the device must refresh)?"""
+    kind, inner = codec.decode("EuiccPackageResult", raw)
+    if kind != "euiccPackageResultSigned":
+        return False
+    for name, code in inner["euiccPackageResultDataSigned"]["euiccResult"]:
+        if name in ("enableResult", "disableResult", "rollbackResult") and code == 0:
+            return True
+    return False
+
+
+def _opt_bytes(d: dict[str, Any], key: str) -> bytes | None:
+    return bytes(d[key]) if key in d else None
+
+
+def retrieved_list(data: bytes) -> tuple[list[Notification], list[PackageResult]]:
+    """RetrieveNotificationsListResponse: the notifications and package results, exact bytes."""
+    node = outer(data, TAG_RETRIEVE_NOTIFICATIONS_LIST, "RetrieveNotificationsListResponse")
+    notes: list[Notification] = []
+    results: list[PackageResult] = []
+    for alt in tlv.children(data, node):
+        if alt.tag == 0xA0:
+            notes.extend(notification_of(c.raw_of(data)) for c in tlv.children(data, alt))
+        elif alt.tag == 0xA2:
+            results.extend(euicc_package_result(_retag(c.raw_of(data), 0xBF51))
+                           for c in tlv.children(data, alt))
+        elif alt.tag == 0x81:
+            raise DecodeError("notificationsListResultError", type_name="RetrieveNotificationsListResponse")
+    return notes, results
+
+
+def _retag(raw: bytes, tag: int) -> bytes:
+    node = tlv.read_single(raw)
+    if node.tag == tag:
+        return raw
+    return tlv.header(tag, node.length) + node.value_of(raw)
+
+
+def eim_configurations(data: bytes) -> list[dict[str, Any]]:
+    value = codec.decode("GetEimConfigurationDataResponse", data)
+    return list(value.get("eimConfigurationDataList", []))
+
+
+def remove_status(data: bytes) -> int:
+    return int(codec.decode("NotificationSentResponse", data)["deleteNotificationStatus"])

@@ -1,0 +1,94 @@
+"""The exchange planner: fold ES10b calls that need no decision in between into one batch.
+
+Theory of operation. Round trips to a sleeping device are the scarce resource. Each owner
+in a device session (the running procedure, the delivery track) offers a `Part`: ES10b calls
+whose results the owner only needs all together. `plan` puts parts into one batch in the
+order given, each call one Step (its STORE DATA blocks, `gateway.spec.apdu`), until the
+device's `max_batch_bytes` budget is used. The first part may be cut (a BPP too big for the
+device's budget then takes several exchanges, as the device asked); later parts are added
+whole or left for a later batch, so they never delay the first. A batch always carries at
+least one call. BPP segments other than the last get `stop_if_data`: an early
+ProfileInstallationResult ends the batch on the device (SGP.22 §5.7.6). A refresh request
+is honoured only in the batch that carries the last call of its part.
+
+The size of a batch is estimated from its APDUs plus a small per-step overhead for the
+CBOR framing (docs/device-link.md); the estimate errs on the large side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.core.procedures.base import Call
+from gateway.links.protocol import Batch, Step
+from gateway.spec import apdu
+from gateway.spec.apdu import ISD_R_AID
+
+STEP_OVERHEAD = 12
+APDU_OVERHEAD = 3
+BATCH_OVERHEAD = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    owner: str
+    calls: tuple[Call, ...]
+    refresh: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    batch: Batch
+    owners: tuple[tuple[str, int], ...]      # (owner, number of calls) in step order
+    leftover: tuple[Part, ...]               # what did not fit: the first part's rest, then others
+
+
+def step_of(call: Call, segment_size: int) -> Step:
+    return Step(apdus=tuple(apdu.store_data(call.request, segment_size)), stop_if_data=call.segment)
+
+
+def step_size(step: Step) -> int:
+    return STEP_OVERHEAD + sum(len(a) + APDU_OVERHEAD for a in step.apdus)
+
+
+def plan(parts: list[Part], batch_id: int, *, segment_size: int = 255,
+         max_batch_bytes: int | None = None) -> Planned:
+    budget = max_batch_bytes if max_batch_bytes is not None else 1 << 62
+    used = BATCH_OVERHEAD
+    steps: list[Step] = []
+    owners: list[tuple[str, int]] = []
+    leftover: list[Part] = []
+    refresh: str | None = None
+    for index, part in enumerate(parts):
+        built = [step_of(c, segment_size) for c in part.calls]
+        sizes = [step_size(s) for s in built]
+        if index == 0 or not steps:
+            taken = 0
+            while taken < len(built) and (not steps or used + sizes[taken] <= budget):
+                steps.append(built[taken])
+                used += sizes[taken]
+                taken += 1
+            if taken:
+                owners.append((part.owner, taken))
+            if taken < len(built):
+                leftover.append(Part(part.owner, part.calls[taken:], part.refresh))
+            elif part.refresh is not None:
+                refresh = part.refresh
+            continue
+        if used + sum(sizes) <= budget:
+            steps.extend(built)
+            used += sum(sizes)
+            owners.append((part.owner, len(built)))
+            if part.refresh is not None:
+                refresh = part.refresh
+        else:
+            leftover.append(part)
+    batch = Batch(batch_id=batch_id, steps=tuple(steps), aid=ISD_R_AID, refresh=refresh)
+    return Planned(batch, tuple(owners), tuple(leftover))
+
+
+def per_apdu_exchanges(batch: Batch) -> int:
+    """Exchanges a relay that carries one APDU per round trip needs for `batch`: one per APDU,
+    one per GET RESPONSE is not counted (the agent chains those locally either way), plus the
+    MANAGE CHANNEL, SELECT and close a channel-per-session relay also sends."""
+    return sum(len(s.apdus) for s in batch.steps) + (3 if batch.aid is not None else 0)

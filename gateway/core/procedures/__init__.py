@@ -1,0 +1,1 @@
+"""One module per IPA procedure, each one state machine with one transition table."""

@@ -1,0 +1,185 @@
+"""The shape every procedure state machine shares (h11 `_state.py` style).
+
+Theory of operation. A procedure is a small object holding a state name (a stable string,
+stored in SQLite) and a context dict of plain values (bytes, str, int, lists, dicts: what
+CBOR stores). It reacts to four kinds of input:
+
+    START    the session started it
+    DEVICE   the eUICC answered the ES10b calls it asked for (`DeviceAnswer`)
+    ANSWER   a backhaul request it made was answered (`Answer`: tag + body)
+    FAILED   a backhaul request it made failed for good (`Failure`): the session already
+             retried what was retryable, with gateway/core/retry.py
+
+`TABLE` maps (state, input) to the handler method and the states it may lead to: the one
+place that says what can happen. `feed` looks the pair up; a pair that is not in the table,
+or a handler returning a state its row does not allow, or a handler raising a
+`GatewayError` (a malformed answer, a refused request) moves the machine to `ERROR`
+through its `on_error` hook, which is where a procedure cleans up (CancelSession, an error
+result for the eIM). Handlers return outputs for the session: `DeviceWork` (ES10b calls),
+`Request` (one backhaul call, answered later with the same tag), `Finish`, `Note` (audit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeAlias
+
+from gateway.errors import GatewayError, LocalProtocolError
+
+START = "start"
+DEVICE = "device"
+ANSWER = "answer"
+FAILED = "failed"
+
+ERROR = "ERROR"
+DONE = "DONE"
+INITIAL = "INITIAL"
+
+Ctx: TypeAlias = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One ES10b function call: `request` is its DER (or a BPP segment when `segment`)."""
+
+    name: str
+    request: bytes
+    segment: bool = False      # a BPP segment: a response with data ends the batch (stop_if_data)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceWork:
+    calls: tuple[Call, ...]
+    refresh: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One backhaul call: `target` "esipa" (eIM `server` = eimId) or "es9" (SM-DP+ address)."""
+
+    tag: str
+    target: str
+    server: str
+    function: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    outcome: str                        # "ok" | "failed" | "cancelled"
+    detail: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    operation: str
+    result: str
+    detail: str = ""
+    iccid: bytes | None = None
+
+
+Output: TypeAlias = DeviceWork | Request | Finish | Note
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One eUICC response: data and status word, as the agent returned them."""
+
+    data: bytes
+    sw: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAnswer:
+    replies: tuple[Reply, ...]     # fewer than the calls when the batch stopped early
+    stopped: str | None = None     # the batch's stop reason, or "lost" (the device lost the batch)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    tag: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    tag: str
+    error_class: str
+    detail: str
+    retryable: bool = False
+    reason_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Env:
+    """What a procedure may read about its device and the gateway; never mutated by it."""
+
+    eid: bytes
+    now: float
+    config: Any                       # gateway.core.engine.EngineConfig (Any: no import cycle)
+    eims: tuple[Mapping[str, Any], ...] = ()
+    imei: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    handler: str
+    targets: frozenset[str]
+
+
+def row(handler: str, *targets: str) -> Transition:
+    return Transition(handler, frozenset(targets) | {ERROR})
+
+
+class Procedure:
+    """Base of every procedure: see the module docstring."""
+
+    KIND: ClassVar[str] = ""
+    TABLE: ClassVar[Mapping[tuple[str, str], Transition]] = {}
+
+    def __init__(self, state: str = INITIAL, ctx: Ctx | None = None) -> None:
+        self.state = state
+        self.ctx: Ctx = dict(ctx) if ctx is not None else {}
+
+    @classmethod
+    def states(cls) -> frozenset[str]:
+        found = {INITIAL, ERROR}
+        for (state, _), t in cls.TABLE.items():
+            found.add(state)
+            found.update(t.targets)
+        return frozenset(found)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (DONE, ERROR)
+
+    def feed(self, env: Env, kind: str, payload: object = None) -> list[Output]:
+        transition = self.TABLE.get((self.state, kind))
+        if transition is None:
+            return self._fail(env, f"{kind} not expected in state {self.state}")
+        handler: Callable[[Env, object], tuple[str, list[Output]]] = getattr(self, transition.handler)
+        try:
+            target, outputs = handler(env, payload)
+        except GatewayError as exc:
+            return self._fail(env, f"{type(exc).__name__}: {exc}")
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            # a decoded value without a field we rely on: the peer sent something we cannot use
+            return self._fail(env, f"unusable answer in state {self.state}: {type(exc).__name__}: {exc}")
+        if target not in transition.targets:
+            raise LocalProtocolError(f"{self.KIND}: {self.state} -> {target} is not in the table")
+        self.state = target
+        return outputs
+
+    def _fail(self, env: Env, why: str) -> list[Output]:
+        previous = self.state
+        self.state = ERROR
+        outputs = self.on_error(env, previous, why)
+        if not any(isinstance(o, Finish) for o in outputs) and self.state == ERROR:
+            outputs.append(Finish("failed", why))
+        return outputs
+
+    def on_error(self, env: Env, previous: str, why: str) -> list[Output]:
+        """Clean up after a failure in `previous`; may move to a cleanup state instead of ERROR."""
+        return [Finish("failed", why)]

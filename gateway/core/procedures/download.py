@@ -1,0 +1,332 @@
+"""ProfileDownloadTrigger (SGP.32 §2.11.3, §3.2): a profile download ordered by the eIM.
+
+Theory of operation. Direct download talks ES9+ to the SM-DP+ named by the activation
+code (or the default SM-DP+); indirect download, chosen when the eIM's configuration on
+the eUICC carries indirectProfileDownload, runs the same three server calls over ESipa
+through the eIM. The eUICC side is the SGP.22 sequence, folded so that each exchange
+with the device carries everything that needs no decision in between:
+
+    INITIAL --start--> CHALLENGE        [GetEuiccChallenge, GetEUICCInfo1]
+    CHALLENGE --device--> INITIATING    InitiateAuthentication
+    INITIATING --answer--> AUTHENTICATING        [AuthenticateServer]
+    AUTHENTICATING --device--> AUTHENTICATING_CLIENT   AuthenticateClient
+    AUTHENTICATING_CLIENT --answer--> PREPARING   [PrepareDownload]
+    PREPARING --device--> FETCHING      GetBoundProfilePackage
+    FETCHING --answer--> LOADING        [every BPP segment, stop on early data]
+    LOADING --device--> DONE            ProfileInstallationResult
+
+Any failure once AuthenticateServer has been sent leads to CANCELLING: CancelSession on the
+eUICC (its signed answer) relayed to the server (CANCEL_RELAY), then ERROR, so no eUICC is
+left mid-session (SGP.22 §3.0.2). A failure before that ends in ERROR at once. Signed
+server data is spliced into the ES10b requests as received (gateway.core.es10).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.core import es10
+from gateway.core.procedures.base import (
+    ANSWER,
+    DEVICE,
+    DONE,
+    ERROR,
+    FAILED,
+    INITIAL,
+    START,
+    Answer,
+    Call,
+    DeviceAnswer,
+    DeviceWork,
+    Env,
+    Failure,
+    Finish,
+    Note,
+    Output,
+    Procedure,
+    Request,
+    row,
+)
+from gateway.errors import DecodeError, FunctionFailed, RemoteProtocolError
+from gateway.spec import bpp, codec, es9p, signed, tlv
+
+CHALLENGE = "CHALLENGE"
+INITIATING = "INITIATING"
+AUTHENTICATING = "AUTHENTICATING"
+AUTHENTICATING_CLIENT = "AUTHENTICATING_CLIENT"
+PREPARING = "PREPARING"
+FETCHING = "FETCHING"
+LOADING = "LOADING"
+CANCELLING = "CANCELLING"
+CANCEL_RELAY = "CANCEL_RELAY"
+
+# States in which the eUICC holds an RSP session the server knows about.
+_SESSION_OPEN = frozenset({AUTHENTICATING, AUTHENTICATING_CLIENT, PREPARING, FETCHING, LOADING})
+
+
+def parse_activation_code(code: str) -> tuple[str, str | None]:
+    """(SM-DP+ address, matchingId) of an SGP.22 §4.1 activation code "1$ADDR$MATCHING[$...]"."""
+    text = code.strip()
+    if text.upper().startswith("LPA:"):
+        text = text[4:]
+    parts = text.split("$")
+    if len(parts) < 2 or parts[0] != "1" or not parts[1]:
+        raise DecodeError(f"not an activation code: {code!r}", type_name="ActivationCode")
+    matching = parts[2] if len(parts) > 2 and parts[2] else None
+    return parts[1], matching
+
+
+def _check_sw(reply_sw: int, what: str) -> None:
+    if reply_sw != 0x9000:
+        from gateway.spec.apdu import sw_error
+        raise sw_error(reply_sw)
+
+
+def _replies(answer: object, count: int, what: str) -> list[bytes]:
+    assert isinstance(answer, DeviceAnswer)
+    if len(answer.replies) < count:
+        raise RemoteProtocolError(f"{what}: the device answered {len(answer.replies)} of {count} calls"
+                                  f" (stopped: {answer.stopped})")
+    out = []
+    for r in answer.replies[:count]:
+        _check_sw(r.sw, what)
+        out.append(r.data)
+    return out
+
+
+def _esipa_ok(body: bytes, outer: int, what: str) -> list[tlv.Tlv]:
+    """Children of the Ok alternative ([0]) of an ESipa response; its error alternative raises."""
+    node = tlv.read_single(body)
+    if node.tag != outer:
+        raise RemoteProtocolError(f"eIM answered {what} with tag {node.tag:X}")
+    inner = tlv.children(body, node)
+    if len(inner) != 1:
+        raise DecodeError(f"{what}: {len(inner)} alternatives", type_name=what)
+    if inner[0].tag != 0xA0:
+        code = codec.decode(what, body)
+        raise FunctionFailed(f"{what} refused by the eIM: {code[1]}", reason_code=str(code[1]))
+    return tlv.children(body, inner[0])
+
+
+class Download(Procedure):
+    KIND = "download"
+    TABLE = {
+        (INITIAL, START): row("_start", CHALLENGE),
+        (CHALLENGE, DEVICE): row("_challenged", INITIATING),
+        (INITIATING, ANSWER): row("_initiated", AUTHENTICATING),
+        (AUTHENTICATING, DEVICE): row("_authenticated", AUTHENTICATING_CLIENT),
+        (AUTHENTICATING_CLIENT, ANSWER): row("_client_authenticated", PREPARING),
+        (PREPARING, DEVICE): row("_prepared", FETCHING),
+        (FETCHING, ANSWER): row("_fetched", LOADING),
+        (LOADING, DEVICE): row("_loaded", DONE),
+        (CANCELLING, DEVICE): row("_cancelled_on_euicc", CANCEL_RELAY),
+        (CANCEL_RELAY, ANSWER): row("_cancel_relayed"),
+        (CANCEL_RELAY, FAILED): row("_cancel_relayed"),
+    }
+
+    # -- context helpers ------------------------------------------------------------------
+
+    @property
+    def indirect(self) -> bool:
+        return bool(self.ctx.get("indirect"))
+
+    def _request(self, tag: str, es9_function: str, esipa_function: str, es9_body: bytes,
+                 esipa_body: bytes) -> Request:
+        if self.indirect:
+            return Request(tag, "esipa", self.ctx["eim_id"], esipa_function, esipa_body)
+        return Request(tag, "es9", self.ctx["smdp"], es9_function, es9_body)
+
+    # -- transitions -----------------------------------------------------------------------
+
+    def _start(self, env: Env, _: object) -> tuple[str, list[Output]]:
+        raw: bytes = self.ctx["request"]
+        value = codec.decode("ProfileDownloadTriggerRequest", raw)
+        self.ctx["tid"] = value.get("eimTransactionId")
+        eim = next((e for e in env.eims if e.get("eimId") == self.ctx.get("eim_id")), None)
+        self.ctx["indirect"] = bool(eim is not None and "indirectProfileDownload" in eim)
+        data = value.get("profileDownloadData")
+        smdp: str | None = None
+        matching: str | None = None
+        if data is None or data[0] == "contactDefaultSmdp":
+            smdp = env.config.default_smdp
+        elif data[0] == "activationCode":
+            smdp, matching = parse_activation_code(data[1])
+        else:
+            raise FunctionFailed("SM-DS event retrieval (contactSmds) is not supported by this IPA")
+        if not smdp:
+            raise FunctionFailed("no SM-DP+ address: no activation code and no default SM-DP+")
+        self.ctx["smdp"] = smdp
+        self.ctx["matching_id"] = matching
+        calls = (Call("GetEuiccChallenge", es10.get_euicc_challenge()),
+                 Call("GetEUICCInfo1", es10.get_euicc_info1()))
+        return CHALLENGE, [DeviceWork(calls)]
+
+    def _challenged(self, env: Env, answer: object) -> tuple[str, list[Output]]:
+        challenge_raw, info1 = _replies(answer, 2, "GetEuiccChallenge/GetEUICCInfo1")
+        challenge = es10.euicc_challenge(challenge_raw)
+        es10.outer(info1, es10.TAG_GET_EUICC_INFO1, "EUICCInfo1")
+        smdp: str = self.ctx["smdp"]
+        es9_body = es9p.InitiateAuthenticationRequest(challenge, info1, smdp).to_json()
+        parts = [signed.wrap(0x81, challenge), signed.wrap(0x83, smdp.encode()), info1]
+        if self.ctx.get("tid") is not None:
+            parts.append(signed.wrap(0x82, self.ctx["tid"]))
+        esipa_body = signed.wrap(0xBF39, *parts)
+        return INITIATING, [self._request("ia", es9p.INITIATE_AUTHENTICATION, "InitiateAuthentication",
+                                          es9_body, esipa_body)]
+
+    def _initiated(self, env: Env, answer: object) -> tuple[str, list[Output]]:
+        assert isinstance(answer, Answer)
+        matching: str | None = self.ctx.get("matching_id")
+        if self.indirect:
+            body = answer.body
+            items = _esipa_ok(body, 0xBF39, "InitiateAuthenticationResponseEsipa")
+            by_tag: dict[int, list[bytes]] = {}
+            for t in items:
+                by_tag.setdefault(t.tag, []).append(t.raw_of(body))
+            ss1, cert = by_tag[0x30][0], by_tag[0x30][1]
+            sig1, pkid = by_tag[0x5F37][0], by_tag[0x04][0]
+            tid = bytes(codec.decode("ServerSigned1", ss1)["transactionId"])
+            if 0x0C in by_tag and matching is None:
+                matching = tlv.read_single(by_tag[0x0C][0]).value_of(by_tag[0x0C][0]).decode()
+        else:
+            r = es9p.InitiateAuthenticationResponse.from_json(answer.body)
+            ss1 = es10.ensure_tlv(r.server_signed1, 0x30, "serverSigned1")
+            sig1 = es10.ensure_tlv(r.server_signature1, 0x5F37, "serverSignature1")
+            pkid = es10.ensure_tlv(r.euicc_ci_pkid_to_be_used, 0x04, "euiccCiPKIdToBeUsed")
+            cert = r.server_certificate
+            tid = r.transaction_id
+        self.ctx["transaction_id"] = tid
+        device_info: dict[str, Any] = {"tac": env.config.device_tac, "deviceCapabilities": {}}
+        if env.imei and len(env.imei) >= 15 and env.imei.isdigit():
+            device_info["imei"] = _bcd(env.imei[:15] + "F")
+        request = es10.authenticate_server(ss1, sig1, pkid, cert, es10.ctx_params1(matching, device_info))
+        return AUTHENTICATING, [DeviceWork((Call("AuthenticateServer", request),))]
+
+    def _authenticated(self, env: Env, answer: object) -> tuple[str, list[Output]]:
+        (raw,) = _replies(answer, 1, "AuthenticateServer")
+        r = es10.authenticate_server_response(raw)
+        if not r.ok:
+            raise RemoteProtocolError(f"AuthenticateServer refused by the eUICC: error {r.error}")
+        tid: bytes = self.ctx["transaction_id"]
+        es9_body = es9p.AuthenticateClientRequest(tid, raw).to_json()
+        esipa_body = signed.authenticate_client_request(tid, raw)
+        return AUTHENTICATING_CLIENT, [self._request("ac", es9p.AUTHENTICATE_CLIENT, "AuthenticateClient",
+                                                     es9_body, esipa_body)]
+
+    def _client_authenticated(self, env: Env, answer: object) -> tuple[str, list[Output]]:
+        assert isinstance(answer, Answer)
+        hash_cc: bytes | None = None
+        if self.indirect:
+            body = answer.body
+            items = _esipa_ok(body, 0xBF3B, "AuthenticateClientResponseEsipa")
+            seqs = [t.raw_of(body) for t in items if t.tag == 0x30]
+            smdp_signed2, cert = seqs[0], seqs[1]
+            sig2 = next(t.raw_of(body) for t in items if t.tag == 0x5F37)
+            hash_cc = next((t.raw_of(body) for t in items if t.tag == 0x04), None)
+        else:
+            r = es9p.AuthenticateClientResponse.from_json(answer.body)
+            smdp_signed2 = es10.ensure_tlv(r.smdp_signed2, 0x30, "smdpSigned2")
+            sig2 = es10.ensure_tlv(r.smdp_signature2, 0x5F37, "smdpSignature2")
+            cert = r.smdp_certificate
+        if codec.decode("SmdpSigned2", smdp_signed2).get("ccRequiredFlag") and hash_cc is None:
+            raise FunctionFailed("the profile needs a confirmation code; this IPA has no end user to ask")
+        request = es10.prepare_download(smdp_signed2, sig2, cert, hash_cc)
+        return PREPARING, [DeviceWork((Call("PrepareDownload", request),))]
+
+    def _prepared(self, env: Env, answer: object) -> tuple[str, list[Output]]:
+        (raw,) = _replies(answer, 1, "PrepareDownload")
+        r = es10.prepare_download_response(raw)
+        if not r.ok:
+            raise RemoteProtocolError(f"PrepareDownload refused by the eUICC: error {r.error}")
+        tid: bytes = self.ctx["transaction_id"]
+        es9_body = es9p.GetBoundProfilePackageRequest(tid, raw).to_json()
+        esipa_body = signed.get_bound_profile_package_request(tid, raw)
+        return FETCHING, [self._request("bpp", es9p.GET_BOUND_PROFILE_PACKAGE, "GetBoundProfilePackage",
+                                        es9_body, esipa_body)]
+
+    def _fetched(self, env: Env, answer: object) -> tuple[str, list[Output]]:
+        assert isinstance(answer, Answer)
+        if self.indirect:
+            body = answer.body
+            items = _esipa_ok(body, 0xBF3A, "GetBoundProfilePackageResponseEsipa")
+            package = next(t.raw_of(body) for t in items if t.tag == 0xBF36)
+        else:
+            package = es9p.GetBoundProfilePackageResponse.from_json(answer.body).bound_profile_package
+        segments = bpp.segments(package)
+        calls = tuple(Call("LoadBoundProfilePackage", s, segment=i < len(segments) - 1)
+                      for i, s in enumerate(segments))
+        self.ctx["segments"] = len(segments)
+        return LOADING, [DeviceWork(calls)]
+
+    def _loaded(self, env: Env, answer: object) -> tuple[str, list[Output]]:
+        assert isinstance(answer, DeviceAnswer)
+        count: int = self.ctx["segments"]
+        pir: bytes | None = None
+        for i, reply in enumerate(answer.replies[:count]):
+            pir = bpp.segment_response(i, count, reply.data, reply.sw)
+            if pir is not None:
+                break
+        if pir is None:
+            raise RemoteProtocolError(f"the BPP load ended without ProfileInstallationResult "
+                                      f"after {len(answer.replies)} of {count} segments ({answer.stopped})")
+        result = es10.profile_installation_result(pir)
+        outcome = "ok" if result.success else "failed"
+        detail = "installed" if result.success else f"installation failed: errorReason {result.error_reason}"
+        return DONE, [
+            Note("download", outcome, detail, result.iccid),
+            Finish(outcome, detail, {"pir": pir, "seq": result.seq_number,
+                                     "address": result.notification_address}),
+        ]
+
+    # -- failure and cancellation (SGP.22 §3.0.2, §5.7.14) -----------------------------------
+
+    def on_error(self, env: Env, previous: str, why: str) -> list[Output]:
+        self.ctx["error"] = why
+        tid = self.ctx.get("transaction_id")
+        if previous in _SESSION_OPEN and tid is not None:
+            reason = "loadBppExecutionError" if previous == LOADING else "undefinedReason"
+            self.state = CANCELLING
+            return [Note("download", "cancelling", why),
+                    DeviceWork((Call("CancelSession", es10.cancel_session(tid, reason)),))]
+        return [Note("download", "failed", why), Finish("failed", why)]
+
+    def _cancelled_on_euicc(self, env: Env, answer: object) -> tuple[str, list[Output]]:
+        assert isinstance(answer, DeviceAnswer)
+        why = self.ctx.get("error", "")
+        if not answer.replies or answer.replies[0].sw != 0x9000 or not answer.replies[0].data:
+            return ERROR, [Note("cancelSession", "failed", "the eUICC did not answer CancelSession"),
+                           Finish("failed", why)]
+        raw = answer.replies[0].data
+        es10.cancel_session_response(raw)
+        tid: bytes = self.ctx["transaction_id"]
+        es9_body = es9p.CancelSessionRequest(tid, raw).to_json()
+        esipa_body = signed.cancel_session_request(tid, raw)
+        return CANCEL_RELAY, [self._request("cancel", es9p.CANCEL_SESSION, "CancelSession",
+                                            es9_body, esipa_body)]
+
+    def _cancel_relayed(self, env: Env, payload: object) -> tuple[str, list[Output]]:
+        told = "server told" if isinstance(payload, Answer) else "server not reachable"
+        if isinstance(payload, Failure):
+            told += f": {payload.detail}"
+        why = self.ctx.get("error", "")
+        return ERROR, [Note("cancelSession", "ok", told), Finish("cancelled", why)]
+
+
+def _bcd(digits: str) -> bytes:
+    """Swapped-nibble BCD (3GPP TS 24.008): "35290611" -> 53 92 60 11."""
+    if len(digits) % 2:
+        digits += "F"
+    return bytes(int(digits[i + 1], 16) << 4 | int(digits[i], 16) for i in range(0, len(digits), 2))
+
+
+def trigger_result(eim_transaction_id: bytes | None, finish: Finish) -> bytes:
+    """The ProfileDownloadTriggerResult (BF54) for the eIM: the PIR as received, or an error."""
+    tid = signed.wrap(0x82, eim_transaction_id) if eim_transaction_id is not None else b""
+    pir = finish.result.get("pir")
+    if isinstance(pir, bytes):
+        return signed.wrap(0xBF54, tid, pir)
+    value: dict[str, Any] = {"profileDownloadTriggerResultData": (
+        "profileDownloadError", {"profileDownloadErrorReason": 127})}
+    if eim_transaction_id is not None:
+        value["eimTransactionId"] = eim_transaction_id
+    return codec.encode("ProfileDownloadTriggerResult", value)
