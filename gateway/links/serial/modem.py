@@ -138,6 +138,12 @@ class ModemEuicc:
                 log.warning("closing channel %d: %s", host, exc)
         self.port.close()
 
+    def __enter__(self) -> ModemEuicc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- set-up --------------------------------------------------------------------------
 
     def _at(self, line: str, prefix: str | None = None, *, bare_info: bool = False,
@@ -201,7 +207,12 @@ class ModemEuicc:
         if host is None:
             raise ModemCommandRejected("no logical channel left")
         self._channels[host] = None
-        data, sw = split_response(self._bind(host, aid))
+        try:
+            data, sw = split_response(self._bind(host, aid))
+        except BaseException:
+            if self._channels.get(host) is None:
+                self._channels.pop(host, None)
+            raise
         if sw != 0x9000:
             self.close_channel(host)
             check_sw(sw)

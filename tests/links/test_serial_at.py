@@ -1,0 +1,130 @@
+"""The pure AT layer: lines, echo, URCs anywhere, final result codes, hex answers; fuzzed."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from gateway.errors import DecodeError, GatewayError, RemoteProtocolError, TransportError
+from gateway.links.serial import at
+from gateway.links.serial.errors import CommandNotSupported, ModemCommandRejected, ModemError, SimNotReady
+
+CMD = 'AT+CGLA=1,10,"81E2910000"'
+
+
+def test_line_splitter_accepts_cr_lf_and_crlf_across_chunk_boundaries() -> None:
+    s = at.LineSplitter()
+    assert s.feed(b"AT\r\r\n+CGL") == ["AT"]
+    assert s.feed(b"A: 4,9000\n\nOK\r") == ["+CGLA: 4,9000", "OK"]
+    assert s.pending == b""
+    assert s.feed(b"> ") == [] and s.pending == b"> "
+
+
+def test_line_longer_than_the_bound_is_a_remote_protocol_error() -> None:
+    with pytest.raises(RemoteProtocolError):
+        at.LineSplitter(max_line=100).feed(b"+" * 101)
+
+
+def test_echo_and_urcs_before_inside_and_after_the_reply_are_set_aside() -> None:
+    data = (CMD.encode() + b"\r\r\n+CEREG: 1,5\r\n\r\n+CGLA: 6,\"BF9000\"\r\n\r\nRING\r\n"
+            b"+QIND: \"csq\",20,99\r\n\r\nOK\r\n")
+    collector = at.ReplyCollector(CMD, "+CGLA")
+    replies = [r for line in at.LineSplitter().feed(data) if (r := collector.feed(line))]
+    assert replies == [at.AtReply(CMD, ('+CGLA: 6,"BF9000"',))]
+    assert collector.urcs == ["+CEREG: 1,5", "RING", '+QIND: "csq",20,99']
+    assert at.parse_hex_response(replies[0], "+CGLA") == bytes.fromhex("BF9000")
+
+
+@pytest.mark.parametrize("line", ['+CGLA: 6,"bf9000"', "+CGLA: 6,BF9000", '+cgla:6, "BF9000" ', "+CGLA: 3,BF9000"])
+def test_quoted_unquoted_lowercase_and_byte_counted_answers_parse(line: str) -> None:
+    assert at.parse_hex_response(at.AtReply(CMD, (line,)), "+CGLA") == bytes.fromhex("BF9000")
+
+
+@pytest.mark.parametrize("line", ['+CGLA: 8,"BF9000"', '+CGLA: 6,"BF90G0"', "+CGLA: 5,BF900", "+CGLA: 2,90",
+                                  "+CGLA: 9000", "+CGLA: x,9000", '+CGLA: 2,"9"'])
+def test_malformed_hex_answers_are_decode_errors(line: str) -> None:
+    with pytest.raises(DecodeError):
+        at.parse_hex_response(at.AtReply(CMD, (line,)), "+CGLA")
+
+
+@pytest.mark.parametrize(("line", "cls", "cme", "retryable"), [
+    ("ERROR", ModemCommandRejected, None, False),
+    ("+CME ERROR: 4", CommandNotSupported, 4, False),
+    ("+CME ERROR: operation not supported", CommandNotSupported, 4, False),
+    ("+CME ERROR: 50", ModemCommandRejected, 50, False),
+    ("+CME ERROR: incorrect parameters", ModemCommandRejected, 50, False),
+    ("+CME ERROR: 14", SimNotReady, 14, True),
+    ("+CME ERROR: SIM not inserted", SimNotReady, 10, True),
+    ("+CME ERROR: vendor says no", ModemCommandRejected, None, False),
+    ("+CMS ERROR: 500", ModemCommandRejected, None, False),
+])
+def test_final_error_codes_map_to_typed_transport_errors(line: str, cls: type[ModemError], cme: int | None,
+                                                         retryable: bool) -> None:
+    with pytest.raises(cls) as info:
+        at.parse_reply(CMD, f"\r\n{line}\r\n".encode(), "+CGLA")
+    assert isinstance(info.value, TransportError)
+    assert info.value.cme == cme and info.value.retryable is retryable and info.value.command == CMD
+
+
+@pytest.mark.parametrize("data", [b"\r\n+CCHO: 2\r\n\r\nOK\r\n", b"\r\n2\r\n\r\nOK\r\n", b'\r\n"2"\r\n\r\nOK\r\n',
+                                  b'AT+CCHO="A000"\r\r\n+CREG: 1\r\n2\r\nOK\r\n'])
+def test_ccho_session_id_prefixed_bare_or_quoted(data: bytes) -> None:
+    assert at.parse_session(at.parse_reply('AT+CCHO="A000"', data, "+CCHO", bare_info=True)) == 2
+
+
+@pytest.mark.parametrize("data", [b"\r\nOK\r\n", b"\r\n+CCHO: 0\r\n\r\nOK\r\n", b"\r\n+CCHO: x\r\nOK\r\n",
+                                  b"\r\n1\r\n2\r\nOK\r\n"])
+def test_ccho_without_a_usable_session_id_is_a_decode_error(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        at.parse_session(at.parse_reply('AT+CCHO="A000"', data, "+CCHO", bare_info=True))
+
+
+def test_reply_without_final_result_code_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError):
+        at.parse_reply(CMD, b"\r\n+CGLA: 4,9000\r\n", "+CGLA")
+
+
+def test_command_lines_count_hex_characters() -> None:
+    assert at.cgla(3, bytes.fromhex("81E29100")) == 'AT+CGLA=3,8,"81E29100"'
+    assert at.csim(bytes.fromhex("0070000001")) == 'AT+CSIM=10,"0070000001"'
+    assert at.ccho(bytes.fromhex("A0000005591010FFFFFFFF8900000100")) == \
+        'AT+CCHO="A0000005591010FFFFFFFF8900000100"'
+    assert at.cchc(3) == "AT+CCHC=3"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from(["+CGLA", "+CSIM", "+CCHO"]), st.booleans())
+def test_any_bytes_give_a_reply_or_a_clear_error(data: bytes, prefix: str, bare: bool) -> None:
+    try:
+        reply = at.parse_reply(CMD, data, prefix, bare_info=bare)
+    except GatewayError:
+        return
+    for parse in (lambda: at.parse_hex_response(reply, prefix), lambda: at.parse_session(reply)):
+        try:
+            parse()
+        except DecodeError:
+            pass
+
+
+_URCS = st.sampled_from(["+CEREG: 1,5", "RING", '+QIND: "csq",20,99', '+CREG: 1,"00AF","0123ABCD",7', "+CPIN: READY"])
+_EOL = st.sampled_from([b"\r\n", b"\r", b"\n", b"\r\n\r\n"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(response=st.binary(min_size=2, max_size=300), echo=st.booleans(), quoted=st.booleans(),
+       lower=st.booleans(), before=st.lists(_URCS, max_size=3), inside=st.lists(_URCS, max_size=3),
+       eol=_EOL, chunk=st.integers(1, 64))
+def test_any_interleaving_of_echo_and_urcs_yields_the_exact_response(
+        response: bytes, echo: bool, quoted: bool, lower: bool, before: list[str], inside: list[str],
+        eol: bytes, chunk: int) -> None:
+    hex_text = response.hex() if lower else response.hex().upper()
+    value = f'"{hex_text}"' if quoted else hex_text
+    lines = ([CMD] if echo else []) + before + [f"+CGLA: {len(hex_text)},{value}"] + inside + ["OK"]
+    data = eol + eol.join(line.encode() for line in lines) + eol
+    splitter, collector = at.LineSplitter(), at.ReplyCollector(CMD, "+CGLA")
+    replies = []
+    for i in range(0, len(data), chunk):
+        replies += [r for line in splitter.feed(data[i:i + chunk]) if (r := collector.feed(line))]
+    assert len(replies) == 1
+    assert at.parse_hex_response(replies[0], "+CGLA") == response
+    assert collector.urcs == before + inside
