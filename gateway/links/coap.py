@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -166,6 +167,10 @@ class CoapServerConfig:
     plain_port: int | None = None  # lab only: plain CoAP on this port when allow_plain
     allow_plain: bool = False
     max_uplink: int = DEFAULT_MAX_UPLINK
+    # Devices fetch Block2 blocks in parallel: 1,000 devices x 32 requests arrive as one burst,
+    # and a small datagram costs ~1 KB of socket buffer, so the 208 KB Linux default overflows
+    # (RcvbufErrors) at ~250 requests in flight. Capped by net.core.rmem_max.
+    receive_buffer: int = 4 * 1024 * 1024
 
 
 class CoapServer:
@@ -191,12 +196,14 @@ class CoapServer:
             self.dtls_site, bind=(self._config.host, self._config.dtls_port - 1),
             transports=["tinydtls_server"], server_credentials=RegistryCredentials(self._registry))
         self._contexts.append(dtls)
+        _enlarge_receive_buffer(dtls, self._config.receive_buffer)
         if self._config.allow_plain and self._config.plain_port is not None:
             log.warning("plain CoAP enabled on port %d: lab use only", self._config.plain_port)
             plain = await aiocoap.Context.create_server_context(
                 self.plain_site, bind=(self._config.host, self._config.plain_port),
                 transports=["udp6"])
             self._contexts.append(plain)
+            _enlarge_receive_buffer(plain, self._config.receive_buffer)
 
     async def close(self) -> None:
         contexts, self._contexts = self._contexts, []
@@ -211,3 +218,23 @@ class CoapServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+
+
+def _enlarge_receive_buffer(ctx: Any, size: int) -> None:
+    """Set SO_RCVBUF on the server socket(s) of an aiocoap Context.
+
+    aiocoap (0.4.17) has no option for it: the socket is reached through its transport objects
+    (TokenManager -> MessageManager -> message interface -> transport). If that path changes,
+    the server still runs, with the default buffer, and says so.
+    """
+    found = False
+    for token_manager in getattr(ctx, "request_interfaces", []):
+        interface = getattr(getattr(token_manager, "token_interface", None), "message_interface", None)
+        holder = getattr(interface, "_pool", interface)
+        transport = getattr(holder, "_transport", None) or getattr(holder, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            found = True
+    if not found:
+        log.warning("could not enlarge the CoAP server's receive buffer: bursts of block requests may be dropped")

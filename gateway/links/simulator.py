@@ -12,7 +12,8 @@ messages, as on an NB-IoT or satellite bearer.
 `UdpLinkSimulator` relays datagrams (CoAP, DTLS), `TcpLinkSimulator` relays byte streams
 (MQTT). Both take one profile for every flow or a function of the flow's peer address, so a
 benchmark can give each device its own link. Delivery is scheduled on the event loop
-(call_at), so thousands of flows cost timers, not tasks.
+(one call_at timer per busy line, first in first out), so thousands of flows cost timers,
+not tasks, and a line never reorders what it carries.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,16 +46,42 @@ ProfileSource = LinkProfile | Callable[[Address], LinkProfile]
 
 @dataclass(slots=True)
 class _Line:
-    """One direction of a flow: when it is free again."""
+    """One direction of a flow: when it is free again, and what is on it, in order."""
 
     profile: LinkProfile
     busy_until: float = 0.0
+    in_flight: deque[tuple[float, bytes]] = field(default_factory=deque)
+    timer: asyncio.TimerHandle | None = None
 
     def arrival(self, now: float, size: int) -> float:
         start = max(now, self.busy_until)
         serialisation = size * 8 / self.profile.bandwidth_bps if self.profile.bandwidth_bps else 0.0
         self.busy_until = start + serialisation
         return self.busy_until + self.profile.rtt_s / 2
+
+    def carry(self, loop: asyncio.AbstractEventLoop, data: bytes, deliver: Callable[[bytes], None]) -> None:
+        """Put `data` on the line; `deliver` gets it on arrival, after everything sent before it."""
+        self.in_flight.append((self.arrival(loop.time(), len(data)), data))
+        if self.timer is None:
+            self._schedule(loop, deliver)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[bytes], None]) -> None:
+        when = self.in_flight[0][0]
+
+        def fire() -> None:
+            self.timer = None
+            now = loop.time()
+            while self.in_flight and self.in_flight[0][0] <= now:
+                deliver(self.in_flight.popleft()[1])
+            if self.in_flight:
+                self._schedule(loop, deliver)
+        self.timer = loop.call_at(when, fire)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.in_flight.clear()
 
 
 @dataclass
@@ -62,6 +91,15 @@ class LinkStats:
     bytes_up: int = 0
     bytes_down: int = 0
     flows: int = 0
+
+
+def _big_buffers(transport: asyncio.BaseTransport) -> None:
+    # every agent of a load test sends its burst before the relay reads: size for the burst,
+    # not for the link (net.core.rmem_max caps it)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024 * 1024)
 
 
 def _profile(source: ProfileSource, peer: Address) -> LinkProfile:
@@ -100,22 +138,21 @@ class UdpLinkSimulator(asyncio.DatagramProtocol):
         self._flows: dict[Address, _UdpFlow] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timers: set[asyncio.TimerHandle] = set()
         self.stats = LinkStats()
         self.listen_port = 0
 
     async def start(self) -> int:
         self._loop = asyncio.get_running_loop()
         transport, _ = await self._loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, 0))
+        _big_buffers(transport)
         self._transport = transport
         self.listen_port = int(transport.get_extra_info("sockname")[1])
         return self.listen_port
 
     async def close(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
         for flow in self._flows.values():
+            flow.up.cancel()
+            flow.down.cancel()
             if flow.transport is not None:
                 flow.transport.close()
         self._flows.clear()
@@ -130,16 +167,6 @@ class UdpLinkSimulator(asyncio.DatagramProtocol):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def _later(self, when: float, fn: Callable[..., None], *args: Any) -> None:
-        assert self._loop is not None
-        handle: asyncio.TimerHandle
-
-        def fire() -> None:
-            self._timers.discard(handle)
-            fn(*args)
-        handle = self._loop.call_at(when, fire)
-        self._timers.add(handle)
 
     def _lost(self, profile: LinkProfile) -> bool:
         if profile.loss and self._rng.random() < profile.loss:
@@ -161,12 +188,13 @@ class UdpLinkSimulator(asyncio.DatagramProtocol):
         self.stats.bytes_up += len(data)
         if self._lost(flow.up.profile):
             return
-        self._later(flow.up.arrival(self._loop.time(), len(data)), self._send_up, flow, data)
+        flow.up.carry(self._loop, data, lambda d: self._send_up(flow, d))
 
     async def _open(self, flow: _UdpFlow) -> None:
         assert self._loop is not None
         transport, _ = await self._loop.create_datagram_endpoint(lambda: _Upstream(self, flow),
                                                                  remote_addr=self.target)
+        _big_buffers(transport)
         flow.transport = transport
         for data in flow.backlog:
             transport.sendto(data)
@@ -184,7 +212,7 @@ class UdpLinkSimulator(asyncio.DatagramProtocol):
         self.stats.bytes_down += len(data)
         if self._lost(flow.down.profile):
             return
-        self._later(flow.down.arrival(self._loop.time(), len(data)), self._send_down, flow.peer, data)
+        flow.down.carry(self._loop, data, lambda d: self._send_down(flow.peer, d))
 
     def _send_down(self, peer: Address, data: bytes) -> None:
         if self._transport is not None:

@@ -36,6 +36,7 @@ class CoapAgentTransport:
         self._host, self._port = host, port
         self._identity, self._psk = identity, psk
         self._ctx: aiocoap.Context | None = None
+        self._remote: object = None
         self.block_timeout = block_timeout
         self.block_retries = block_retries
         self.request_timeout = request_timeout
@@ -54,6 +55,7 @@ class CoapAgentTransport:
         return self._ctx
 
     async def close(self) -> None:
+        self._remote = None
         if self._ctx is not None:
             ctx, self._ctx = self._ctx, None
             await ctx.shutdown()
@@ -61,7 +63,11 @@ class CoapAgentTransport:
     async def _request(self, msg: aiocoap.Message, timeout: float) -> aiocoap.Message:
         ctx = await self._context()
         try:
-            return await asyncio.wait_for(ctx.request(msg, handle_blockwise=False).response, timeout)
+            response = await asyncio.wait_for(ctx.request(msg, handle_blockwise=False).response, timeout)
+            # aiocoap pools DTLS connections weakly: holding the remote keeps the session (and its
+            # handshake, 3 round trips) alive from one wake-up to the next
+            self._remote = response.remote
+            return response
         except asyncio.TimeoutError:
             raise TransportTimeout(f"no CoAP response from {self._uri} within {timeout} s") from None
         except aiocoap.error.Error as exc:
