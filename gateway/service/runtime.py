@@ -1,0 +1,498 @@
+"""The runtime: feeds events to the pure engine and performs the actions it returns.
+
+Theory of operation. The runtime is the device links' `UplinkHandler`. A device uplink
+becomes a DeviceHello/DeviceResult event; the uplink then waits (bounded by
+`exchange_timeout_s`) for the downlink the engine decides, which may come at once or only
+after backhaul round trips (Hello -> GetEimPackage -> batch). Every event goes through
+`feed()`:
+
+1. `engine.handle(event)` (pure, synchronous) returns a list of actions;
+2. the store actions of that list (SaveSession, MarkInbox, Audit) and the device's contact
+   record commit in ONE store transaction (`AsyncStore.atomic`) -- a failure there rolls all
+   of them back and performs none of the I/O actions;
+3. only then the I/O actions, in list order: a downlink resolves the device's pending
+   uplink, PostEsipa/PostEs9 start a backhaul task whose answer or failure comes back as
+   BackhaulAnswered/BackhaulFailed, StartTimer/CancelTimer arm and disarm timers that come
+   back as TimerFired.
+
+Events of one device are fed one at a time (a lock per EID) so the engine sees them in
+order and their transactions commit in that order. The clock is injected (DESIGN
+principle 5): every event's `now`, every stored time and every timer delay comes from it.
+
+An eIM push (`on_transfer`, the inject endpoint's callback) is persisted in the device's
+inbox before it is acknowledged, then fed to the engine as EimPackageReceived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from gateway.backhaul import esipa_client
+from gateway.backhaul.http import BackhaulHttp, Server, TlsTrust, require_content_type
+from gateway.core.actions import (
+    Action,
+    Audit,
+    CancelTimer,
+    MarkInbox,
+    PostEs9,
+    PostEsipa,
+    ReplyError,
+    ReplyIdle,
+    SaveSession,
+    SendBatch,
+    StartTimer,
+)
+from gateway.core.events import (
+    BackhaulAnswered,
+    BackhaulFailed,
+    DeviceHello,
+    DeviceResult,
+    EimPackageReceived,
+    Event,
+    OperatorAction,
+    TimerFired,
+)
+from gateway.errors import DecodeError, FunctionFailed, GatewayError, RemoteProtocolError, UnknownDevice, is_retryable
+from gateway.links.protocol import (
+    BatchMsg,
+    Downlink,
+    ErrorCode,
+    ErrorMsg,
+    Hello,
+    Idle,
+    Uplink,
+    encode_downlink,
+    encode_uplink,
+)
+from gateway.service.metrics import GatewayMetrics
+from gateway.spec import codec, es9p, esipa, tlv
+from gateway.store import AsyncStore, Store, package_key, transaction_key
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+INBOX_KIND_EIM_PACKAGE = "eim-package"
+DOWNLOAD_OPERATIONS = ("ProfileDownload", "LoadBoundProfilePackage", "ProfileInstallation")
+
+
+class Engine(Protocol):
+    """What the runtime needs of gateway.core's engine: a pure step function."""
+
+    def handle(self, event: Event) -> list[Action]: ...
+
+
+class Backhaul(Protocol):
+    """Posts one engine request northbound; the exact answer body (b"" for none)."""
+
+    async def post_esipa(self, action: PostEsipa) -> bytes: ...
+
+    async def post_es9(self, action: PostEs9) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    exchange_timeout_s: float = 30.0   # longest an uplink waits for the engine's downlink
+    busy_retry_s: int = 30             # Idle the device gets when that wait runs out
+    stopping_retry_s: int = 60         # Idle the device gets while the daemon drains
+
+
+class Runtime:
+    def __init__(self, engine: Engine, astore: AsyncStore, backhaul: Backhaul, *,
+                 clock: Clock = time.time, options: RuntimeOptions = RuntimeOptions(),
+                 metrics: GatewayMetrics | None = None,
+                 after_commit: Callable[[list[Action]], None] | None = None) -> None:
+        self.engine = engine
+        self.astore = astore
+        self.backhaul = backhaul
+        self.clock = clock
+        self.options = options
+        self.metrics = metrics or GatewayMetrics()
+        self._after_commit = after_commit   # test hook: runs between the commit and the I/O
+        self._locks: dict[bytes, asyncio.Lock] = {}
+        self._pending: dict[bytes, asyncio.Future[Downlink]] = {}
+        self._timers: dict[tuple[bytes, str], asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
+
+    # --- device links --------------------------------------------------------------------
+
+    async def exchange(self, eid: bytes, uplink: Uplink) -> Downlink:
+        """UplinkHandler: one uplink in, exactly one downlink out."""
+        if self.draining:
+            return self._count(Idle(self.options.stopping_retry_s), uplink)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Downlink] = loop.create_future()
+        previous = self._pending.get(eid)
+        if previous is not None and not previous.done():
+            previous.set_result(ErrorMsg(int(ErrorCode.UNEXPECTED), "superseded by a newer uplink"))
+        self._pending[eid] = future
+        self._begin()
+        try:
+            now = self.clock()
+            event: Event
+            if isinstance(uplink, Hello):
+                event = DeviceHello(eid=eid, now=now, status=uplink.status)
+            else:
+                event = DeviceResult(eid=eid, now=now, result=uplink.result, status=uplink.status)
+            status = uplink.status
+            await self.feed(event, contact=(eid, None if status is None else _status_json(status)))
+            try:
+                downlink = await asyncio.wait_for(asyncio.shield(future), self.options.exchange_timeout_s)
+            except TimeoutError:
+                self.metrics.errors.inc(kind="exchange-timeout")
+                log.warning("no downlink for %s within %.0f s: Idle", eid.hex(), self.options.exchange_timeout_s)
+                downlink = Idle(self.options.busy_retry_s)
+        except GatewayError as exc:
+            self.metrics.errors.inc(kind=type(exc).__name__)
+            log.error("exchange with %s failed: %s", eid.hex(), exc)
+            downlink = ErrorMsg(int(ErrorCode.INTERNAL), type(exc).__name__)
+        except Exception:
+            self.metrics.errors.inc(kind="engine-bug")
+            log.exception("exchange with %s failed", eid.hex())
+            downlink = ErrorMsg(int(ErrorCode.INTERNAL), "internal error")
+        finally:
+            if self._pending.get(eid) is future:
+                del self._pending[eid]
+            self._end()
+        return self._count(downlink, uplink)
+
+    def _count(self, downlink: Downlink, uplink: Uplink) -> Downlink:
+        m = self.metrics
+        m.round_trips.inc(downlink=type(downlink).__name__)
+        m.uplink_bytes.inc(len(encode_uplink(uplink)))
+        m.downlink_bytes.inc(len(encode_downlink(downlink)))
+        if isinstance(downlink, BatchMsg):
+            m.apdus.inc(sum(len(s.apdus) for s in downlink.batch.steps))
+        return downlink
+
+    # --- the eIM push (inject endpoint callback) -----------------------------------------
+
+    async def on_transfer(self, body: bytes, binding: str) -> bytes:
+        """Persist a pushed eIM package, then acknowledge it (eimPackageReceived)."""
+        if binding != "asn1":
+            raise RemoteProtocolError("the JSON binding of TransferEimPackage is not supported by this gateway")
+        eid, eim_id, key = _pushed_package_identity(body)
+        now = self.clock()
+
+        def persist(s: Store) -> bool:
+            s.devices.require(eid)
+            return s.inbox.enqueue(eid, key, INBOX_KIND_EIM_PACKAGE, body, origin=eim_id, now=now).new
+
+        try:
+            new = await self.astore.atomic(persist)
+        except UnknownDevice as exc:
+            raise RemoteProtocolError(str(exc)) from None
+        if new:
+            self.spawn(self.feed(EimPackageReceived(eid=eid, now=now, eim_id=eim_id, raw=body, via="push", key=key)),
+                       f"push for {eid.hex()}")
+        else:
+            log.info("eIM package %s for %s pushed again: already in the inbox", key, eid.hex())
+        return codec.encode("TransferEimPackageResponse", ("eimPackageReceived", None))
+
+    # --- operator actions ----------------------------------------------------------------
+
+    async def operator(self, eid: bytes, kind: str, args: Iterable[tuple[str, str]] = ()) -> None:
+        await self.astore.run(lambda s: s.devices.require(eid))
+        self.metrics.operator_actions.inc(kind=kind)
+        await self.feed(OperatorAction(eid=eid, now=self.clock(), kind=kind, args=tuple(args)))
+
+    # --- the step: engine, one transaction, then I/O -------------------------------------
+
+    async def feed(self, event: Event, *, contact: tuple[bytes, dict[str, Any] | None] | None = None) -> None:
+        lock = self._locks.setdefault(event.eid, asyncio.Lock())
+        async with lock:
+            actions = self.engine.handle(event)
+            await self.apply(actions, event.now, contact=contact)
+
+    async def apply(self, actions: list[Action], now: float, *,
+                    contact: tuple[bytes, dict[str, Any] | None] | None = None) -> None:
+        """Store actions (and the contact record) in one transaction, then the I/O actions."""
+        stored = [a for a in actions if isinstance(a, (SaveSession, MarkInbox, Audit))]
+        if stored or contact is not None:
+            await self.astore.atomic(lambda s: self._apply_store(s, stored, now, contact))
+        for a in stored:
+            if isinstance(a, Audit):
+                self._count_audit(a)
+        if self._after_commit is not None:
+            self._after_commit(actions)
+        for action in actions:
+            self._perform(action)
+
+    @staticmethod
+    def _apply_store(s: Store, actions: list[SaveSession | MarkInbox | Audit], now: float,
+                     contact: tuple[bytes, dict[str, Any] | None] | None) -> None:
+        if contact is not None:
+            eid, status = contact
+            if s.devices.get(eid) is not None:
+                s.devices.record_contact(eid, now=now, status=status)
+        for a in actions:
+            if isinstance(a, SaveSession):
+                s.sessions.put(a.eid, a.state_name, a.blob, now=now)
+            elif isinstance(a, MarkInbox):
+                _mark_inbox(s, a, now)
+            else:
+                eim, tx = _origin(a.origin)
+                s.audit.append(time=now, eid=a.eid, iccid=None if a.iccid is None else iccid_digits(a.iccid),
+                               operation=a.operation, result=a.result, origin_eim=eim, origin_tx=tx,
+                               detail={"detail": a.detail} if a.detail else None)
+
+    def _count_audit(self, a: Audit) -> None:
+        self.metrics.audit.inc(operation=a.operation, result=a.result)
+        if any(op in a.operation for op in DOWNLOAD_OPERATIONS):
+            self.metrics.downloads.inc(result=a.result)
+
+    def _perform(self, action: Action) -> None:
+        if isinstance(action, (SendBatch, ReplyIdle, ReplyError)):
+            self._downlink(action)
+        elif isinstance(action, PostEsipa):
+            self.spawn(self._post(action.eid, action.request_id, "esipa", action.function,
+                                  self.backhaul.post_esipa(action)), f"ESipa {action.function}")
+        elif isinstance(action, PostEs9):
+            self.spawn(self._post(action.eid, action.request_id, "es9", action.function,
+                                  self.backhaul.post_es9(action)), f"ES9+ {action.function}")
+        elif isinstance(action, StartTimer):
+            self._start_timer(action)
+        elif isinstance(action, CancelTimer):
+            handle = self._timers.pop((action.eid, action.name), None)
+            if handle is not None:
+                handle.cancel()
+
+    def _downlink(self, action: SendBatch | ReplyIdle | ReplyError) -> None:
+        downlink: Downlink
+        if isinstance(action, SendBatch):
+            downlink = BatchMsg(action.batch)
+        elif isinstance(action, ReplyIdle):
+            downlink = Idle(action.retry_after_s)
+        else:
+            downlink = ErrorMsg(action.code, action.text)
+        future = self._pending.get(action.eid)
+        if future is None or future.done():
+            self.metrics.errors.inc(kind="downlink-without-uplink")
+            log.warning("%s for %s dropped: the device is not waiting for a downlink",
+                        type(action).__name__, action.eid.hex())
+            return
+        future.set_result(downlink)
+
+    async def _post(self, eid: bytes, request_id: str, target: str, function: str,
+                    call: Awaitable[bytes]) -> None:
+        event: Event
+        try:
+            body = await call
+        except GatewayError as exc:
+            self.metrics.backhaul_requests.inc(target=target, function=function, outcome="failed")
+            self.metrics.errors.inc(kind=type(exc).__name__)
+            log.warning("%s %s for %s failed: %s", target, function, eid.hex(), exc)
+            subject = reason = None
+            if isinstance(exc, FunctionFailed):
+                subject, reason = exc.subject_code, exc.reason_code
+            retry_after = getattr(exc, "retry_after_s", None)
+            if retry_after is None and hasattr(exc, "retry_at"):
+                retry_after = max(0.0, float(exc.retry_at) - self.clock())
+            event = BackhaulFailed(eid=eid, now=self.clock(), request_id=request_id,
+                                   error_class=type(exc).__name__, retryable=is_retryable(exc), detail=str(exc),
+                                   subject_code=subject, reason_code=reason,
+                                   retry_after_s=None if retry_after is None else float(retry_after))
+        else:
+            self.metrics.backhaul_requests.inc(target=target, function=function, outcome="answered")
+            event = BackhaulAnswered(eid=eid, now=self.clock(), request_id=request_id, body=body)
+        await self.feed(event)
+
+    def _start_timer(self, action: StartTimer) -> None:
+        key = (action.eid, action.name)
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, action.at - self.clock())
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            self.spawn(self.feed(TimerFired(eid=action.eid, now=self.clock(), name=action.name)),
+                       f"timer {action.name}")
+
+        self._timers[key] = loop.call_later(delay, fire)
+
+    # --- tasks and draining --------------------------------------------------------------
+
+    def spawn(self, coro: Awaitable[None], what: str) -> None:
+        async def run() -> None:
+            self._begin()
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except GatewayError as exc:
+                self.metrics.errors.inc(kind=type(exc).__name__)
+                log.error("%s failed: %s", what, exc)
+            except Exception:
+                self.metrics.errors.inc(kind="engine-bug")
+                log.exception("%s failed", what)
+            finally:
+                self._end()
+
+        task = asyncio.get_running_loop().create_task(run(), name=what)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _begin(self) -> None:
+        self._inflight += 1
+        self._idle.clear()
+
+    def _end(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @property
+    def pending_exchanges(self) -> int:
+        return sum(not f.done() for f in self._pending.values())
+
+    @property
+    def timers(self) -> int:
+        return len(self._timers)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop taking new uplinks and wait for in-flight work; True when it all finished."""
+        self.draining = True
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        """Cancel whatever is left (after `drain`)."""
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_result(Idle(self.options.stopping_retry_s))
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# --- the northbound adapter ----------------------------------------------------------------
+
+
+class HttpBackhaul:
+    """`Backhaul` over the one HTTPS client (gateway.backhaul): ESipa to the eIM, ES9+ to SM-DP+s."""
+
+    def __init__(self, http: BackhaulHttp, *, trust: TlsTrust, esipa_binding: str = "asn1",
+                 esipa_timeout_s: float | None = None, es9_timeout_s: float | None = None) -> None:
+        self.http = http
+        self.trust = trust
+        self.esipa_binding = esipa_binding
+        self.esipa_timeout_s = esipa_timeout_s
+        self.es9_timeout_s = es9_timeout_s
+        self.servers: dict[str, Server] = {}   # every server posted to (for its breaker state)
+
+    def _server(self, fqdn: str) -> Server:
+        server = Server.from_fqdn(fqdn, self.trust)
+        self.servers.setdefault(server.base_url, server)
+        return server
+
+    async def post_esipa(self, action: PostEsipa) -> bytes:
+        server = self._server(action.eim_fqdn)
+        if self.esipa_binding == "json":
+            function = esipa.FUNCTIONS[action.function].json_name
+            answer = await esipa_client.exchange_json(self.http, server, function, action.body,
+                                                      timeout_s=self.esipa_timeout_s)
+        else:
+            answer = await esipa_client.exchange_asn1(self.http, server, action.body, timeout_s=self.esipa_timeout_s)
+        return answer or b""
+
+    async def post_es9(self, action: PostEs9) -> bytes:
+        server = self._server(action.smdp_address)
+        reply = await self.http.post_json(server, es9p.es9p_path(action.function), action.body,
+                                          timeout_s=self.es9_timeout_s)
+        if reply.status == 204 or not reply.body:
+            return b""
+        require_content_type(reply, "application/json", f"ES9+ {action.function}")
+        return reply.body
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _status_json(status: Any) -> dict[str, Any]:
+    return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in asdict(status).items()}
+
+
+def _mark_inbox(s: Store, a: MarkInbox, now: float) -> None:
+    entry = s.inbox.find(a.eid, a.key)
+    if entry is None:
+        # a polled package (not pushed): the engine names it by key; record it so its state is kept
+        entry_id = s.inbox.enqueue(a.eid, a.key, INBOX_KIND_EIM_PACKAGE, b"", origin="poll", now=now).id
+    else:
+        entry_id = entry.id
+    if a.state in ("running", "in_progress"):
+        s.inbox.start(entry_id, now=now)
+    elif a.state in ("done", "duplicate"):
+        s.inbox.finish(entry_id, now=now)
+    elif a.state == "queued":
+        s.inbox.requeue(entry_id, now=now)
+    else:
+        raise DecodeError(f"unknown inbox state {a.state!r} from the engine", type_name="MarkInbox")
+
+
+def _origin(origin: str) -> tuple[str | None, bytes | None]:
+    """Audit origin "eimId" or "eimId/<transaction id hex>" -> (eim id, transaction id)."""
+    if not origin:
+        return None, None
+    eim, _, tx = origin.partition("/")
+    try:
+        return eim or None, bytes.fromhex(tx) if tx else None
+    except ValueError:
+        return origin, None
+
+
+def iccid_digits(iccid: bytes) -> str:
+    """ICCID as printed: BCD with swapped nibbles, trailing F filler dropped (SGP.22 Iccid)."""
+    return "".join(f"{b & 0x0F:x}{b >> 4:x}" for b in iccid).rstrip("f")
+
+
+TAG_TRANSFER_EIM_PACKAGE = 0xBF4E
+TAG_EUICC_PACKAGE_REQUEST = 0xBF51
+
+
+def _pushed_package_identity(body: bytes) -> tuple[bytes, str, str]:
+    """(EID, eimId, inbox key) of a pushed EsipaMessageFromEimToIpa.
+
+    Only an EuiccPackageRequest names its eUICC (euiccPackageSigned.eidValue); a gateway
+    serving many eUICCs cannot place the other package kinds, which eIMs deliver by poll.
+    """
+    outer = tlv.read_tlv(body)
+    if outer.tag != TAG_TRANSFER_EIM_PACKAGE or outer.end != len(body):
+        raise DecodeError("not a TransferEimPackageRequest", type_name="EsipaMessageFromEimToIpa")
+    inner = tlv.children(body, outer)
+    if len(inner) != 1 or inner[0].tag != TAG_EUICC_PACKAGE_REQUEST:
+        raise RemoteProtocolError("only an EuiccPackageRequest names its eUICC; push other packages by poll")
+    value = codec.decode("EuiccPackageRequest", body[inner[0].start:inner[0].end])
+    signed = value["euiccPackageSigned"]
+    eid = bytes(signed["eidValue"])
+    eim_id = str(signed["eimId"])
+    tx = signed.get("eimTransactionId")
+    key = transaction_key(eim_id, bytes(tx)) if tx is not None else package_key(body)
+    return eid, eim_id, key

@@ -1,0 +1,450 @@
+"""The supervisor: one asyncio TaskGroup owning store, engine, backhaul, links and API.
+
+Theory of operation (DESIGN principle 10, Hypercorn's `worker_serve`). `Daemon.run()`:
+
+1. loads the configuration (a ConfigError ends the start with exit code 2) and sets up
+   logging with every secret given to the redaction filter;
+2. opens the store (releasing leases a dead process left), registers the configured fleet,
+   builds the engine and restores every stored session into it;
+3. starts the backhaul client, the runtime, the device links (CoAP/DTLS, MQTT), the ESipa
+   inject endpoint and the management API, then re-sends what the sessions had in flight
+   (`Engine.resume`) and tells systemd READY;
+4. runs its loops in one TaskGroup -- the watchdog, the outbox drainer -- until SIGTERM or
+   SIGINT sets the stop event; SIGHUP (or POST /v1/reload) re-reads the configuration and
+   swaps the device list, credentials and policies in place: links keep running and no
+   session is dropped;
+5. on stop: STOPPING to systemd, the runtime stops taking uplinks (devices get Idle) and
+   in-flight work drains within `gateway.shutdown_grace_s`; then links, inject endpoint
+   and API close, what is left is cancelled, the WAL is checkpointed and the store closed.
+
+Everything that needs the time takes the injected clock (principle 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from gateway.backhaul.http import BackhaulHttp, HttpLimits, TlsTrust
+from gateway.backhaul.inject_server import InjectServer, server_ssl_context
+from gateway.config import Config, load_config
+from gateway.core.actions import PostEs9, PostEsipa, from_bytes
+from gateway.core.engine import EimEndpoint, Engine, EngineConfig
+from gateway.core.events import BackhaulAnswered
+from gateway.core.retry import BreakerState, CircuitBreaker
+from gateway.errors import ConfigError, GatewayError
+from gateway.links.base import DeviceCredential, DeviceRegistry
+from gateway.links.coap import CoapServer, CoapServerConfig
+from gateway.links.mqtt import MqttConfig, MqttGateway
+from gateway.service.api import ApiServer
+from gateway.service.logging import RedactingFilter, setup_logging
+from gateway.service.metrics import GatewayMetrics
+from gateway.service.notify import Notifier
+from gateway.service.runtime import Clock, HttpBackhaul, Runtime, RuntimeOptions
+from gateway.store import AsyncStore, LinkIdentityTaken, OutboxDrainer, OutboxEntry, Outcome, Store, StoreOptions
+from gateway.store.breaker import BreakerPolicy
+from gateway.store.outbox import OutboxLimits
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+MQTT_BROKER_AUTHENTICATED = b"broker-authenticated"  # MQTT devices log in at the broker, not here
+DRAIN_IDLE_S = 5.0
+
+
+class LiveRegistry(DeviceRegistry):
+    """The links' DeviceRegistry, swapped as a whole on reload (links keep their reference)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._current = DeviceRegistry()
+
+    def replace(self, devices: list[DeviceCredential]) -> None:
+        self._current = DeviceRegistry(devices)
+
+    def add(self, device: DeviceCredential) -> None:
+        if hasattr(self, "_current"):
+            self._current.add(device)
+
+    def by_identity(self, identity: str) -> DeviceCredential:
+        return self._current.by_identity(identity)
+
+    def by_eid(self, eid: bytes) -> DeviceCredential:
+        return self._current.by_eid(eid)
+
+    def __iter__(self) -> Iterator[DeviceCredential]:
+        return iter(self._current)
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+
+def link_credentials(config: Config) -> list[DeviceCredential]:
+    out = []
+    for d in config.devices:
+        if d.link == "coap":
+            psk = config.credentials.psk(d.identity)
+            if psk is None:
+                if config.links.coap.dtls:
+                    raise ConfigError(f"no DTLS PSK for {d.identity!r}", key=f"dtls_psk.{d.identity}")
+                psk = MQTT_BROKER_AUTHENTICATED
+            out.append(DeviceCredential(d.identity, d.eid, psk))
+        elif d.link == "mqtt":
+            out.append(DeviceCredential(d.identity, d.eid, MQTT_BROKER_AUTHENTICATED))
+    return out
+
+
+def engine_config(config: Config) -> EngineConfig:
+    nb = config.northbound
+    eims: tuple[EimEndpoint, ...] = ()
+    if nb.eim_fqdn is not None:
+        fqdn = nb.eim_fqdn if nb.eim_port == 443 else f"{nb.eim_fqdn}:{nb.eim_port}"
+        eims = (EimEndpoint(eim_id=nb.eim_fqdn, fqdn=fqdn),)
+    return EngineConfig(segment_size=config.device_defaults.segment_size,
+                        max_batch_bytes=config.device_defaults.max_batch_bytes, eims=eims,
+                        idle_retry_s=int(config.device_defaults.poll_interval_s))
+
+
+class Daemon:
+    """`ipae-gateway run`; also the management API's backend."""
+
+    def __init__(self, config_path: Path, *, clock: Clock = time.time,
+                 environ: Mapping[str, str] | None = None,
+                 make_engine: Callable[[Config], Engine] | None = None,
+                 runtime_options: RuntimeOptions = RuntimeOptions()) -> None:
+        self.config_path = config_path
+        self.clock = clock
+        self.notifier = Notifier(environ)
+        self._make_engine = make_engine or (lambda c: Engine(engine_config(c)))
+        self._runtime_options = runtime_options
+        self.metrics = GatewayMetrics()
+        self.registry = LiveRegistry()
+        self.stop_event = asyncio.Event()
+        self.reloads = 0
+        self.started_at = clock()
+        self._redactor: RedactingFilter | None = None
+        self._links: dict[str, str] = {}
+        self._drain_wakeup = asyncio.Event()
+        self.config: Config
+        self.engine: Engine
+        self.astore: AsyncStore
+        self.runtime: Runtime
+        self.http: BackhaulHttp
+        self.backhaul: HttpBackhaul
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        try:
+            self.config = load_config(self.config_path)
+        except ConfigError as exc:
+            logging.getLogger().error("configuration refused: %s", exc)
+            return EXIT_CONFIG
+        self._redactor = setup_logging(self.config.gateway.log_level, secrets=self.config.credentials.secret_values())
+        try:
+            return await self._serve()
+        except ConfigError as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_CONFIG
+        except GatewayError as exc:
+            log.error("stopped on error: %s: %s", type(exc).__name__, exc)
+            return EXIT_FAILED
+
+    async def _serve(self) -> int:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        cfg.gateway.state_dir.mkdir(parents=True, exist_ok=True)
+        db_path = cfg.store.db_path if cfg.store.db_path.is_absolute() else cfg.gateway.state_dir / cfg.store.db_path
+        options = StoreOptions(outbox_limits=OutboxLimits(cfg.store.outbox_max_messages, cfg.store.outbox_max_bytes,
+                                                          cfg.store.outbox_alarm_ratio))
+        self.astore = await AsyncStore.open(db_path, options)
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self._close_store)
+            released = await self.astore.run(lambda s: s.outbox.release_leases())
+            if released:
+                log.info("released %d outbox leases of the previous run", released)
+            await self._register_fleet()
+            self.engine = self._make_engine(cfg)
+            sessions = await self.astore.run(lambda s: s.sessions.list())
+            for session in sessions:
+                try:
+                    self.engine.restore(session.eid, session.blob)
+                except GatewayError as exc:
+                    log.error("session of %s cannot be restored (%s): it starts afresh", session.eid.hex(), exc)
+            nb = cfg.northbound
+            breaker = nb.circuit_breaker
+            self.http = BackhaulHttp(
+                HttpLimits(connect_timeout_s=nb.connect_timeout_s, request_timeout_s=max(nb.esipa_timeout_s,
+                                                                                          nb.es9_timeout_s)),
+                breaker_factory=lambda server: CircuitBreaker(server, breaker.failure_threshold, breaker.open_s,
+                                                              max(breaker.open_s, 1800.0), breaker.half_open_probes),
+                clock=self.clock)
+            stack.push_async_callback(self.http.close)
+            trust = TlsTrust(ca_file=str(nb.eim_ca_file) if nb.eim_ca_file is not None else None)
+            self.backhaul = backhaul = HttpBackhaul(self.http, trust=trust, esipa_binding=nb.esipa_binding,
+                                    esipa_timeout_s=nb.esipa_timeout_s, es9_timeout_s=nb.es9_timeout_s)
+            self.runtime = Runtime(self.engine, self.astore, backhaul, clock=self.clock,
+                                   options=self._runtime_options, metrics=self.metrics)
+            stack.push_async_callback(self.runtime.close)
+            self.registry.replace(link_credentials(cfg))
+            await self._start_links(stack)
+            await self._start_inject(stack)
+            api = ApiServer(self, cfg.api.socket_path,
+                            tcp=(cfg.api.tcp_listen, cfg.api.tcp_port) if cfg.api.tcp_listen else None,
+                            bearer_token=self._bearer_token if cfg.api.tcp_listen else None)
+            await api.start()
+            stack.push_async_callback(api.close)
+            self.api = api
+            if sessions:
+                resumed = self.engine.resume(self.clock())
+                await self.runtime.apply(resumed, self.clock())
+                log.info("resumed %d sessions (%d actions)", len(sessions), len(resumed))
+
+            for sig, handler in ((signal.SIGTERM, self.stop_event.set), (signal.SIGINT, self.stop_event.set),
+                                 (signal.SIGHUP, self._on_sighup)):
+                loop.add_signal_handler(sig, handler)
+                stack.callback(loop.remove_signal_handler, sig)
+            self.notifier.ready(self._status_line())
+            log.info("ready: %s", self._status_line())
+
+            async with asyncio.TaskGroup() as tg:
+                loops = [tg.create_task(self._watchdog_loop(), name="watchdog"),
+                         tg.create_task(self._drain_loop(), name="outbox drainer")]
+                await self.stop_event.wait()
+                self.notifier.stopping("draining in-flight work")
+                log.info("stopping: draining in-flight work (up to %.0f s)", cfg.gateway.shutdown_grace_s)
+                drained = await self.runtime.drain(cfg.gateway.shutdown_grace_s)
+                if not drained:
+                    log.warning("in-flight work did not finish within %.0f s: cancelling %d tasks",
+                                cfg.gateway.shutdown_grace_s, self.runtime.inflight)
+                for task in loops:
+                    task.cancel()
+        log.info("stopped")
+        return EXIT_OK
+
+    async def _close_store(self) -> None:
+        try:
+            await self.astore.run(lambda s: s.checkpoint())
+        finally:
+            await self.astore.close()
+
+    async def _register_fleet(self) -> None:
+        devices = self.config.devices
+        now = self.clock()
+
+        def register(s: Store) -> None:
+            for d in devices:
+                try:
+                    s.devices.register(d.eid, d.link, d.identity, now=now)
+                except LinkIdentityTaken:
+                    s.devices.rebind(d.eid, d.link, d.identity, now=now)
+        await self.astore.run(register)
+
+    async def _start_links(self, stack: contextlib.AsyncExitStack) -> None:
+        links = self.config.links
+        if links.coap.enabled:
+            if not links.coap.dtls:
+                raise ConfigError("the daemon serves CoAP over DTLS only", key="links.coap.dtls")
+            coap = CoapServer(self.runtime, self.registry, CoapServerConfig(
+                host=links.coap.listen, dtls_port=links.coap.port))
+            await coap.start()
+            stack.push_async_callback(coap.close)
+            self._links["coap"] = f"{'coaps' if links.coap.dtls else 'coap'}://[{links.coap.listen}]:{links.coap.port}"
+        if links.mqtt.enabled:
+            mqtt = links.mqtt
+            if mqtt.topic_prefix != "ipae":
+                raise ConfigError("only the topic prefix 'ipae' is supported by this build", key="links.mqtt.topic_prefix")
+            assert mqtt.broker_host is not None
+            password = self.config.credentials.mqtt.password
+            if mqtt.tls and mqtt.ca_file is None:
+                raise ConfigError("MQTT over TLS needs the broker's CA bundle in this build", key="links.mqtt.ca_file")
+            gateway = MqttGateway(self.runtime, self.registry, MqttConfig(
+                host=mqtt.broker_host, port=mqtt.broker_port, username=mqtt.username or "",
+                password=password.reveal() if password is not None else "",
+                client_id=self.config.mqtt_client_id, ca_file=str(mqtt.ca_file) if mqtt.tls and mqtt.ca_file else None,
+                keepalive=mqtt.keepalive_s), share_group=mqtt.shared_group)
+            await gateway.start()
+            stack.push_async_callback(gateway.close)
+            self._links["mqtt"] = f"{'mqtts' if mqtt.tls else 'mqtt'}://{mqtt.broker_host}:{mqtt.broker_port}"
+        if links.serial.enabled:
+            raise ConfigError("the serial modem link is not wired into the daemon yet", key="links.serial.enabled")
+
+    async def _start_inject(self, stack: contextlib.AsyncExitStack) -> None:
+        inject = self.config.northbound.inject
+        if inject.listen is None:
+            return
+        assert inject.tls_cert_file is not None
+        key = self.config.credentials.tls.inject_key_file
+        assert key is not None
+        server = InjectServer(self.runtime.on_transfer, server_ssl_context(str(inject.tls_cert_file), str(key)),
+                              host=inject.listen, port=inject.port)
+        await server.start()
+        stack.push_async_callback(server.stop)
+        self._links["inject"] = f"https://[{inject.listen}]:{server.port}"
+
+    # --- loops -----------------------------------------------------------------------------
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval_s
+        while True:
+            if interval is None:
+                await asyncio.sleep(3600)
+                continue
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _drain_loop(self) -> None:
+        """Deliver outbox entries (PostEsipa/PostEs9 kept while a server was down)."""
+        drainers: dict[str, OutboxDrainer] = {}
+        policy = BreakerPolicy(self.config.northbound.circuit_breaker.failure_threshold,
+                               self.config.northbound.circuit_breaker.open_s)
+        while True:
+            servers = await self.astore.run(lambda s: s.outbox.servers())
+            wakeups: list[float] = []
+            for server in servers:
+                drainer = drainers.get(server)
+                if drainer is None:
+                    drainer = drainers[server] = OutboxDrainer(self.astore, server, self._send_queued, policy=policy)
+                result = await drainer.step(self.clock())
+                if result.next_wakeup is not None:
+                    wakeups.append(result.next_wakeup)
+            delay = DRAIN_IDLE_S if not wakeups else min(DRAIN_IDLE_S, max(0.05, min(wakeups) - self.clock()))
+            self._drain_wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_wakeup.wait(), delay)
+
+    async def _send_queued(self, entry: OutboxEntry) -> Outcome:
+        action = from_bytes(entry.payload)
+        if isinstance(action, PostEsipa):
+            body = await self.runtime.backhaul.post_esipa(action)
+        elif isinstance(action, PostEs9):
+            body = await self.runtime.backhaul.post_es9(action)
+        else:
+            log.error("outbox entry %s holds a %s, not a backhaul request", entry.key, type(action).__name__)
+            return "rejected"
+        self.runtime.spawn(self.runtime.feed(BackhaulAnswered(eid=action.eid, now=self.clock(),
+                                                              request_id=action.request_id, body=body)),
+                           f"queued {action.function}")
+        return "delivered"
+
+    # --- reload ------------------------------------------------------------------------------
+
+    def _on_sighup(self) -> None:
+        self.runtime.spawn(self._reload_logged(), "reload")
+
+    async def _reload_logged(self) -> None:
+        await self.reload()
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration; swap devices, credentials and policies; keep sessions."""
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+            credentials = link_credentials(new)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            self.notifier.status(f"reload refused: {exc}")
+            return {"reloaded": False, "error": str(exc)}
+        finally:
+            self.notifier.ready()
+        old = self.config
+        restart_needed = [name for name in ("links", "api", "store") if getattr(old, name) != getattr(new, name)]
+        if old.northbound.inject != new.northbound.inject:
+            restart_needed.append("northbound.inject")
+        self.config = new
+        if self._redactor is not None:
+            self._redactor.set_secrets(new.credentials.secret_values())
+        logging.getLogger().setLevel(new.gateway.log_level.upper())
+        self.registry.replace(credentials)
+        await self._register_fleet()
+        base = engine_config(new)
+        self.engine.config = dataclasses.replace(self.engine.config, **{
+            k: getattr(base, k) for k in ("segment_size", "max_batch_bytes", "eims", "idle_retry_s")})
+        self.reloads += 1
+        summary = {"reloaded": True, "devices": len(new.devices), "sessions_kept": len(self.engine.sessions),
+                   "restart_needed_for": restart_needed}
+        if restart_needed:
+            log.warning("reloaded; changes to %s take effect at the next restart", ", ".join(restart_needed))
+        log.info("configuration reloaded: %d devices", len(new.devices))
+        self.notifier.status(self._status_line())
+        return summary
+
+    # --- ApiBackend ----------------------------------------------------------------------------
+
+    def _bearer_token(self) -> str | None:
+        token = self.config.credentials.api.bearer_token
+        return token.reveal() if token is not None else None
+
+    def _status_line(self) -> str:
+        return (f"{len(self.config.devices)} devices; links {', '.join(self._links) or 'none'}; "
+                f"{self.runtime.pending_exchanges} exchanges pending")
+
+    def backhaul_states(self) -> dict[str, str]:
+        now = self.clock()
+        out: dict[str, str] = {}
+        for base_url, server in self.backhaul.servers.items():
+            breaker = self.http.breaker(server)
+            out[base_url] = breaker.current_state(now).value if breaker is not None else "closed"
+        return out
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        return {
+            "gateway_id": self.config.gateway_id,
+            "status": "stopping" if self.runtime.draining else "running",
+            "uptime_s": round(now - self.started_at, 3),
+            "config": [str(p) for p in self.config.sources],
+            "reloads": self.reloads,
+            "links": dict(self._links),
+            "backhaul": self.backhaul_states(),
+            "devices": len(self.config.devices),
+            "engine_sessions": len(self.engine.sessions),
+            "pending_exchanges": self.runtime.pending_exchanges,
+            "inflight": self.runtime.inflight,
+            "timers": self.runtime.timers,
+            "counters": {
+                "round_trips": sum(self.metrics.round_trips.values.values()),
+                "apdus": self.metrics.apdus.get(),
+                "errors": sum(self.metrics.errors.values.values()),
+            },
+        }
+
+    def configured_devices(self) -> dict[bytes, dict[str, Any]]:
+        return {d.eid: {"name": d.name, "link": d.link, "identity": d.identity, "source": d.source}
+                for d in self.config.devices}
+
+    def session_state(self, eid: bytes) -> str:
+        return self.engine.state_of(eid)
+
+    def refresh_gauges(self, stats: dict[str, int]) -> None:
+        m = self.metrics
+        m.queue_depth.set(stats["inbox_open"], queue="inbox")
+        m.queue_depth.set(stats["outbox_pending"], queue="outbox")
+        m.queue_bytes.set(stats["outbox_pending_bytes"])
+        m.db_bytes.set(stats["db_bytes"])
+        m.devices.set(stats["devices"])
+        m.pending_exchanges.set(self.runtime.pending_exchanges)
+        m.up.set(self.clock() - self.started_at)
+        m.sessions.clear()
+        states: dict[str, int] = {}
+        for eid in self.engine.sessions:
+            state = self.session_state(eid)
+            states[state] = states.get(state, 0) + 1
+        for state, n in states.items():
+            m.sessions.set(n, state=state)
+        m.backhaul_state.clear()
+        for server, state in self.backhaul_states().items():
+            m.backhaul_state.set(0 if state == BreakerState.CLOSED.value else 1, server=server, state=state)
+
+
+async def run_daemon(config_path: Path, **kwargs: Any) -> int:
+    return await Daemon(config_path, **kwargs).run()
