@@ -11,6 +11,13 @@ from collections.abc import Callable, Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("gateway.spec.decode_cli", "decode a captured APDU payload or ESipa/ES9+ body to JSON"),
     "check-config": ("gateway.service.check_config_cli", "validate the configuration without starting (exit 2 if invalid)"),
+    "run": ("gateway.service.run_cli", "run the gateway daemon in the foreground (systemd Type=notify)"),
+    "status": ("gateway.service.admin_cli", "show the running gateway's state (over the management API)"),
+    "devices": ("gateway.service.admin_cli", "list the devices and their session state"),
+    "device": ("gateway.service.admin_cli", "show one device (EID), or post an operator action to it"),
+    "queue": ("gateway.service.admin_cli", "show the inbox and outbox queues and the backhaul circuits"),
+    "audit": ("gateway.service.admin_cli", "query or export (--jsonl) the audit log"),
+    "metrics": ("gateway.service.admin_cli", "print the Prometheus metrics"),
 }
 
 
