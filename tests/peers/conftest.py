@@ -9,6 +9,7 @@ import pytest
 
 from gateway.backhaul.http import BackhaulHttp, HttpLimits, Server, TlsTrust
 from hil.euicc import SoftEuicc
+from hil.peers.eim import EimServer
 from hil.peers.smdpp import SmdppServer
 from hil.pki import RspPki
 from tests.hil.conftest import pki  # noqa: F401  (the session-wide test PKI)
@@ -33,3 +34,9 @@ def server_for(pki: RspPki, url: str) -> Server:  # noqa: F811
 @pytest.fixture
 def euicc(pki: RspPki) -> SoftEuicc:  # noqa: F811
     return SoftEuicc(pki, pki.eid_bytes)
+
+
+@pytest.fixture
+async def eim(pki: RspPki, smdpp: SmdppServer) -> AsyncIterator[EimServer]:  # noqa: F811
+    async with EimServer(pki, smdp_url=smdpp.url) as server:
+        yield server
