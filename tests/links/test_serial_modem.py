@@ -8,6 +8,8 @@ implementation, crypto included.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import subprocess
@@ -21,6 +23,8 @@ import pytest
 
 from gateway.errors import TransportError, TransportTimeout
 from gateway.links import protocol as p
+from gateway.links.coap import CoapServer
+from gateway.links.memory import MemoryLink
 from gateway.links.serial import AsyncModemEuicc, ModemConfig, ModemEuicc
 from gateway.links.serial.errors import ModemCommandRejected, SimNotReady
 from gateway.links.serial.local import LocalModemDevice
@@ -28,12 +32,13 @@ from gateway.spec import codec
 from gateway.spec.apdu import ISD_R_AID, FileNotFound, store_data
 from hil.agent import Agent
 from hil.agent.memory_transport import MemoryAgentTransport
-from gateway.links.memory import MemoryLink
 from hil.euicc import SoftEuicc
 from hil.modem_emulator import EmulatorThread, ModemEmulator, Quirks
 from hil.pki import RspPki, generate_pki
 from tests.hil.test_euicc_support import Card, Order, download, iccid
-from tests.links.conftest import ScriptedHandler
+from tests.links.conftest import ScriptedHandler, eid_of
+
+pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -326,3 +331,41 @@ def test_emulator_refuses_unknown_quirks() -> None:
     with pytest.raises(ValueError, match="unknown quirk"):
         Quirks.parse("echo,teleport")
     assert Quirks.parse("max-apdu=100,no-cgla") == Quirks(max_apdu=100, no_cgla=True)
+
+
+# --- the agent's command line on a modem, over CoAP/DTLS ----------------------------------------
+
+
+async def test_agent_command_line_with_the_modem_backend_over_dtls(
+        pty_pair: tuple[str, str], pki: RspPki, coap_server: CoapServer, handler: ScriptedHandler) -> None:
+    euicc = SoftEuicc(pki, eid_of(4))
+    handler.batches[eid_of(4)] = [es10_batch(11)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "IPAE_MODEM_PORT": pty_pair[0], "IPAE_MODEM_SEGMENT_SIZE": "64"}
+    emulator = ModemEmulator(euicc, Quirks.parse("echo,urc,max-apdu=64"))
+    with EmulatorThread(emulator, pty_pair[1], idle_urc_s=0.05):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hil.agent", "--transport", "coap", "--port",
+            str(coap_server._config.dtls_port), "--eid", eid_of(4).hex(), "--identity", "dev4",
+            "--psk-hex", b"psk-of-device-4".hex(), "--backend", "gateway.links.serial.agent_backend:make_backend",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=REPO)
+        out, err = await asyncio.wait_for(proc.communicate(), 40)
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out.decode().splitlines()[-1])["batches"] == 1
+    (result,) = handler.results_for(eid_of(4))
+    check_es10_results(result)
+    assert sent(emulator, "AT+CCHO=") and sent(emulator, "AT+CCHC=")
+
+
+def test_agent_backend_configuration_errors_name_the_variable() -> None:
+    from gateway.errors import ConfigError
+    from gateway.links.serial.agent_backend import config_from_env
+
+    with pytest.raises(ConfigError, match="IPAE_MODEM_PORT"):
+        config_from_env({})
+    with pytest.raises(ConfigError, match="IPAE_MODEM_SEGMENT_SIZE"):
+        config_from_env({"IPAE_MODEM_PORT": "/dev/null", "IPAE_MODEM_SEGMENT_SIZE": "big"})
+    with pytest.raises(ConfigError, match="IPAE_MODEM_MODE"):
+        config_from_env({"IPAE_MODEM_PORT": "/dev/null", "IPAE_MODEM_MODE": "telepathy"})
+    device, baud, config = config_from_env({"IPAE_MODEM_PORT": "/dev/ttyUSB2", "IPAE_MODEM_SEGMENT_SIZE": "128",
+                                            "IPAE_MODEM_MODE": "csim"})
+    assert (device, baud, config.segment_size, config.mode) == ("/dev/ttyUSB2", 115200, 128, "csim")

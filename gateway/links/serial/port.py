@@ -18,6 +18,7 @@ from typing import Any
 
 import serial
 
+from gateway.errors import LocalProtocolError
 from gateway.links.serial.at import AtReply, LineSplitter, ReplyCollector
 from gateway.links.serial.errors import ModemPortError, ModemTimeout
 
@@ -64,6 +65,8 @@ class AtPort:
             self._take_pending()
             collector = ReplyCollector(line, prefix, bare_info=bare_info)
             log.debug("modem <- %s", line)
+            if not line.isascii() or "\r" in line or "\n" in line:
+                raise LocalProtocolError(f"AT command line {line[:40]!r} is not one line of ASCII")
             self._write(line.encode("ascii") + b"\r")
             deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
             try:
