@@ -52,3 +52,58 @@ async def test_psmo_package_is_signed_by_the_eim_run_by_the_euicc_and_its_signed
     assert [next(iter(r)) for r in results] == ["listProfileInfoResult", "getRATResult"]
     card.remove_notification(acks[0])
     assert not [n for n in euicc.notifications if n.event == "euiccPackageResult"]
+
+
+async def indirect_download(card: Card, http: BackhaulHttp, eim_server: Any, eid: bytes) -> tuple[bytes, bytes, Any]:
+    """SGP.32 indirect download, IPA side: (eimTransactionId, ProfileInstallationResult, eIM answer)."""
+    body = await esipa_raw(http, eim_server, codec.encode("EsipaMessageFromIpaToEim",
+                                                          ("getEimPackageRequest", {"eidValue": eid})))
+    assert body is not None
+    _, (kind, trigger) = codec.decode("EsipaMessageFromEimToIpa", body)
+    assert kind == "profileDownloadTriggerRequest"
+    eim_tid = trigger["eimTransactionId"]
+    _, smdp_address, _ = trigger["profileDownloadData"][1].split("$")
+    challenge, info1 = card.challenge_and_info1()
+    init_body = await esipa_raw(http, eim_server, codec.encode("EsipaMessageFromIpaToEim", (
+        "initiateAuthenticationRequestEsipa", {"euiccChallenge": challenge, "smdpAddress": smdp_address,
+                                               "euiccInfo1": codec.decode("EUICCInfo1", info1),
+                                               "eimTransactionId": eim_tid})))
+    assert init_body is not None
+    _, (kind, ok) = codec.decode("EsipaMessageFromEimToIpa", init_body)
+    assert kind == "initiateAuthenticationOkEsipa", (kind, ok)
+    asr = card.authenticate_server(child(init_body, 0, 1), ok["serverSignature1"],
+                                   ok["euiccCiPKIdentifierToBeUsed"], ok["serverCertificate"], ok["matchingId"])
+    tid = ok["transactionId"]
+    auth_body = await esipa_raw(http, eim_server, signed.authenticate_client_request(tid, asr))
+    assert auth_body is not None
+    _, (kind, auth) = codec.decode("EsipaMessageFromEimToIpa", auth_body)
+    assert kind == "authenticateClientOkDPEsipa", (kind, auth)
+    prepare = card.prepare_download(child(auth_body, 0, 2), auth["smdpSignature2"], auth["smdpCertificate"])
+    bpp_body = await esipa_raw(http, eim_server, signed.get_bound_profile_package_request(tid, prepare))
+    assert bpp_body is not None
+    assert codec.decode("EsipaMessageFromEimToIpa", bpp_body)[1][0] == "getBoundProfilePackageOkEsipa"
+    pir = card.load_bpp(child(bpp_body, 0, 1))
+    result = signed.wrap(0xBF54, signed.wrap(0x82, eim_tid), pir)   # eimTransactionId [2]
+    answer = await esipa_raw(http, eim_server, signed.provide_profile_download_trigger_result(eid, result))
+    assert answer is not None
+    return eim_tid, pir, codec.decode("EsipaMessageFromEimToIpa", answer)
+
+
+async def test_indirect_download_through_the_eim_installs_the_profile_and_reaches_the_smdpp(
+        pki: RspPki, smdpp: SmdppServer, eim: EimServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
+    card = Card(euicc)
+    add_initial_eim(card, eim)
+    order = smdpp.service.order_profile(size=30_000)
+    activation_code = order.to_json(smdpp.address)["activationCode"]
+    package = eim.service.queue_profile_download(euicc.eid, {"activationCode": activation_code})
+    _, pir, answer = await indirect_download(card, http, server_for(pki, eim.url), euicc.eid)
+    data = codec.decode("ProfileInstallationResult", pir)["profileInstallationResultData"]
+    assert data["finalResult"][0] == "successResult"
+    assert [p.iccid for p in euicc.profiles] == [order.iccid]
+    assert answer[1] == ("eimAcknowledgements", [data["notificationMetadata"]["seqNumber"]])
+    assert package.state == "done"
+    assert eim.service.devices[euicc.eid].results[-1].verified
+    # the eIM verified euiccSignPIR and forwarded the result to the SM-DP+, which verified it too
+    assert order.state == "installed"
+    (note,) = smdpp.service.notifications
+    assert note.verified and note.der == pir

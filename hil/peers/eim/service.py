@@ -400,7 +400,7 @@ class Eim:
         elif kind == "ipaEuiccDataResponse":
             ok = await self._ipa_euicc_data(device, value, acks)
         elif kind == "profileDownloadTriggerResult":
-            ok = await self._download_result(device, value)
+            ok = await self._download_result(device, value, acks)
         elif kind == "eimPackageResultResponseError":
             package = self._package_by_tid(device, value.get("eimTransactionId"))
             self._finish(package, "failed", {"eimPackageResultErrorCode": value["eimPackageResultErrorCode"]})
@@ -508,7 +508,7 @@ class Eim:
                                      package.package_id if package else None, b"", summary))
         return True
 
-    async def _download_result(self, device: Device, value: dict[str, Any]) -> bool:
+    async def _download_result(self, device: Device, value: dict[str, Any], acks: list[int]) -> bool:
         package = self._package_by_tid(device, value.get("eimTransactionId"))
         kind, data = value["profileDownloadTriggerResultData"]
         if kind == "profileInstallationResult":
@@ -519,8 +519,12 @@ class Eim:
             device.results.append(record)
             if not verified:
                 return False
-            final = record.decoded["profileInstallationResultData"]["finalResult"] if isinstance(record.decoded, dict) else {}
-            self._finish(package, "done" if "successResult" in final else "failed", {"finalResult": final})
+            pir_data = codec.decode("ProfileInstallationResult", data)["profileInstallationResultData"]
+            success = pir_data["finalResult"][0] == "successResult"
+            self._finish(package, "done" if success else "failed",
+                         {"finalResult": readable("ProfileInstallationResult", codec.decode(
+                             "ProfileInstallationResult", data))})
+            acks.append(pir_data["notificationMetadata"]["seqNumber"])
             return True
         self._finish(package, "failed", {"profileDownloadError": readable("ProfileDownloadTriggerResult", value)})
         device.results.append(Record(self.clock(), "profileDownloadError", True, "download failed", None,
