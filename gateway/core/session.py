@@ -69,7 +69,7 @@ from gateway.core.procedures.download import Download, trigger_result
 from gateway.core.procedures.eim_data import EimData
 from gateway.core.procedures.eim_package import EimPackage, package_facts
 from gateway.errors import DecodeError, GatewayError
-from gateway.links.protocol import DeviceStatus, ErrorCode
+from gateway.links.protocol import STOPPED_CARD, DeviceStatus, ErrorCode
 from gateway.spec import codec, esipa, signed, tlv
 
 PROCEDURES: dict[str, type[Procedure]] = {p.KIND: p for p in (Download, EimPackage, EimData, Discovery)}
@@ -129,6 +129,8 @@ class DeviceSession:
         self.want_retrieve = False
         self.uplink_pending = False
         self.in_flight: dict[str, Any] | None = None
+        self.cancel_requested = False
+        self.resend_once = False
         self.counter = 0
         self.done_keys: list[str] = []
         self.plmn: str | None = None
@@ -157,6 +159,7 @@ class DeviceSession:
             "requests": self.requests, "retries": self.retries, "eims": self.eims,
             "eims_read": self.eims_read, "want_discover": self.want_discover,
             "want_retrieve": self.want_retrieve, "in_flight": self.in_flight, "counter": self.counter,
+            "cancel_requested": self.cancel_requested, "resend_once": self.resend_once,
             "done_keys": self.done_keys, "plmn": self.plmn, "imei": self.imei,
             "max_batch_bytes": self.max_batch_bytes, "timers": self.timers,
         }
@@ -188,6 +191,8 @@ class DeviceSession:
         s.want_retrieve = d["want_retrieve"]
         s.in_flight = _thaw(d["in_flight"]) if d["in_flight"] is not None else None
         s.counter = d["counter"]
+        s.cancel_requested = d["cancel_requested"]
+        s.resend_once = d["resend_once"]
         s.done_keys = list(d["done_keys"])
         s.plmn, s.imei, s.max_batch_bytes = d["plmn"], d["imei"], d["max_batch_bytes"]
         s.timers = dict(d["timers"])
@@ -303,20 +308,38 @@ class _Step:
         assert flight is not None
         s.in_flight = None
         index = 0
+        slices: dict[str, tuple[tuple[Reply, ...], int]] = {}
         for owner, count in flight["owners"]:
-            got = replies[index:index + count]
+            slices[owner] = (replies[index:index + count], count)
             index += count
-            if owner == PROC:
-                s.replies.extend(got)
-                if len(got) < count or s.work is None or stopped is not None:
-                    answer = DeviceAnswer(tuple(s.replies), stopped)
-                    s.replies, s.work = [], None
-                    self.feed(DEVICE, answer)
-            elif owner == NOTIF:
-                self.notif_results(flight["notif"], got)
+        # the delivery track first: what it learnt (the eIM configuration, new notifications)
+        # is then known to the procedure reacting to the same batch
+        if NOTIF in slices:
+            self.notif_results(flight["notif"], slices[NOTIF][0])
+        if PROC in slices:
+            got, count = slices[PROC]
+            if not replies and stopped == STOPPED_CARD and flight.get("proc_part") and not flight.get("resent"):
+                # the agent could not reach the ISD-R (channel, SELECT): nothing ran; send it again once
+                name_req_seg, refresh = flight["proc_part"]
+                again = Part(PROC, tuple(Call(n, r, g) for n, r, g in name_req_seg), refresh)
+                s.work = again if s.work is None else Part(PROC, again.calls + s.work.calls, s.work.refresh)
+                s.resend_once = True
+                self.audit("deviceLink", "resend", "the eUICC was not reached; batch sent again")
+                return
+            s.replies.extend(got)
+            if len(got) < count or s.work is None or stopped is not None:
+                answer = DeviceAnswer(tuple(s.replies), stopped)
+                s.replies, s.work = [], None
+                self.feed(DEVICE, answer)
+        self.release_held()
+        if PROC in slices:
+            if s.cancel_requested and s.proc is not None:
+                s.cancel_requested = False
+                self.feed(FAILED, Failure("operator", "OperatorCancel", "cancelled by the operator"))
 
     def notif_results(self, items: list[list[Any]], got: tuple[Reply, ...]) -> None:
         s = self.s
+        removing: set[str] = set()
         for i, item in enumerate(items):
             reply = got[i] if i < len(got) else None
             ok = reply is not None and reply.sw == 0x9000
@@ -324,12 +347,11 @@ class _Step:
                 d = s.deliveries.get(item[1])
                 if d is None:
                     continue
+                removing.add(item[1])
                 if ok and reply is not None and es10.remove_status(reply.data) in (0, 1):
-                    N.move(d, "removed", N.DONE)
-                    self.audit("removeNotification", "ok", f"seq {d['remove_seq']} ({d['event']})", d.get("iccid"))
-                    del s.deliveries[item[1]]
-                else:
-                    N.move(d, "not_run", N.ACKED)
+                    seq = int(item[2])
+                    d["remove_seqs"] = [q for q in d["remove_seqs"] if q != seq]
+                    self.audit("removeNotification", "ok", f"seq {seq} ({d['event']})", d.get("iccid"))
             elif item[0] == "retrieve":
                 if ok and reply is not None:
                     s.want_retrieve = False
@@ -338,6 +360,13 @@ class _Step:
                 if ok and reply is not None:
                     s.want_discover = False
                     self.discovered([eim_summary(c) for c in es10.eim_configurations(reply.data)])
+        for key in removing:
+            d = s.deliveries[key]
+            if d["remove_seqs"]:
+                N.move(d, "not_run", N.ACKED)
+            else:
+                N.move(d, "removed", N.DONE)
+                del s.deliveries[key]
 
     def retrieved(self, data: bytes) -> None:
         s = self.s
@@ -346,13 +375,22 @@ class _Step:
         except GatewayError as exc:
             self.audit("retrieveNotifications", "failed", str(exc))
             return
-        known = {d.get("remove_seq") for d in s.deliveries.values()}
+        known = {q for d in s.deliveries.values() for q in d["remove_seqs"]}
+        hold = self.config.epr_and_notifications and isinstance(s.proc, EimPackage)
         for note in notes:
             if note.seq_number in known:
                 continue
             d = N.notification_delivery(note, tuple(s.eims or ()))
             s.deliveries[d["key"]] = d
-            self.send_delivery(d)
+            if hold:
+                d["held"] = True    # may travel with the package's result (ePRAndNotifications)
+            else:
+                self.send_delivery(d)
+
+    def release_held(self) -> None:
+        for d in self.s.deliveries.values():
+            if d.pop("held", False) and d["state"] == N.PENDING:
+                self.send_delivery(d)
 
     def discovered(self, eims: list[dict[str, Any]]) -> None:
         s = self.s
@@ -402,13 +440,13 @@ class _Step:
         """EimAcknowledgements (SGP.32 §2.11.4): the eIM has these; remove them from the eUICC."""
         s = self.s
         for seq in seqs:
-            d = next((d for d in s.deliveries.values() if d.get("remove_seq") == seq), None)
+            d = next((d for d in s.deliveries.values() if seq in d["remove_seqs"]), None)
             if d is None:
-                d = {"key": f"a{seq}", "kind": "ack", "state": N.ACKED, "remove_seq": seq, "event": "ack",
+                d = {"key": f"a{seq}", "kind": "ack", "state": N.ACKED, "remove_seqs": [seq], "event": "ack",
                      "iccid": None, "attempt": 0, "inbox_key": None}
                 s.deliveries[d["key"]] = d
             elif d["state"] in (N.SENDING, N.WAITING, N.FAILED, N.PENDING):
-                d["state"] = N.ACKED
+                N.move(d, "eim_ack", N.ACKED)
                 self.cancel_request_of(d["key"])
 
     def cancel_request_of(self, key: str) -> None:
@@ -485,28 +523,39 @@ class _Step:
         if pkg is None:
             return
         s.done_keys = (s.done_keys + [pkg["key"]])[-self.config.recent_packages:]
-        body, seq = self.result_message(proc, finish)
-        d = N.result_delivery("r" + pkg["key"], pkg["eim_id"], body, seq, pkg["inbox_key"])
+        body, seqs = self.result_message(proc, finish)
+        d = N.result_delivery("r" + pkg["key"], pkg["eim_id"], body, seqs, pkg["inbox_key"])
         s.deliveries[d["key"]] = d
         self.out.append(A.MarkInbox(s.eid, pkg["inbox_key"], "done"))
         self.send_delivery(d)
 
-    def result_message(self, proc: Procedure, finish: Finish) -> tuple[bytes, int | None]:
-        eid = self.s.eid
+    def result_message(self, proc: Procedure, finish: Finish) -> tuple[bytes, list[int]]:
+        """The ProvideEimPackageResult for the eIM and the sequence numbers its ack removes."""
+        s = self.s
+        eid = s.eid
         if isinstance(proc, EimPackage):
             epr = finish.result.get("epr")
             if isinstance(epr, bytes):
                 seq = finish.result.get("seq")
-                return signed.provide_eim_package_result(eid, epr), seq if isinstance(seq, int) else None
+                seqs = [seq] if isinstance(seq, int) else []
+                held = [d for d in s.deliveries.values() if d.get("held") and d["state"] == N.PENDING]
+                if held:
+                    # SGP.32 §6.3: ePRAndNotifications, the result with the notifications it caused
+                    for d in held:
+                        del s.deliveries[d["key"]]
+                    notes = [d["raw"] for d in held]
+                    seqs += [q for d in held for q in d["remove_seqs"]]
+                    return signed.provide_epr_and_notifications(eid, epr, notes), seqs
+                return signed.provide_eim_package_result(eid, epr), seqs
             err = codec.decode("EimPackageResultResponseError", finish.result["error"])
             return codec.encode("ProvideEimPackageResult", {
-                "eidValue": eid, "eimPackageResult": ("eimPackageResultResponseError", err)}), None
+                "eidValue": eid, "eimPackageResult": ("eimPackageResultResponseError", err)}), []
         if isinstance(proc, EimData):
-            return signed.provide_ipa_euicc_data_response(eid, finish.result["data"]), None
+            return signed.provide_ipa_euicc_data_response(eid, finish.result["data"]), []
         assert isinstance(proc, Download)
         tid = proc.ctx.get("tid")
         return signed.provide_profile_download_trigger_result(
-            eid, trigger_result(bytes(tid) if tid is not None else None, finish)), None
+            eid, trigger_result(bytes(tid) if tid is not None else None, finish)), []
 
     # -- backhaul ----------------------------------------------------------------------------
 
@@ -560,7 +609,15 @@ class _Step:
         elif owner == DELIVERY:
             self.delivered(rec["tag"], body)
 
+    def schedule_poll(self) -> None:
+        s = self.s
+        interval = self.config.poll_interval_s
+        if interval is not None and POLL_TIMER not in s.timers:
+            s.timers[POLL_TIMER] = self.now + interval
+            self.out.append(A.StartTimer(s.eid, POLL_TIMER, self.now + interval))
+
     def polled(self, eim_id: str, body: bytes) -> None:
+        self.schedule_poll()
         try:
             kind, value = esipa.decode_response("GetEimPackage", body)
         except GatewayError as exc:
@@ -594,7 +651,7 @@ class _Step:
             except GatewayError as exc:
                 self.delivery_failed(d, type(exc).__name__, str(exc), getattr(exc, "retryable", False), None)
                 return
-        N.move(d, "ack", N.ACKED if d.get("remove_seq") is not None else N.DONE)
+        N.move(d, "ack", N.ACKED if d["remove_seqs"] else N.DONE)
         self.audit("deliver" + d["kind"].capitalize(), "ok", f"{d['event']} to {d['server']}", d.get("iccid"))
         if d["state"] == N.DONE:
             del s.deliveries[key]
@@ -634,6 +691,7 @@ class _Step:
             self.delivery_failed(s.deliveries[rec["tag"]], event.error_class, event.detail, False, None)
         elif rec["owner"] == POLL:
             self.audit("getEimPackage", "failed", f"{event.error_class}: {event.detail}", origin=rec["server"])
+            self.schedule_poll()
 
     def delivery_failed(self, d: dict[str, Any], error_class: str, detail: str, retryable: bool,
                         _: object) -> None:
@@ -675,7 +733,12 @@ class _Step:
             for eim in s.eims or []:
                 self.poll(str(eim["eimId"]), False)
         elif kind == OPERATOR_CANCEL and s.proc is not None:
-            self.feed(FAILED, Failure("operator", "OperatorCancel", "cancelled by the operator"))
+            if s.in_flight is not None and any(o == PROC for o, _ in s.in_flight["owners"]):
+                s.cancel_requested = True   # its batch is on the device: cancel when it answers
+            else:
+                s.work = None
+                self.drop_requests(PROC)
+                self.feed(FAILED, Failure("operator", "OperatorCancel", "cancelled by the operator"))
 
     # -- answering the device ------------------------------------------------------------------
 
@@ -688,8 +751,9 @@ class _Step:
         items: list[list[Any]] = []
         for key, d in s.deliveries.items():
             if d["state"] == N.ACKED:
-                calls.append(N.removal_call(d))
-                items.append(["remove", key])
+                for seq, call in N.removal_calls(d):
+                    calls.append(call)
+                    items.append(["remove", key, seq])
         if s.want_retrieve:
             calls.append(Call("RetrieveNotificationsList", es10.retrieve_notifications_list()))
             items.append(["retrieve"])
@@ -723,10 +787,18 @@ class _Step:
         sent_notif = any(o == NOTIF for o, _ in planned.owners)
         if sent_notif:
             for item in items:
-                if item[0] == "remove":
+                if item[0] == "remove" and s.deliveries[item[1]]["state"] == N.ACKED:
                     N.move(s.deliveries[item[1]], "remove", N.REMOVING)
+        proc_count = next((n for o, n in planned.owners if o == PROC), 0)
+        proc_part = None
+        if proc_count and parts[0].owner == PROC:
+            sent = parts[0].calls[:proc_count]
+            proc_part = [[[c.name, c.request, c.segment] for c in sent],
+                         parts[0].refresh if proc_count == len(parts[0].calls) else None]
         s.in_flight = {"batch_id": planned.batch.batch_id, "owners": owners,
-                       "notif": items if sent_notif else []}
+                       "notif": items if sent_notif else [], "proc_part": proc_part,
+                       "resent": s.resend_once}
+        s.resend_once = False
         s.uplink_pending = False
         self.out.append(A.SendBatch(s.eid, planned.batch))
 

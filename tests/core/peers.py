@@ -126,7 +126,9 @@ class MiniEim:
     results: list[bytes] = field(default_factory=list)                 # ProvideEimPackageResult bodies
     notifications: list[bytes] = field(default_factory=list)
     polls: list[dict[str, Any]] = field(default_factory=list)
-    acknowledge: bool = True
+    acknowledge: list[int] = field(default_factory=list)   # seqNumbers for EimAcknowledgements
+    smdp: MiniSmdp | None = None                           # relays indirect downloads (ESipa -> ES9+)
+    relayed: list[str] = field(default_factory=list)
 
     def initial_eim(self) -> dict[str, Any]:
         """EimConfigurationData for the engine's AddInitialEim."""
@@ -138,16 +140,30 @@ class MiniEim:
         self.packages.setdefault(eid, []).append(
             esipa.encode_from_eim("getEimPackageResponse", ("profileDownloadTriggerRequest", value)))
 
-    def euicc_package_request(self, eid: bytes, psmos: list[tuple[str, Any]], tid: bytes) -> bytes:
+    def euicc_package_request(self, eid: bytes, operations: list[tuple[str, Any]], tid: bytes,
+                              kind: str = "psmoList") -> bytes:
         self.counter += 1
         signed_value = {"eimId": self.eim_id, "eidValue": eid, "counterValue": self.counter,
-                        "eimTransactionId": tid, "euiccPackage": ("psmoList", psmos)}
+                        "eimTransactionId": tid, "euiccPackage": (kind, operations)}
         epr_signed = codec.encode("EuiccPackageSigned", signed_value)
         sig = rspcrypto.sign_rs(self.pki.eim_sign.key, signed_data.eim_signature_input(epr_signed, None))
         return signed.wrap(0xBF51, epr_signed, signed.wrap(0x5F37, sig))
 
     def queue_package(self, eid: bytes, request: bytes) -> None:
         self.packages.setdefault(eid, []).append(signed.wrap(0xBF4F, request))
+
+    @staticmethod
+    def transfer(package: bytes) -> bytes:
+        """A TransferEimPackageRequest (push) carrying `package` (BF51/BF52/BF53/BF54)."""
+        return signed.wrap(0xBF4E, package)
+
+    @staticmethod
+    def acknowledgements(seqs: list[int]) -> bytes:
+        return codec.encode("EimAcknowledgements", seqs)
+
+    def results_of(self) -> list[tuple[str, Any]]:
+        """The eimPackageResult alternative and value of each ProvideEimPackageResult received."""
+        return [codec.decode("ProvideEimPackageResult", r)["eimPackageResult"] for r in self.results]
 
     def handle(self, body: bytes) -> bytes:
         kind, value = esipa.decode_from_ipa(body)
@@ -159,8 +175,45 @@ class MiniEim:
             return esipa.encode_from_eim("getEimPackageResponse", ("eimPackageError", 1))
         if kind == "provideEimPackageResult":
             self.results.append(body)
+            if self.acknowledge:
+                acks, self.acknowledge = self.acknowledge, []
+                return esipa.encode_from_eim("provideEimPackageResultResponse", ("eimAcknowledgements", acks))
             return esipa.encode_from_eim("provideEimPackageResultResponse", ("emptyResponse", {}))
         if kind == "handleNotificationEsipa":
             self.notifications.append(body)
             return b""
+        if self.smdp is not None:
+            return self.relay(kind, body)
+        raise AssertionError(f"unexpected ESipa message {kind}")
+
+    def relay(self, kind: str, body: bytes) -> bytes:
+        """Indirect download: the ESipa message to the SM-DP+ over ES9+, its answer back."""
+        assert self.smdp is not None
+        self.relayed.append(kind)
+        outer = tlv.read_single(body)
+        parts = {c.tag: c.raw_of(body) for c in tlv.children(body, outer)}
+        value = lambda tag: tlv.read_single(parts[tag]).value_of(parts[tag])  # noqa: E731
+        if kind == "initiateAuthenticationRequestEsipa":
+            req = es9p.InitiateAuthenticationRequest(value(0x81), parts[0xBF20], value(0x83).decode())
+            r = es9p.InitiateAuthenticationResponse.from_json(
+                self.smdp.handle(es9p.INITIATE_AUTHENTICATION, req.to_json()))
+            return signed.wrap(0xBF39, signed.wrap(0xA0, signed.wrap(0x80, r.transaction_id), r.server_signed1,
+                                                   r.server_signature1, r.euicc_ci_pkid_to_be_used,
+                                                   r.server_certificate))
+        if kind == "authenticateClientRequestEsipa":
+            tid = value(0x80)
+            ac = es9p.AuthenticateClientResponse.from_json(self.smdp.handle(
+                es9p.AUTHENTICATE_CLIENT, es9p.AuthenticateClientRequest(tid, parts[0xBF38]).to_json()))
+            return signed.wrap(0xBF3B, signed.wrap(0xA0, signed.wrap(0x80, tid), ac.profile_metadata,
+                                                   ac.smdp_signed2, ac.smdp_signature2, ac.smdp_certificate))
+        if kind == "getBoundProfilePackageRequestEsipa":
+            tid = value(0x80)
+            g = es9p.GetBoundProfilePackageResponse.from_json(self.smdp.handle(
+                es9p.GET_BOUND_PROFILE_PACKAGE, es9p.GetBoundProfilePackageRequest(tid, parts[0xBF21]).to_json()))
+            return signed.wrap(0xBF3A, signed.wrap(0xA0, signed.wrap(0x80, tid), g.bound_profile_package))
+        if kind == "cancelSessionRequestEsipa":
+            tid = value(0x80)
+            inner = tlv.read_single(parts[0xA1]).value_of(parts[0xA1])
+            self.smdp.handle(es9p.CANCEL_SESSION, es9p.CancelSessionRequest(tid, inner).to_json())
+            return esipa.encode_from_eim("cancelSessionResponseEsipa", ("cancelSessionOk", {}))
         raise AssertionError(f"unexpected ESipa message {kind}")

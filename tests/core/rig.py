@@ -48,6 +48,7 @@ class EngineRig:
     timers: dict[tuple[bytes, str], float] = field(default_factory=dict)
     actions: list[A.Action] = field(default_factory=list)
     saved: dict[bytes, A.SaveSession] = field(default_factory=dict)
+    other_eims: dict[str, MiniEim] = field(default_factory=dict)
 
     async def exchange(self, eid: bytes, uplink: Uplink) -> Downlink:
         event: Event
@@ -90,7 +91,8 @@ class EngineRig:
                 if isinstance(action, A.PostEs9):
                     body = self.smdp.handle(action.function, action.body)
                 else:
-                    body = self.eim.handle(action.body)
+                    eim = self.eim if action.eim_id == self.eim.eim_id else self.other_eims[action.eim_id]
+                    body = eim.handle(action.body)
             except GatewayError as exc:
                 return BackhaulFailed(action.eid, self.now, action.request_id, type(exc).__name__, False, str(exc))
             return BackhaulAnswered(action.eid, self.now, action.request_id, body)

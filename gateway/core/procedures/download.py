@@ -142,8 +142,6 @@ class Download(Procedure):
         raw: bytes = self.ctx["request"]
         value = codec.decode("ProfileDownloadTriggerRequest", raw)
         self.ctx["tid"] = value.get("eimTransactionId")
-        eim = next((e for e in env.eims if e.get("eimId") == self.ctx.get("eim_id")), None)
-        self.ctx["indirect"] = bool(eim is not None and "indirectProfileDownload" in eim)
         data = value.get("profileDownloadData")
         smdp: str | None = None
         matching: str | None = None
@@ -164,6 +162,9 @@ class Download(Procedure):
     def _challenged(self, env: Env, answer: object) -> tuple[str, list[Output]]:
         challenge_raw, info1 = _replies(answer, 2, "GetEuiccChallenge/GetEUICCInfo1")
         challenge = es10.euicc_challenge(challenge_raw)
+        # decided now, not at start: the eIM configuration may have been read in this batch
+        eim = next((e for e in env.eims if e.get("eimId") == self.ctx.get("eim_id")), None)
+        self.ctx["indirect"] = bool(eim is not None and eim.get("indirectProfileDownload"))
         es10.outer(info1, es10.TAG_GET_EUICC_INFO1, "EUICCInfo1")
         smdp: str = self.ctx["smdp"]
         es9_body = es9p.InitiateAuthenticationRequest(challenge, info1, smdp).to_json()

@@ -14,8 +14,9 @@ exchange. Each delivery is one small state machine with this one table:
     WAITING  --send-->    SENDING
     FAILED   --send-->    SENDING
     ACKED    --remove-->  REMOVING       RemoveNotificationFromList is in a batch
-    REMOVING --removed--> DONE
-    REMOVING --not_run--> ACKED          (the batch stopped before it: next batch)
+    REMOVING --removed--> DONE           (every sequence number it covers is gone)
+    REMOVING --not_run--> ACKED          (the batch stopped before some: next batch)
+    PENDING | SENDING | WAITING | FAILED --eim_ack--> ACKED   (EimAcknowledgements named it)
 
 ACKED is written to the session blob in the same store transaction that follows the
 acknowledgement, before any RemoveNotificationFromList is sent: "acknowledged and recorded".
@@ -52,6 +53,11 @@ TABLE: Mapping[tuple[str, str], frozenset[str]] = {
     (ACKED, "remove"): frozenset({REMOVING}),
     (REMOVING, "removed"): frozenset({DONE}),
     (REMOVING, "not_run"): frozenset({ACKED}),
+    # EimAcknowledgements (SGP.32 §2.11.4): the eIM has it, by whatever path
+    (PENDING, "eim_ack"): frozenset({ACKED}),
+    (SENDING, "eim_ack"): frozenset({ACKED}),
+    (WAITING, "eim_ack"): frozenset({ACKED}),
+    (FAILED, "eim_ack"): frozenset({ACKED}),
 }
 STATES = frozenset({PENDING, SENDING, WAITING, FAILED, ACKED, REMOVING, DONE})
 
@@ -76,15 +82,16 @@ def notification_delivery(note: es10.Notification, eims: tuple[Mapping[str, Any]
         target, server, function = "es9", note.address, es9p.HANDLE_NOTIFICATION
         body = es9p.HandleNotificationRequest(note.raw).to_json()
     return {"key": f"n{note.seq_number}", "kind": NOTIFICATION, "state": PENDING, "target": target,
-            "server": server, "function": function, "body": body, "remove_seq": note.seq_number,
-            "event": note.event, "iccid": note.iccid, "attempt": 0, "inbox_key": None}
+            "server": server, "function": function, "body": body, "remove_seqs": [note.seq_number],
+            "event": note.event, "iccid": note.iccid, "attempt": 0, "inbox_key": None, "raw": note.raw}
 
 
-def result_delivery(key: str, eim_id: str, body: bytes, remove_seq: int | None,
+def result_delivery(key: str, eim_id: str, body: bytes, remove_seqs: list[int],
                     inbox_key: str | None) -> dict[str, Any]:
-    """A delivery of one ProvideEimPackageResult (already built, exact bytes) to its eIM."""
+    """A delivery of one ProvideEimPackageResult (already built, exact bytes) to its eIM;
+    `remove_seqs`: the result's own sequence number and those of notifications it carries."""
     return {"key": key, "kind": RESULT, "state": PENDING, "target": "esipa", "server": eim_id,
-            "function": "ProvideEimPackageResult", "body": body, "remove_seq": remove_seq,
+            "function": "ProvideEimPackageResult", "body": body, "remove_seqs": remove_seqs,
             "event": "result", "iccid": None, "attempt": 0, "inbox_key": inbox_key}
 
 
@@ -92,8 +99,9 @@ def request_of(item: dict[str, Any]) -> Request:
     return Request(item["key"], item["target"], item["server"], item["function"], item["body"])
 
 
-def removal_call(item: dict[str, Any]) -> Call:
-    return Call("RemoveNotificationFromList", es10.remove_notification_from_list(int(item["remove_seq"])))
+def removal_calls(item: dict[str, Any]) -> list[tuple[int, Call]]:
+    return [(int(seq), Call("RemoveNotificationFromList", es10.remove_notification_from_list(int(seq))))
+            for seq in item["remove_seqs"]]
 
 
 def acknowledged_seqs(body: bytes) -> tuple[bool, list[int]]:
