@@ -22,6 +22,7 @@ and the modem puts that channel into the class byte of every +CGLA command.
     cme-text          +CME ERROR in verbose text form whatever AT+CMEE says
     fragment          replies are written a few bytes at a time
     mute-after=N      after N command lines the modem reads but never answers again
+    late=N            the answer to the N-th command line comes one second late
 
 `serve(path, stop)` runs the interpreter on a serial device until `stop` is set; the command
 line (``python -m hil.modem_emulator``) wraps it around a `SoftEuicc`.
@@ -41,6 +42,7 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 IMEI = "356938035643809"
+LATE_S = 1.0
 PLMN = "00101"
 
 
@@ -62,6 +64,7 @@ class Quirks:
     cme_text: bool = False
     fragment: bool = False
     mute_after: int | None = None
+    late: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> Quirks:
@@ -73,7 +76,7 @@ class Quirks:
             key = name.replace("-", "_")
             if key not in known:
                 raise ValueError(f"unknown quirk {name!r} (known: {', '.join(k.replace('_', '-') for k in known)})")
-            if key in ("max_apdu", "mute_after"):
+            if key in ("max_apdu", "mute_after", "late"):
                 if not arg.isdigit():
                     raise ValueError(f"quirk {name} needs a number: {name}=N")
                 values[key] = int(arg)
@@ -126,6 +129,8 @@ class ModemEmulator:
         out = (line + "\r").encode("latin-1") if self.echo or self.quirks.echo else b""
         if self.quirks.urc and len(self.commands) % 2:
             out += self._urc_line()
+        if self.quirks.late == len(self.commands):
+            time.sleep(LATE_S)
         try:
             info = self._execute(line.strip())
         except Reply as r:

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from gateway.errors import TransportError, TransportTimeout
 from gateway.links import protocol as p
@@ -36,7 +37,7 @@ from hil.euicc import SoftEuicc
 from hil.modem_emulator import EmulatorThread, ModemEmulator, Quirks
 from hil.pki import RspPki, generate_pki
 from tests.hil.test_euicc_support import Card, Order, download, iccid
-from tests.links.conftest import ScriptedHandler, eid_of
+from tests.links.conftest import ScriptedHandler, echo_card, eid_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -236,6 +237,29 @@ def test_modem_that_stops_answering_raises_transport_timeout(pty_pair: tuple[str
             for _ in range(5):
                 modem.es10(bytes.fromhex("BF2000"), host)
         assert time.monotonic() - started < 3
+
+
+def test_late_answer_after_a_timeout_is_not_taken_for_the_next_reply(pty_pair: tuple[str, str],
+                                                                     euicc: SoftEuicc) -> None:
+    with modem_on(pty_pair, euicc, "late=8", ModemConfig(timeout_s=0.4)) as (modem, emu):
+        host = modem.open_channel()  # command lines 1-6 start the modem, 7 is AT+CCHO
+        with pytest.raises(TransportTimeout):
+            modem.es10(bytes.fromhex("BF2000"), host)  # line 8 answers after a second
+        info1 = modem.es10(bytes.fromhex("BF2000"), host)  # resync first, then a fresh exchange
+        assert codec.decode("EUICCInfo1", info1)["euiccCiPKIdListForSigning"]
+        assert "AT+CFUN?" in emu.commands
+        assert any(u.startswith("+CGLA:") for u in modem.port.urcs)  # the late answer, set aside
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="latin-1"), max_size=120)
+       | st.sampled_from(["AT+CGLA=1,8,\"81E29100\"", "AT+CSIM=2,\"00\"", "AT+CCHO=\"\"", "AT+CCHC=99",
+                          "AT+CGLA=1,4,\"FFFF\"", "AT+CMEE=9", "AT+CFUN=7", "AT+CSIM=12,\"FF7000000100\""]))
+def test_emulator_answers_any_command_line_with_a_final_result_code(line: str) -> None:
+    emulator = ModemEmulator(echo_card())
+    emulator.handle("AT+CMEE=1")
+    out = emulator.handle(line).decode("latin-1")
+    assert out.endswith(("\r\nOK\r\n", "\r\nERROR\r\n")) or "+CME ERROR:" in out.splitlines()[-1]
 
 
 # --- the device agent and the gateway-side device ---------------------------------------------

@@ -1,9 +1,12 @@
 """One serial line to a modem (pyserial): a command line out, its reply in, URCs aside.
 
-Theory of operation. `AtPort.command` first reads whatever is already waiting (late URCs,
-the tail of a reply that timed out) and files it as unsolicited, writes the command line
-ended by CR, then feeds every line that arrives to a `ReplyCollector` until a final result
-code or the deadline. Parsing is `gateway.links.serial.at`; this module only moves bytes and
+Theory of operation. `AtPort.command` first reads whatever is already waiting and files it
+as unsolicited, writes the command line ended by CR, then feeds every line that arrives to a
+`ReplyCollector` until a final result code or the deadline. AT replies carry no correlation
+id, so after a timeout the late answer of the command that timed out could pass for the next
+reply: the next command is therefore preceded by a *resync*, a command whose reply is
+recognisable (``AT+CFUN?`` answers ``+CFUN:``, which nothing else here sends), and every
+reply before it is discarded (waiting up to three command timeouts for it). Parsing is `gateway.links.serial.at`; this module only moves bytes and
 keeps time. Calls are serialised by a lock, so one port can be shared by threads.
 """
 
@@ -20,11 +23,13 @@ import serial
 
 from gateway.errors import LocalProtocolError
 from gateway.links.serial.at import AtReply, LineSplitter, ReplyCollector
-from gateway.links.serial.errors import ModemPortError, ModemTimeout
+from gateway.links.serial.errors import ModemError, ModemPortError, ModemTimeout
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
+RESYNC_COMMAND = "AT+CFUN?"
+RESYNC_PREFIX = "+CFUN"
 
 
 class AtPort:
@@ -62,6 +67,8 @@ class AtPort:
                 timeout_s: float | None = None) -> AtReply:
         """Send `line`; its reply, or the typed ModemError of its final result code."""
         with self._lock:
+            if self._stale:
+                self._resync(3 * (self.timeout_s if timeout_s is None else timeout_s))
             self._take_pending()
             collector = ReplyCollector(line, prefix, bare_info=bare_info)
             log.debug("modem <- %s", line)
@@ -93,22 +100,36 @@ class AtPort:
         return self._splitter.feed(chunk) if chunk else []
 
     def _take_pending(self) -> None:
-        """File what arrived between commands as URCs; after a timeout, wait for quiet first."""
-        quiet_s = 0.2 if self._stale else 0.0
-        self._stale = False
+        """File what arrived between commands as URCs."""
         try:
-            while True:
-                self._serial.timeout = quiet_s
-                waiting = self._serial.in_waiting
-                chunk = self._serial.read(waiting) if waiting else (self._serial.read(1) if quiet_s else b"")
-                if not chunk:
-                    break
-                for text in self._splitter.feed(chunk):
+            self._serial.timeout = 0
+            while waiting := self._serial.in_waiting:
+                for text in self._splitter.feed(self._serial.read(waiting)):
                     self._urc(text)
         except (serial.SerialException, OSError) as exc:
             raise ModemPortError(f"serial port failed: {exc}") from exc
-        if quiet_s:
-            self._splitter = LineSplitter()
+
+    def _resync(self, timeout_s: float) -> None:
+        """Read past late replies until the answer to a recognisable command (see above)."""
+        self._take_pending()
+        self._write(RESYNC_COMMAND.encode("ascii") + b"\r")
+        deadline = time.monotonic() + timeout_s
+        collector = ReplyCollector(RESYNC_COMMAND, RESYNC_PREFIX)
+        while True:
+            for text in self._read_lines(deadline):
+                try:
+                    reply = collector.feed(text)
+                except ModemError:
+                    reply = None
+                if not collector.done:
+                    continue
+                for urc in collector.urcs:
+                    self._urc(urc)
+                if reply is not None and reply.info:
+                    self._stale = False
+                    return
+                log.info("modem: discarded a late reply while resynchronising")
+                collector = ReplyCollector(RESYNC_COMMAND, RESYNC_PREFIX)
 
     def _write(self, data: bytes) -> None:
         try:
