@@ -1,0 +1,189 @@
+"""Running `ipae-gateway run` as a real subprocess for the supervisor, API and CLI tests.
+
+`write_config` lays out a configuration directory (gateway.toml, devices.d/, a 0600
+credentials file) with the state, the API socket and a CoAP/DTLS port of the test's own;
+`Daemon` starts the real command line with a real NOTIFY_SOCKET bound by the test, reads
+the sd_notify datagrams it sends, and talks to its API over the unix socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.config import eid_check_digits
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_eid(n: int) -> bytes:
+    first = f"890490321234512345{n:012d}"
+    return bytes.fromhex(first + eid_check_digits(first))
+
+
+def psk_of(n: int) -> bytes:
+    return bytes([n]) * 16
+
+
+def free_udp_port() -> int:
+    """A UDP port p with p - 1 free as well (aiocoap binds its DTLS server one below)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port > 1024:
+            return port
+    raise RuntimeError("no free UDP port")
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Layout:
+    directory: Path
+    coap_port: int
+    socket_path: Path
+    devices: list[int]
+    extra: str = ""
+    credentials_extra: str = ""
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "gateway.toml"
+
+    @property
+    def db(self) -> Path:
+        return self.directory / "state" / "gateway.sqlite3"
+
+    def write(self) -> None:
+        d = self.directory
+        (d / "devices.d").mkdir(parents=True, exist_ok=True)
+        fleet = "".join(f'[[device]]\neid = "{make_eid(n).hex()}"\nlink = "coap"\nidentity = "dev{n}"\n'
+                        f'name = "sensor {n}"\n\n' for n in self.devices)
+        (d / "devices.d" / "fleet.toml").write_text(fleet)
+        psks = "".join(f'dev{n} = "{psk_of(n).hex()}"\n' for n in self.devices)
+        creds = d / "credentials.toml"
+        creds.write_text(f"{self.credentials_extra}\n[dtls_psk]\n{psks}")
+        os.chmod(creds, 0o600)
+        self.config.write_text(
+            '[gateway]\nstate_dir = "state"\nshutdown_grace_s = 5.0\n'
+            f'[links.coap]\nlisten = "127.0.0.1"\nport = {self.coap_port}\n'
+            f'[api]\nsocket_path = "{self.socket_path}"\n{self.extra}')
+
+
+@dataclass
+class Daemon:
+    layout: Layout
+    process: subprocess.Popen[bytes]
+    notify: socket.socket
+    messages: list[str] = field(default_factory=list)
+
+    def wait_notify(self, text: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in self.messages:
+                if text in m:
+                    return m
+            left = deadline - time.monotonic()
+            exited = self.process.poll() is not None
+            if left <= 0 or (exited and not self._receive(0.0)):
+                raise AssertionError(f"no {text!r} from the daemon (got {self.messages}); stderr: {self.stderr()}")
+            if not exited:
+                self._receive(min(left, 0.5))
+
+    def _receive(self, timeout: float) -> bool:
+        self.notify.settimeout(timeout) if timeout else self.notify.setblocking(False)
+        try:
+            self.messages.append(self.notify.recv(4096).decode())
+            return True
+        except (TimeoutError, BlockingIOError):
+            return False
+
+    def stderr(self) -> str:
+        if self.process.poll() is None:
+            return "(still running)"
+        assert self.process.stderr is not None
+        return self.process.stderr.read().decode(errors="replace")
+
+    async def get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
+        return await api_request(self.layout.socket_path, "GET", path, params)
+
+    async def post(self, path: str) -> tuple[int, Any]:
+        return await api_request(self.layout.socket_path, "POST", path)
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", *args, "--socket", str(self.layout.socket_path)],
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+async def api_request(socket_path: Path, method: str, path: str,
+                      params: dict[str, str] | None = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket_path))) as session:
+        async with session.request(method, "http://gateway" + path, params=params) as resp:
+            body = await resp.read()
+            if resp.content_type == "application/json":
+                return resp.status, json.loads(body)
+            return resp.status, body.decode()
+
+
+def short_dir() -> Iterator[Path]:
+    """A short directory (unix socket paths are limited to 108 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix="ipae-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def start_daemon(layout: Layout) -> Daemon:
+    notify_path = layout.directory / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1"}
+    env.pop("JOURNAL_STREAM", None)
+    process = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(layout.config)],
+                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return Daemon(layout, process, notify)
+
+
+def stop_daemon(daemon: Daemon, timeout: float = 20.0) -> int:
+    if daemon.process.poll() is None:
+        daemon.process.send_signal(signal.SIGTERM)
+        try:
+            daemon.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            daemon.process.kill()
+            daemon.process.wait()
+    if daemon.process.stderr is not None:
+        daemon.process.stderr.close()
+    daemon.notify.close()
+    return daemon.process.returncode
+
+
+async def wait_for_socket(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_socket():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"API socket {path} did not appear")
+        await asyncio.sleep(0.05)

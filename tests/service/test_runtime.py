@@ -1,0 +1,204 @@
+"""The runtime applies an engine action list atomically: store first (one transaction), then I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from runtime_support import BATCH, EID, RecordingBackhaul, ScriptedEngine, committed_sessions
+
+from gateway.core.actions import (
+    Action,
+    Audit,
+    MarkInbox,
+    PostEs9,
+    PostEsipa,
+    ReplyIdle,
+    SaveSession,
+    SendBatch,
+    StartTimer,
+)
+from gateway.core.engine import EimEndpoint, Engine, EngineConfig
+from gateway.core.events import BackhaulAnswered, BackhaulFailed, DeviceHello, EimPackageReceived, Event, TimerFired
+from gateway.errors import NetworkError, RemoteProtocolError
+from gateway.links.protocol import BatchMsg, DeviceStatus, ErrorCode, ErrorMsg, Hello, Idle
+from gateway.service.runtime import Runtime, RuntimeOptions, iccid_digits
+from gateway.spec import codec
+from gateway.store import AsyncStore, Store
+
+HERE = Path(__file__).resolve().parent
+HELLO = Hello(DeviceStatus(eid=EID, imei="356938035643809"))
+
+
+@pytest.fixture
+async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
+    store = await AsyncStore.open(tmp_path / "gw.sqlite3")
+    await store.run(lambda s: s.devices.register(EID, "coap", "dev1", now=1000.0))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_store_actions_commit_before_the_backhaul_post_and_the_downlink(astore: AsyncStore) -> None:
+    seen_at_post: list[list[tuple[bytes, str]]] = []
+
+    def script(event: Event) -> list[Action]:
+        if isinstance(event, DeviceHello):
+            return [SaveSession(EID, "polling", b"blob-1"), Audit(EID, None, "GetEimPackage", "eim.test", "sent"),
+                    PostEsipa(EID, "r1", "eim.test", "eim.test", "GetEimPackage", b"\xbf\x4f\x00")]
+        assert isinstance(event, BackhaulAnswered) and event.request_id == "r1" and event.body == b"answer"
+        return [SaveSession(EID, "running", b"blob-2"), SendBatch(EID, BATCH)]
+
+    db = await astore.run(lambda s: s.path)
+    backhaul = RecordingBackhaul(answer=b"answer", on_post=lambda a: seen_at_post.append(committed_sessions(db)))
+    runtime = Runtime(ScriptedEngine(script), astore, backhaul, clock=lambda: 2000.0)
+    downlink = await runtime.exchange(EID, HELLO)
+    await runtime.close()
+
+    assert downlink == BatchMsg(BATCH)
+    assert seen_at_post == [[(EID, "polling")]]          # the post saw the session already committed
+    session = await astore.run(lambda s: s.sessions.get(EID))
+    assert session is not None and (session.state, session.blob) == ("running", b"blob-2")
+    audit = await astore.run(lambda s: s.audit.query(eid=EID))
+    assert [(r.operation, r.result, r.origin_eim, r.time) for r in audit] == [("GetEimPackage", "sent", "eim.test", 2000.0)]
+    device = await astore.run(lambda s: s.devices.require(EID))
+    assert device.last_contact == 2000.0 and device.last_status is not None
+    assert device.last_status["imei"] == "356938035643809"
+    assert runtime.metrics.round_trips.get(downlink="BatchMsg") == 1
+    assert runtime.metrics.apdus.get() == 1
+
+
+async def test_a_failing_store_action_rolls_back_the_list_and_performs_no_io(astore: AsyncStore) -> None:
+    def script(event: Event) -> list[Action]:
+        return [SaveSession(EID, "polling", b"blob"), Audit(EID, None, "GetEimPackage", "", "sent"),
+                MarkInbox(EID, "key-1", "no-such-state"),
+                PostEsipa(EID, "r1", "eim.test", "eim.test", "GetEimPackage", b""), SendBatch(EID, BATCH)]
+
+    backhaul = RecordingBackhaul()
+    runtime = Runtime(ScriptedEngine(script), astore, backhaul, clock=lambda: 2000.0)
+    downlink = await runtime.exchange(EID, HELLO)
+    await runtime.close()
+
+    assert isinstance(downlink, ErrorMsg) and downlink.code == ErrorCode.INTERNAL
+    assert backhaul.posts == []
+    assert await astore.run(lambda s: s.sessions.get(EID)) is None
+    assert await astore.run(lambda s: s.audit.query()) == []
+    assert await astore.run(lambda s: s.inbox.entries()) == []
+
+
+def test_a_crash_between_commit_and_io_leaves_the_session_and_the_engine_resends_on_restore(tmp_path: Path) -> None:
+    db = tmp_path / "gw.sqlite3"
+    done = subprocess.run([sys.executable, str(HERE / "runtime_crash_worker.py"), str(db)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 9, done.stderr
+
+    with Store.open(db) as store:
+        store.check()
+        session = store.sessions.get(EID)
+        assert session is not None
+        engine = Engine(EngineConfig(eims=(EimEndpoint("eim.test", "eim.test:8443"),), seed=1))
+        engine.restore(EID, session.blob)
+        again = engine.resume(1001.0)
+    posts = [a for a in again if isinstance(a, PostEsipa)]
+    assert [p.function for p in posts] == ["GetEimPackage"]
+
+
+async def test_a_backhaul_failure_comes_back_to_the_engine_as_backhaul_failed(astore: AsyncStore) -> None:
+    failed: list[BackhaulFailed] = []
+
+    def script(event: Event) -> list[Action]:
+        if isinstance(event, DeviceHello):
+            return [PostEs9(EID, "r9", "smdp.test", "initiateAuthentication", b"{}")]
+        assert isinstance(event, BackhaulFailed)
+        failed.append(event)
+        return [ReplyIdle(EID, 120)]
+
+    runtime = Runtime(ScriptedEngine(script), astore, RecordingBackhaul(error=NetworkError("refused")),
+                      clock=lambda: 5.0)
+    downlink = await runtime.exchange(EID, HELLO)
+    await runtime.close()
+    assert downlink == Idle(120)
+    assert [(f.request_id, f.error_class, f.retryable, f.detail) for f in failed] == [
+        ("r9", "NetworkError", True, "refused")]
+    assert runtime.metrics.errors.get(kind="NetworkError") == 1
+
+
+async def test_a_timer_fires_back_into_the_engine_at_its_time(astore: AsyncStore) -> None:
+    fired = asyncio.Event()
+    clock = [100.0]
+
+    def script(event: Event) -> list[Action]:
+        if isinstance(event, DeviceHello):
+            return [StartTimer(EID, "poll", at=100.05), ReplyIdle(EID, 60)]
+        assert isinstance(event, TimerFired) and event.name == "poll"
+        fired.set()
+        return []
+
+    runtime = Runtime(ScriptedEngine(script), astore, RecordingBackhaul(), clock=lambda: clock[0])
+    assert await runtime.exchange(EID, HELLO) == Idle(60)
+    assert runtime.timers == 1
+    await asyncio.wait_for(fired.wait(), 5)
+    await runtime.close()
+
+
+async def test_an_uplink_the_engine_does_not_answer_in_time_gets_idle(astore: AsyncStore) -> None:
+    runtime = Runtime(ScriptedEngine(lambda e: []), astore, RecordingBackhaul(),
+                      options=RuntimeOptions(exchange_timeout_s=0.05, busy_retry_s=17))
+    assert await runtime.exchange(EID, HELLO) == Idle(17)
+    assert runtime.metrics.errors.get(kind="exchange-timeout") == 1
+    await runtime.close()
+
+
+def _pushed_package(eid: bytes, tx: bytes) -> bytes:
+    request = {"euiccPackageSigned": {"eimId": "eim.test", "eidValue": eid, "counterValue": 1,
+                                      "eimTransactionId": tx,
+                                      "euiccPackage": ("psmoList", [("listProfileInfo", {})])},
+               "eimSignature": bytes(64)}
+    return codec.encode("TransferEimPackageRequest", ("euiccPackageRequest", request))
+
+
+async def test_a_pushed_package_is_in_the_inbox_before_it_is_acknowledged_and_runs_once(astore: AsyncStore) -> None:
+    received: list[EimPackageReceived] = []
+    engine = ScriptedEngine(lambda e: received.append(e) or [] if isinstance(e, EimPackageReceived) else [])
+    runtime = Runtime(engine, astore, RecordingBackhaul(), clock=lambda: 50.0)
+    body = _pushed_package(EID, b"\x01\x02")
+
+    answer = await runtime.on_transfer(body, "asn1")
+    assert codec.decode("TransferEimPackageResponse", answer) == ("eimPackageReceived", None)
+    entries = await astore.run(lambda s: s.inbox.entries(EID))
+    assert [(e.key, e.payload, e.state) for e in entries] == [("eim:eim.test/tx:0102", body, "queued")]
+    assert await runtime.on_transfer(body, "asn1") == answer      # pushed again: acknowledged, not re-run
+    await asyncio.sleep(0.05)
+    await runtime.close()
+    assert [(r.key, r.raw, r.via) for r in received] == [("eim:eim.test/tx:0102", body, "push")]
+
+
+async def test_a_pushed_package_for_an_unknown_device_is_refused(astore: AsyncStore) -> None:
+    runtime = Runtime(ScriptedEngine(lambda e: []), astore, RecordingBackhaul())
+    with pytest.raises(RemoteProtocolError, match="not registered"):
+        await runtime.on_transfer(_pushed_package(bytes(16), b"\x01"), "asn1")
+    with pytest.raises(RemoteProtocolError):
+        await runtime.on_transfer(b"\xbf\x4e\x03\x02\x01\x01", "asn1")
+    await runtime.close()
+
+
+async def test_mark_inbox_moves_the_entry_in_the_same_transaction_as_the_session(astore: AsyncStore) -> None:
+    await astore.run(lambda s: s.inbox.enqueue(EID, "k1", "eim-package", b"pkg", origin="eim.test", now=1.0))
+
+    def script(event: Event) -> list[Action]:
+        return [SaveSession(EID, "running", b"b"), MarkInbox(EID, "k1", "running"), ReplyIdle(EID, 5)]
+
+    runtime = Runtime(ScriptedEngine(script), astore, RecordingBackhaul(), clock=lambda: 3.0)
+    assert await runtime.exchange(EID, HELLO) == Idle(5)
+    await runtime.close()
+    entry = await astore.run(lambda s: s.inbox.find(EID, "k1"))
+    assert entry is not None and entry.state == "in_progress" and entry.updated_at == 3.0
+
+
+def test_iccid_digits_swap_nibbles_and_drop_the_filler() -> None:
+    assert iccid_digits(bytes.fromhex("981001000000000000F1")) == "8901100000000000001"

@@ -1,0 +1,145 @@
+"""`ipae-gateway run` as a real process: READY on a real NOTIFY_SOCKET, the API on a real unix
+socket, SIGHUP reloading the fleet without dropping sessions, SIGTERM draining and leaving
+SQLite consistent, and a device agent with a software eUICC over real CoAP/DTLS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_support import (
+    Layout,
+    free_udp_port,
+    make_eid,
+    psk_of,
+    short_dir,
+    start_daemon,
+    stop_daemon,
+    wait_for_socket,
+)
+
+from gateway.store import Store
+from hil.agent.agent import Agent
+from hil.agent.coap_transport import CoapAgentTransport
+from hil.euicc import SoftEuicc
+from hil.pki import RspPki, generate_pki
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    yield from short_dir()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> RspPki:
+    return generate_pki(tmp_path_factory.mktemp("pki"))
+
+
+def layout(workdir: Path, devices: list[int], **kwargs: str) -> Layout:
+    lay = Layout(workdir, free_udp_port(), workdir / "api.sock", devices, **kwargs)
+    lay.write()
+    return lay
+
+
+async def test_run_notifies_ready_serves_the_api_reloads_on_sighup_and_drains_on_sigterm(workdir: Path) -> None:
+    lay = layout(workdir, [1])
+    daemon = start_daemon(lay)
+    try:
+        ready = daemon.wait_notify("READY=1")
+        assert "STATUS=1 devices" in ready
+        await wait_for_socket(lay.socket_path)
+        assert await daemon.get("/v1/health") == (200, {"status": "ok"})
+        status, body = await daemon.get("/v1/status")
+        assert status == 200 and body["devices"] == 1 and body["links"]["coap"].endswith(f":{lay.coap_port}")
+        status, body = await daemon.get("/v1/devices")
+        assert [d["eid"] for d in body["devices"]] == [make_eid(1).hex()]
+
+        lay.devices = [1, 2]
+        lay.write()
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_notify("RELOADING=1")
+        for _ in range(100):
+            status, body = await daemon.get("/v1/status")
+            if body["reloads"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert body["reloads"] == 1 and body["devices"] == 2
+        status, body = await daemon.get("/v1/devices")
+        assert [d["eid"] for d in body["devices"]] == [make_eid(1).hex(), make_eid(2).hex()]
+
+        daemon.signal(signal.SIGTERM)
+        assert daemon.process.wait(30) == 0
+        daemon.wait_notify("STOPPING=1")
+    finally:
+        stop_daemon(daemon)
+    assert not lay.socket_path.exists()
+    wal = lay.db.with_name(lay.db.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0      # checkpointed at stop
+    with Store.open(lay.db) as store:
+        store.check()
+        assert {d.eid for d in store.devices.list()} == {make_eid(1), make_eid(2)}
+
+
+async def test_a_bad_reload_keeps_the_running_configuration(workdir: Path) -> None:
+    lay = layout(workdir, [1])
+    daemon = start_daemon(lay)
+    try:
+        daemon.wait_notify("READY=1")
+        await wait_for_socket(lay.socket_path)
+        lay.config.write_text(lay.config.read_text() + "\n[gateway.nonsense]\n")
+        status, body = await daemon.post("/v1/reload")
+        assert status == 200 and body["reloaded"] is False and "nonsense" in body["error"]
+        status, body = await daemon.get("/v1/status")
+        assert body["devices"] == 1 and body["reloads"] == 0
+    finally:
+        assert stop_daemon(daemon) == 0
+
+
+def test_a_bad_configuration_is_refused_with_exit_2_naming_the_key(workdir: Path) -> None:
+    lay = layout(workdir, [1], extra="[links.mqtt]\nenabled = true\n")
+    daemon = start_daemon(lay)
+    assert daemon.process.wait(30) == 2
+    assert "links.mqtt.broker_host" in daemon.stderr()
+    stop_daemon(daemon)
+
+
+async def test_a_device_agent_with_a_soft_euicc_exchanges_with_the_daemon_over_coap_dtls(
+        workdir: Path, pki: RspPki) -> None:
+    lay = layout(workdir, [1])
+    daemon = start_daemon(lay)
+    eid = make_eid(1)
+    transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
+    try:
+        daemon.wait_notify("READY=1")
+        await wait_for_socket(lay.socket_path)
+        card = SoftEuicc(pki, eid)
+        agent = Agent(Agent.make_status(eid), card, transport)
+        report = await agent.run_session()
+        assert report.error is None and report.transport_error is None
+        assert report.idle_after_s is not None and report.exchanges >= 2 and report.apdus >= 1
+
+        status, device = await daemon.get(f"/v1/devices/{eid.hex()}")
+        assert status == 200 and device["last_contact"] is not None and device["session"] is not None
+        status, metrics = await daemon.get("/metrics")
+        rt = [line for line in metrics.splitlines() if line.startswith("ipae_gateway_round_trips_total")]
+        assert sum(float(line.split()[-1]) for line in rt) == report.exchanges
+
+        shown = daemon.cli("device", eid.hex(), "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["eid"] == eid.hex()
+        table = daemon.cli("devices")
+        assert table.returncode == 0 and eid.hex() in table.stdout and "sensor 1" in table.stdout
+    finally:
+        await transport.close()
+        assert stop_daemon(daemon) == 0
+    conn = sqlite3.connect(lay.db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (1,)
+    finally:
+        conn.close()
