@@ -77,7 +77,7 @@ class Quirks:
             if key not in known:
                 raise ValueError(f"unknown quirk {name!r} (known: {', '.join(k.replace('_', '-') for k in known)})")
             if key in ("max_apdu", "mute_after", "late"):
-                if not arg.isdigit():
+                if not (arg.isascii() and arg.isdigit() and len(arg) < 7):
                     raise ValueError(f"quirk {name} needs a number: {name}=N")
                 values[key] = int(arg)
             elif arg:
@@ -90,10 +90,10 @@ class Quirks:
 _CME_TEXT = {3: "operation not allowed", 4: "operation not supported", 10: "SIM not inserted",
              13: "SIM failure", 21: "invalid index", 50: "incorrect parameters", 100: "unknown"}
 _HEX_ARG = r'"?([0-9A-Fa-f]*)"?'
-_CGLA = re.compile(rf"AT\+CGLA=(\d+),(\d+),{_HEX_ARG}$", re.I)
-_CSIM = re.compile(rf"AT\+CSIM=(\d+),{_HEX_ARG}$", re.I)
+_CGLA = re.compile(rf"AT\+CGLA=([0-9]{{1,6}}),([0-9]{{1,6}}),{_HEX_ARG}$", re.I)
+_CSIM = re.compile(rf"AT\+CSIM=([0-9]{{1,6}}),{_HEX_ARG}$", re.I)
 _CCHO = re.compile(rf"AT\+CCHO={_HEX_ARG}$", re.I)
-_CCHC = re.compile(r"AT\+CCHC=(\d+)$", re.I)
+_CCHC = re.compile(r"AT\+CCHC=([0-9]{1,6})$", re.I)
 
 
 class Reply(Exception):

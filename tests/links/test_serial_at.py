@@ -106,6 +106,33 @@ def test_any_bytes_give_a_reply_or_a_clear_error(data: bytes, prefix: str, bare:
             pass
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["+CGLA", "+CSIM", "+CCHO", "+CME ERROR", ""]),
+       st.text(alphabet=st.characters(codec="latin-1", exclude_characters="\r\n"), max_size=80)
+       | st.from_regex(r'[ "]?[0-9²³¹]{0,9}[ "]?,[ "]?[0-9A-Fa-f²]{0,12}[ "]?', fullmatch=True))
+def test_any_information_line_gives_a_value_or_a_clear_error(prefix: str, value: str) -> None:
+    line = f"{prefix}: {value}" if prefix else value
+    data = f"\r\n{line}\r\nOK\r\n".encode("latin-1")
+    for name in ("+CGLA", "+CSIM", "+CCHO"):
+        try:
+            reply = at.parse_reply(CMD, data, name, bare_info=True)
+            response = at.parse_hex_response(reply, name) if name != "+CCHO" else at.parse_session(reply)
+        except GatewayError:
+            continue
+        assert isinstance(response, (bytes, int))
+
+
+@pytest.mark.parametrize("line", ["+CGLA: ²,9000", "+CGLA: 4,90²0", "+CGLA: 1234567890123,9000"])
+def test_non_ascii_digits_and_huge_lengths_are_decode_errors(line: str) -> None:
+    with pytest.raises(DecodeError):
+        at.parse_hex_response(at.AtReply(CMD, (line,)), "+CGLA")
+    with pytest.raises(DecodeError):
+        at.parse_session(at.AtReply('AT+CCHO="A000"', ("+CCHO: ²",)))
+    with pytest.raises(ModemCommandRejected) as info:
+        at.parse_reply(CMD, "\r\n+CME ERROR: ²\r\n".encode("latin-1"))
+    assert info.value.cme is None
+
+
 _URCS = st.sampled_from(["+CEREG: 1,5", "RING", '+QIND: "csq",20,99', '+CREG: 1,"00AF","0123ABCD",7', "+CPIN: READY"])
 _EOL = st.sampled_from([b"\r\n", b"\r", b"\n", b"\r\n\r\n"])
 

@@ -254,7 +254,8 @@ def test_late_answer_after_a_timeout_is_not_taken_for_the_next_reply(pty_pair: t
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(codec="latin-1"), max_size=120)
        | st.sampled_from(["AT+CGLA=1,8,\"81E29100\"", "AT+CSIM=2,\"00\"", "AT+CCHO=\"\"", "AT+CCHC=99",
-                          "AT+CGLA=1,4,\"FFFF\"", "AT+CMEE=9", "AT+CFUN=7", "AT+CSIM=12,\"FF7000000100\""]))
+                          "AT+CGLA=1,4,\"FFFF\"", "AT+CMEE=9", "AT+CFUN=7", "AT+CSIM=12,\"FF7000000100\"",
+                          "AT+CGLA=" + "9" * 5000 + ",4,\"0000\"", "AT+CCHC=" + "1" * 5000]))
 def test_emulator_answers_any_command_line_with_a_final_result_code(line: str) -> None:
     emulator = ModemEmulator(echo_card())
     emulator.handle("AT+CMEE=1")

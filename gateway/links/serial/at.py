@@ -63,6 +63,13 @@ _OTHER_FINAL_ERRORS: Final = frozenset({"NO CARRIER", "BUSY", "NO ANSWER", "NO D
 _HEX: Final = re.compile(r"[0-9A-Fa-f]*")
 
 
+def decimal(text: str, max_digits: int) -> int | None:
+    """`text` as a number of ASCII digits (str.isdigit() also takes "²"), else None."""
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 # --- lines ---------------------------------------------------------------------------------
 
 
@@ -110,7 +117,9 @@ class AtReply:
 def cme_error(command: str, detail: str) -> ModemError:
     """The typed error of ``+CME ERROR: <detail>`` (numeric or verbose form)."""
     text = detail.strip().strip('"').strip()
-    code = int(text) if text.isdigit() and len(text) < 6 else CME_TEXT.get(text.lower())
+    code = decimal(text, 5)
+    if code is None:
+        code = CME_TEXT.get(text.lower())
     name = _CME_NAME.get(code, text) if code is not None else text
     message = f"+CME ERROR {code if code is not None else '?'} ({name})"
     if code in _SIM_NOT_READY:
@@ -236,11 +245,11 @@ def parse_hex_response(reply: AtReply, prefix: str) -> bytes:
     hex_text = hex_text.strip()
     if len(hex_text) >= 2 and hex_text[0] == '"' and hex_text[-1] == '"':
         hex_text = hex_text[1:-1].strip()
-    if not length_text.isdigit() or len(length_text) > 7:
+    length = decimal(length_text, 7)
+    if length is None:
         raise DecodeError(f"length {length_text[:20]!r} is not a number", type_name=prefix)
     if _HEX.fullmatch(hex_text) is None or len(hex_text) % 2:
         raise DecodeError(f"response {hex_text[:40]!r} is not an even run of hex digits", type_name=prefix)
-    length = int(length_text)
     if length not in (len(hex_text), len(hex_text) // 2):
         raise DecodeError(f"length {length} but {len(hex_text)} hex digits", type_name=prefix)
     response = bytes.fromhex(hex_text)
@@ -256,9 +265,9 @@ def parse_session(reply: AtReply) -> int:
     line = reply.info[0]
     value = _value_of(line, "+CCHO") if line.startswith("+") else line
     value = value.strip().strip('"').strip()
-    if not value.isdigit() or len(value) > 9:
+    session = decimal(value, 9)
+    if session is None:
         raise DecodeError(f"session id {value[:20]!r} is not a number", type_name="+CCHO")
-    session = int(value)
     if session == 0:
         raise DecodeError("session id 0 (the basic channel) from +CCHO", type_name="+CCHO")
     return session

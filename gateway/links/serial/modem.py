@@ -193,11 +193,12 @@ class ModemEuicc:
             pass
         try:
             rssi = at.parse_plain(self._at("AT+CSQ", "+CSQ"), "+CSQ").split(",")[0].strip()
-            if rssi.isdigit() and int(rssi) <= 31:
-                signal = -113 + 2 * int(rssi)
+            level = at.decimal(rssi, 2)
+            if level is not None and level <= 31:
+                signal = -113 + 2 * level
         except (ModemCommandRejected, DecodeError):
             pass
-        return DeviceInfo(imei if imei and imei.isdigit() else None, plmn, signal)
+        return DeviceInfo(imei if imei and at.decimal(imei, 17) is not None else None, plmn, signal)
 
     # -- gateway-side API ----------------------------------------------------------------
 
