@@ -63,6 +63,7 @@ from gateway.core.procedures.base import (
     Procedure,
     Reply,
     Request,
+    Retry,
 )
 from gateway.core.procedures.discovery import Discovery, eim_summary
 from gateway.core.procedures.download import Download, trigger_result
@@ -255,6 +256,7 @@ class _Step:
     def __init__(self, s: DeviceSession, config: EngineConfig, rand: Callable[[], float], now: float,
                  out: list[A.Action]) -> None:
         self.s, self.config, self.rand, self.now, self.out = s, config, rand, now, out
+        self.last_request: dict[str, Any] | None = None
 
     def env(self) -> Env:
         return Env(self.s.eid, self.now, self.config, tuple(self.s.eims or ()), self.s.imei)
@@ -500,6 +502,11 @@ class _Step:
                     self.feed(DEVICE, DeviceAnswer(()))
             elif isinstance(o, Finish):
                 self.finished(o)
+            elif isinstance(o, Retry):
+                rec = self.last_request
+                assert rec is not None and rec["tag"] == o.tag
+                if not self.retry(rec, True, o.error_class, o.detail, None):
+                    self.feed(FAILED, Failure(o.tag, o.error_class, o.detail, True))
 
     def finished(self, finish: Finish) -> None:
         s = self.s
@@ -603,6 +610,7 @@ class _Step:
             return
         owner = rec["owner"]
         if owner == PROC and self.s.proc is not None:
+            self.last_request = rec
             self.feed(ANSWER, Answer(rec["tag"], body))
         elif owner == POLL:
             self.polled(rec["server"], body)
@@ -664,25 +672,7 @@ class _Step:
         rec = s.requests.pop(event.request_id, None)
         if rec is None:
             return
-        attempt = int(rec["attempt"])
-        limit = rec["max_attempts"]
-        if event.retryable and (limit is None or attempt < limit):
-            policy = {PROC: self.config.request_backoff, POLL: self.config.poll_backoff}.get(
-                rec["owner"], self.config.delivery_backoff)
-            wait = policy.delay(attempt, self.rand)
-            if event.retry_after_s is not None:
-                wait = max(wait, min(event.retry_after_s, policy.cap_s))
-            name = f"{RETRY_PREFIX}{rec['owner']}:{rec['tag']}"
-            rec["attempt"] = attempt + 1
-            s.retries[name] = rec
-            s.timers[name] = self.now + wait
-            self.out.append(A.StartTimer(s.eid, name, self.now + wait))
-            self.audit("backhaul", "retry", f"{rec['function']} to {rec['server']}: {event.error_class} "
-                                            f"{event.detail} (attempt {attempt + 1} in {wait:.1f} s)")
-            if rec["owner"] == DELIVERY and rec["tag"] in s.deliveries:
-                d = s.deliveries[rec["tag"]]
-                d["attempt"] = attempt + 1
-                N.move(d, "retry", N.WAITING)
+        if self.retry(rec, event.retryable, event.error_class, event.detail, event.retry_after_s):
             return
         failure = Failure(rec["tag"], event.error_class, event.detail, event.retryable, event.reason_code)
         if rec["owner"] == PROC and s.proc is not None:
@@ -692,6 +682,32 @@ class _Step:
         elif rec["owner"] == POLL:
             self.audit("getEimPackage", "failed", f"{event.error_class}: {event.detail}", origin=rec["server"])
             self.schedule_poll()
+
+    def retry(self, rec: dict[str, Any], retryable: bool, error_class: str, detail: str,
+              retry_after_s: float | None) -> bool:
+        """Schedule `rec` again if its error allows and attempts remain (gateway/core/retry.py)."""
+        s = self.s
+        attempt = int(rec["attempt"])
+        limit = rec["max_attempts"]
+        if not retryable or (limit is not None and attempt >= limit):
+            return False
+        policy = {PROC: self.config.request_backoff, POLL: self.config.poll_backoff}.get(
+            rec["owner"], self.config.delivery_backoff)
+        wait = policy.delay(attempt, self.rand)
+        if retry_after_s is not None:
+            wait = max(wait, min(retry_after_s, policy.cap_s))
+        name = f"{RETRY_PREFIX}{rec['owner']}:{rec['tag']}"
+        rec["attempt"] = attempt + 1
+        s.retries[name] = rec
+        s.timers[name] = self.now + wait
+        self.out.append(A.StartTimer(s.eid, name, self.now + wait))
+        self.audit("backhaul", "retry", f"{rec['function']} to {rec['server']}: {error_class} "
+                                        f"{detail} (attempt {attempt + 1} in {wait:.1f} s)")
+        if rec["owner"] == DELIVERY and rec["tag"] in s.deliveries:
+            d = s.deliveries[rec["tag"]]
+            d["attempt"] = attempt + 1
+            N.move(d, "retry", N.WAITING)
+        return True
 
     def delivery_failed(self, d: dict[str, Any], error_class: str, detail: str, retryable: bool,
                         _: object) -> None:

@@ -16,7 +16,8 @@ or a handler returning a state its row does not allow, or a handler raising a
 `GatewayError` (a malformed answer, a refused request) moves the machine to `ERROR`
 through its `on_error` hook, which is where a procedure cleans up (CancelSession, an error
 result for the eIM). Handlers return outputs for the session: `DeviceWork` (ES10b calls),
-`Request` (one backhaul call, answered later with the same tag), `Finish`, `Note` (audit).
+`Request` (one backhaul call, answered later with the same tag), `Finish`, `Note` (audit),
+`Retry` (an answer carried a transient error: same state, the request goes again later).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
-from gateway.errors import GatewayError, LocalProtocolError
+from gateway.errors import GatewayError, LocalProtocolError, is_retryable
 
 START = "start"
 DEVICE = "device"
@@ -80,7 +81,17 @@ class Note:
     iccid: bytes | None = None
 
 
-Output: TypeAlias = DeviceWork | Request | Finish | Note
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The server answered a request with a transient error (e.g. ES9+ reason 4.1, 5.x):
+    the state does not change; the session sends the same request again after a backoff."""
+
+    tag: str
+    error_class: str
+    detail: str
+
+
+Output: TypeAlias = DeviceWork | Request | Finish | Note | Retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +174,8 @@ class Procedure:
         try:
             target, outputs = handler(env, payload)
         except GatewayError as exc:
+            if kind == ANSWER and is_retryable(exc) and isinstance(payload, Answer):
+                return [Retry(payload.tag, type(exc).__name__, str(exc))]
             return self._fail(env, f"{type(exc).__name__}: {exc}")
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             # a decoded value without a field we rely on: the peer sent something we cannot use

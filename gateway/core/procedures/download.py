@@ -16,8 +16,12 @@ with the device carries everything that needs no decision in between:
     LOADING --device--> DONE            ProfileInstallationResult
 
 Any failure once AuthenticateServer has been sent leads to CANCELLING: CancelSession on the
-eUICC (its signed answer) relayed to the server (CANCEL_RELAY), then ERROR, so no eUICC is
-left mid-session (SGP.22 §3.0.2). A failure before that ends in ERROR at once. Signed
+eUICC (sent once more if the eUICC did not run it) and its signed answer relayed to the
+server (CANCEL_RELAY), then ERROR, so no eUICC is left mid-session (SGP.22 §3.0.2). When the
+eUICC has no session left to cancel (it finished or lost it: a result lost on the way, a
+power loss), RECOVERING looks for this transaction's ProfileInstallationResult among its
+pending notifications: found, the download ends as that result says; absent, it failed. A
+failure before AuthenticateServer ends in ERROR at once. Signed
 server data is spliced into the ES10b requests as received (gateway.core.es10).
 """
 
@@ -44,6 +48,7 @@ from gateway.core.procedures.base import (
     Note,
     Output,
     Procedure,
+    Reply,
     Request,
     row,
 )
@@ -59,6 +64,7 @@ FETCHING = "FETCHING"
 LOADING = "LOADING"
 CANCELLING = "CANCELLING"
 CANCEL_RELAY = "CANCEL_RELAY"
+RECOVERING = "RECOVERING"
 
 # States in which the eUICC holds an RSP session the server knows about.
 _SESSION_OPEN = frozenset({AUTHENTICATING, AUTHENTICATING_CLIENT, PREPARING, FETCHING, LOADING})
@@ -119,7 +125,8 @@ class Download(Procedure):
         (PREPARING, DEVICE): row("_prepared", FETCHING),
         (FETCHING, ANSWER): row("_fetched", LOADING),
         (LOADING, DEVICE): row("_loaded", DONE),
-        (CANCELLING, DEVICE): row("_cancelled_on_euicc", CANCEL_RELAY),
+        (CANCELLING, DEVICE): row("_cancelled_on_euicc", CANCEL_RELAY, CANCELLING, RECOVERING),
+        (RECOVERING, DEVICE): row("_recovered", DONE),
         (CANCEL_RELAY, ANSWER): row("_cancel_relayed"),
         (CANCEL_RELAY, FAILED): row("_cancel_relayed"),
     }
@@ -259,9 +266,9 @@ class Download(Procedure):
         self.ctx["segments"] = len(segments)
         return LOADING, [DeviceWork(calls)]
 
-    def _loaded(self, env: Env, answer: object) -> tuple[str, list[Output]]:
+    def _loaded(self, env: Env, answer: object, recovered: bool = False) -> tuple[str, list[Output]]:
         assert isinstance(answer, DeviceAnswer)
-        count: int = self.ctx["segments"]
+        count: int = 1 if recovered else self.ctx["segments"]
         pir: bytes | None = None
         for i, reply in enumerate(answer.replies[:count]):
             pir = bpp.segment_response(i, count, reply.data, reply.sw)
@@ -286,6 +293,7 @@ class Download(Procedure):
         tid = self.ctx.get("transaction_id")
         if previous in _SESSION_OPEN and tid is not None:
             reason = "loadBppExecutionError" if previous == LOADING else "undefinedReason"
+            self.ctx["cancel_reason"] = reason
             self.state = CANCELLING
             return [Note("download", "cancelling", why),
                     DeviceWork((Call("CancelSession", es10.cancel_session(tid, reason)),))]
@@ -293,17 +301,37 @@ class Download(Procedure):
 
     def _cancelled_on_euicc(self, env: Env, answer: object) -> tuple[str, list[Output]]:
         assert isinstance(answer, DeviceAnswer)
-        why = self.ctx.get("error", "")
-        if not answer.replies or answer.replies[0].sw != 0x9000 or not answer.replies[0].data:
-            return ERROR, [Note("cancelSession", "failed", "the eUICC did not answer CancelSession"),
-                           Finish("failed", why)]
-        raw = answer.replies[0].data
-        es10.cancel_session_response(raw)
+        reply = answer.replies[0] if answer.replies else None
         tid: bytes = self.ctx["transaction_id"]
+        if reply is None or reply.sw != 0x9000 or not reply.data:
+            if not self.ctx.get("cancel_resent"):
+                # a glitch (the command was not run): the eUICC must not stay mid-session
+                self.ctx["cancel_resent"] = True
+                reason = self.ctx.get("cancel_reason", "undefinedReason")
+                return CANCELLING, [DeviceWork((Call("CancelSession", es10.cancel_session(tid, reason)),))]
+            return ERROR, [Note("cancelSession", "failed", "the eUICC did not answer CancelSession"),
+                           Finish("failed", self.ctx.get("error", ""))]
+        raw = reply.data
+        if not es10.cancel_session_response(raw).ok:
+            # no session for this transaction: it ended on the eUICC (a lost installation
+            # result, a power loss); the installation result, if any, is in its notifications
+            return RECOVERING, [DeviceWork((Call("RetrieveNotificationsList",
+                                                 es10.retrieve_notifications_list()),))]
         es9_body = es9p.CancelSessionRequest(tid, raw).to_json()
         esipa_body = signed.cancel_session_request(tid, raw)
         return CANCEL_RELAY, [self._request("cancel", es9p.CANCEL_SESSION, "CancelSession",
                                             es9_body, esipa_body)]
+
+    def _recovered(self, env: Env, answer: object) -> tuple[str, list[Output]]:
+        (raw,) = _replies(answer, 1, "RetrieveNotificationsList")
+        notes, _ = es10.retrieved_list(raw)
+        for note in notes:
+            if note.event == "install":
+                pir = es10.profile_installation_result(note.raw)
+                if pir.transaction_id == self.ctx["transaction_id"]:
+                    return self._loaded(env, DeviceAnswer((Reply(note.raw, 0x9000),)), recovered=True)
+        raise RemoteProtocolError(f"no session and no installation result on the eUICC "
+                                  f"({self.ctx.get('error', '')})")
 
     def _cancel_relayed(self, env: Env, payload: object) -> tuple[str, list[Output]]:
         told = "server told" if isinstance(payload, Answer) else "server not reachable"

@@ -8,7 +8,7 @@ old Profile).
 
     INITIAL --start--> LOADING            [LoadEuiccPackage] (+ refresh)
     LOADING --device--> DONE               the EuiccPackageResult
-    LOADING --device(lost)--> RECOVERING   [RetrieveNotificationsList(euiccPackageResults)]
+    LOADING --device(lost/error)--> RECOVERING   [RetrieveNotificationsList(euiccPackageResults)]
     RECOVERING --device--> DONE            the result the eUICC kept, or an error result
 
 RECOVERING is the crash/lost-batch path: the package may have run, so it is never sent
@@ -40,7 +40,6 @@ from gateway.core.procedures.base import (
 )
 from gateway.errors import DecodeError
 from gateway.spec import codec, signed, tlv
-from gateway.spec.apdu import sw_error
 
 LOADING = "LOADING"
 RECOVERING = "RECOVERING"
@@ -84,15 +83,14 @@ class EimPackage(Procedure):
 
     def _loaded(self, env: Env, answer: object) -> tuple[str, list[Output]]:
         assert isinstance(answer, DeviceAnswer)
-        if not answer.replies:
-            # the device lost the batch: the package may have run; ask the eUICC, never resend
+        reply = answer.replies[0] if answer.replies else None
+        if reply is None or reply.sw != 0x9000 or not reply.data:
+            # lost batch, lost response or an error status: the package may have run; ask
+            # the eUICC for the result it keeps, never send the package again
+            why = answer.stopped or (f"SW {reply.sw:04X}" if reply is not None else "no answer")
             retrieve = es10.retrieve_notifications_list(euicc_package_results=True)
-            return RECOVERING, [Note("euiccPackage", "recovering", answer.stopped or ""),
+            return RECOVERING, [Note("euiccPackage", "recovering", why),
                                 DeviceWork((Call("RetrieveNotificationsList", retrieve),))]
-        reply = answer.replies[0]
-        if reply.sw != 0x9000 or not reply.data:
-            raise sw_error(reply.sw) if reply.sw != 0x9000 else DecodeError(
-                "LoadEuiccPackage answered no data", type_name="EuiccPackageResult")
         return DONE, self._result(reply.data)
 
     def _recovered(self, env: Env, answer: object) -> tuple[str, list[Output]]:
