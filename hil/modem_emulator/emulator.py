@@ -5,7 +5,8 @@ command line in (without its CR), the bytes the modem would write back out, echo
 It implements the SIM-access subset of 3GPP TS 27.007 (AT+CCHO / AT+CGLA / AT+CCHC, AT+CSIM)
 on any card object with ``transmit(apdu) -> bytes`` (the software eUICC), plus what a driver
 needs around it (AT, ATE0/1, AT+CMEE, AT+CGSN, AT+COPS, AT+CSQ, AT+CFUN). Like a real
-module, echo is on after power-up, a session id from +CCHO is the card's channel number,
+module, echo is on after power-up and after a reset (which also prints RDY, +CPIN: READY,
+SMS DONE and PB DONE), a session id from +CCHO is the card's channel number,
 and the modem puts that channel into the class byte of every +CGLA command.
 
 `Quirks` switches on the misbehaviours seen in real modules, one at a time or together:
@@ -115,6 +116,7 @@ class ModemEmulator:
     commands: list[str] = field(default_factory=list)
     muted: bool = False
     _urc_count: int = 0
+    _after: bytes = b""  # lines a reset prints after its OK
 
     # -- the interpreter ---------------------------------------------------------------
 
@@ -139,7 +141,8 @@ class ModemEmulator:
             out += b"\r\n" + text.encode("latin-1") + b"\r\n"
             if self.quirks.urc and i == len(info) - 1:
                 out += b"\r\nRING\r\n"
-        out += b"\r\nOK\r\n"
+        out += b"\r\nOK\r\n" + self._after
+        self._after = b""
         if self.quirks.urc and len(self.commands) % 3 == 0:
             out += self._urc_line()
         return out
@@ -224,6 +227,7 @@ class ModemEmulator:
         if upper == "AT+CFUN=1,1":
             self._power_cycle()
             self.echo = True
+            self._after = b"\r\nRDY\r\n\r\n+CPIN: READY\r\n\r\nSMS DONE\r\n\r\nPB DONE\r\n"
             return []
         if upper in ("AT+CFUN=0", "AT+CFUN=4"):
             self.cfun = int(upper[-1])

@@ -67,7 +67,8 @@ def test_final_error_codes_map_to_typed_transport_errors(line: str, cls: type[Mo
 
 
 @pytest.mark.parametrize("data", [b"\r\n+CCHO: 2\r\n\r\nOK\r\n", b"\r\n2\r\n\r\nOK\r\n", b'\r\n"2"\r\n\r\nOK\r\n',
-                                  b'AT+CCHO="A000"\r\r\n+CREG: 1\r\n2\r\nOK\r\n'])
+                                  b'AT+CCHO="A000"\r\r\n+CREG: 1\r\n2\r\nOK\r\n',
+                                  b"\r\nRDY\r\n\r\nPB DONE\r\n2\r\nSMS DONE\r\nOK\r\n"])
 def test_ccho_session_id_prefixed_bare_or_quoted(data: bytes) -> None:
     assert at.parse_session(at.parse_reply('AT+CCHO="A000"', data, "+CCHO", bare_info=True)) == 2
 

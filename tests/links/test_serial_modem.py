@@ -309,6 +309,7 @@ async def test_gateway_side_modem_runs_the_session_itself(pty_pair: tuple[str, s
         assert "AT+CFUN=1,1" in emu.commands and emu.echo  # the reset turned echo back on: tolerated
         host = modem.open_channel()  # the modem still works after its reset
         assert modem.es10(bytes.fromhex("BF2000"), host)
+        assert {"RDY", "+CPIN: READY", "SMS DONE", "PB DONE"} <= set(modem.port.urcs)
 
 
 async def test_a_stop_rule_and_a_card_error_end_the_local_batch(pty_pair: tuple[str, str], euicc: SoftEuicc) -> None:

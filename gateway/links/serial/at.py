@@ -61,6 +61,7 @@ _SIM_NOT_READY: Final = frozenset(range(10, 19))
 _OTHER_FINAL_ERRORS: Final = frozenset({"NO CARRIER", "BUSY", "NO ANSWER", "NO DIALTONE",
                                         "COMMAND NOT SUPPORT"})
 _HEX: Final = re.compile(r"[0-9A-Fa-f]*")
+_BARE_NUMBER: Final = re.compile(r'"?[0-9]{1,20}"?')
 
 
 def decimal(text: str, max_digits: int) -> int | None:
@@ -146,8 +147,9 @@ def final_error(command: str, line: str) -> ModemError | None:
 class ReplyCollector:
     """Sorts the lines that follow one command line into echo, information and URCs.
 
-    `prefix` ("+CGLA") marks information lines; with `bare_info` a line that looks like no
-    URC (no leading "+", not RING) is information too (+CCHO's bare session id, +CGSN's IMEI).
+    `prefix` ("+CGLA") marks information lines; with `bare_info` a line that is only a number,
+    maybe quoted, is information too (+CCHO's bare session id, +CGSN's IMEI), while other bare
+    lines stay URCs (Quectel's RDY, "SMS DONE", "PB DONE" after a reset).
     `feed` returns the `AtReply` on OK, raises the `ModemError` of a failing final result
     code, and returns None while the reply goes on. URCs are appended to `urcs`.
     """
@@ -177,7 +179,7 @@ class ReplyCollector:
             self._echo_seen = True
         elif self._prefix is not None and upper.startswith(self._prefix):
             self._info.append(line)
-        elif self._bare_info and not line.startswith("+") and upper != "RING" and not upper.startswith("AT"):
+        elif self._bare_info and _BARE_NUMBER.fullmatch(line):
             self._info.append(line)
         else:
             self.urcs.append(line)

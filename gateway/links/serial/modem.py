@@ -32,9 +32,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from gateway.errors import DecodeError, LocalProtocolError
+from gateway.errors import DecodeError, GatewayError, LocalProtocolError
 from gateway.links.serial import at
-from gateway.links.serial.errors import ModemCommandRejected, ModemError, ModemTimeout, SimNotReady
+from gateway.links.serial.errors import ModemCommandRejected, ModemPortError, ModemTimeout, SimNotReady
 from gateway.links.serial.port import AtPort
 from gateway.spec.apdu import (
     INS_MANAGE_CHANNEL,
@@ -131,12 +131,18 @@ class ModemEuicc:
         return modem
 
     def close(self) -> None:
-        for host in list(self._channels):
-            try:
-                self.close_channel(host)
-            except (ModemError, ModemTimeout) as exc:
-                log.warning("closing channel %d: %s", host, exc)
-        self.port.close()
+        """Close the channels still open (best effort), then the port."""
+        try:
+            for host in list(self._channels):
+                try:
+                    self.close_channel(host)
+                except GatewayError as exc:
+                    log.warning("closing channel %d: %s", host, exc)
+                    if isinstance(exc, (ModemTimeout, ModemPortError)):
+                        break
+        finally:
+            self._channels.clear()
+            self.port.close()
 
     def __enter__(self) -> ModemEuicc:
         return self

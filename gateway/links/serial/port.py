@@ -40,6 +40,7 @@ class AtPort:
         self.on_urc = on_urc
         self.urcs: deque[str] = deque(maxlen=256)
         self._splitter = LineSplitter()
+        self._lines: deque[str] = deque()
         self._lock = threading.Lock()
         self._stale = False
 
@@ -78,36 +79,40 @@ class AtPort:
             deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
             try:
                 while True:
-                    for text in self._read_lines(deadline):
-                        reply = collector.feed(text)
-                        if reply is not None:
-                            log.debug("modem -> %s OK", reply.info)
-                            return reply
+                    reply = collector.feed(self._next_line(deadline))
+                    if reply is not None:
+                        log.debug("modem -> %s OK", reply.info)
+                        return reply
             finally:
                 for urc in collector.urcs:
                     self._urc(urc)
 
-    def _read_lines(self, deadline: float) -> list[str]:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            self._stale = True
-            raise ModemTimeout("modem did not answer in time")
-        try:
-            self._serial.timeout = min(remaining, _POLL_S)
-            chunk = self._serial.read(max(1, self._serial.in_waiting))
-        except (serial.SerialException, OSError) as exc:
-            raise ModemPortError(f"serial port failed: {exc}") from exc
-        return self._splitter.feed(chunk) if chunk else []
+    def _next_line(self, deadline: float) -> str:
+        """The next complete line, reading the port until one is there or the deadline passes."""
+        while not self._lines:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._stale = True
+                raise ModemTimeout("modem did not answer in time")
+            try:
+                self._serial.timeout = min(remaining, _POLL_S)
+                chunk = self._serial.read(max(1, self._serial.in_waiting))
+            except (serial.SerialException, OSError) as exc:
+                raise ModemPortError(f"serial port failed: {exc}") from exc
+            if chunk:
+                self._lines.extend(self._splitter.feed(chunk))
+        return self._lines.popleft()
 
     def _take_pending(self) -> None:
-        """File what arrived between commands as URCs."""
+        """File what arrived after the last reply, and meanwhile, as URCs."""
         try:
             self._serial.timeout = 0
             while waiting := self._serial.in_waiting:
-                for text in self._splitter.feed(self._serial.read(waiting)):
-                    self._urc(text)
+                self._lines.extend(self._splitter.feed(self._serial.read(waiting)))
         except (serial.SerialException, OSError) as exc:
             raise ModemPortError(f"serial port failed: {exc}") from exc
+        while self._lines:
+            self._urc(self._lines.popleft())
 
     def _resync(self, timeout_s: float) -> None:
         """Read past late replies until the answer to a recognisable command (see above)."""
@@ -116,20 +121,19 @@ class AtPort:
         deadline = time.monotonic() + timeout_s
         collector = ReplyCollector(RESYNC_COMMAND, RESYNC_PREFIX)
         while True:
-            for text in self._read_lines(deadline):
-                try:
-                    reply = collector.feed(text)
-                except ModemError:
-                    reply = None
-                if not collector.done:
-                    continue
-                for urc in collector.urcs:
-                    self._urc(urc)
-                if reply is not None and reply.info:
-                    self._stale = False
-                    return
-                log.info("modem: discarded a late reply while resynchronising")
-                collector = ReplyCollector(RESYNC_COMMAND, RESYNC_PREFIX)
+            try:
+                reply = collector.feed(self._next_line(deadline))
+            except ModemError:
+                reply = None
+            if not collector.done:
+                continue
+            for urc in collector.urcs:
+                self._urc(urc)
+            if reply is not None and reply.info:
+                self._stale = False
+                return
+            log.info("modem: discarded a late reply while resynchronising")
+            collector = ReplyCollector(RESYNC_COMMAND, RESYNC_PREFIX)
 
     def _write(self, data: bytes) -> None:
         try:
