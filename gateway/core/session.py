@@ -168,6 +168,17 @@ class DeviceSession:
 
     @classmethod
     def from_blob(cls, eid: bytes, blob: bytes) -> DeviceSession:
+        """The session `to_blob` saved; DecodeError for anything else."""
+        try:
+            return cls._from_blob(eid, blob)
+        except DecodeError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise DecodeError(f"malformed session blob: {type(exc).__name__}: {exc}",
+                              type_name="session blob") from None
+
+    @classmethod
+    def _from_blob(cls, eid: bytes, blob: bytes) -> DeviceSession:
         d = serial.loads(blob)
         if not isinstance(d, dict) or d.get("v") != 1:
             raise DecodeError("not a version 1 session blob", type_name="session blob")
@@ -232,6 +243,14 @@ class DeviceSession:
         for name, at in self.timers.items():
             out.append(A.StartTimer(self.eid, name, at))
         return out
+
+
+def _removed(data: bytes) -> bool:
+    """Did RemoveNotificationFromList leave the notification gone (ok, or nothing to delete)?"""
+    try:
+        return es10.remove_status(data) in (0, 1)
+    except GatewayError:
+        return False
 
 
 def _thaw(value: Any) -> Any:
@@ -350,7 +369,7 @@ class _Step:
                 if d is None:
                     continue
                 removing.add(item[1])
-                if ok and reply is not None and es10.remove_status(reply.data) in (0, 1):
+                if ok and reply is not None and _removed(reply.data):
                     seq = int(item[2])
                     d["remove_seqs"] = [q for q in d["remove_seqs"] if q != seq]
                     self.audit("removeNotification", "ok", f"seq {seq} ({d['event']})", d.get("iccid"))
@@ -361,7 +380,12 @@ class _Step:
             elif item[0] == "discover":
                 if ok and reply is not None:
                     s.want_discover = False
-                    self.discovered([eim_summary(c) for c in es10.eim_configurations(reply.data)])
+                    try:
+                        found = [eim_summary(c) for c in es10.eim_configurations(reply.data)]
+                    except GatewayError as exc:
+                        self.audit("eimDiscovery", "failed", str(exc))
+                        continue
+                    self.discovered(found)
         for key in removing:
             d = s.deliveries[key]
             if d["remove_seqs"]:
@@ -420,7 +444,12 @@ class _Step:
                 self.out.append(A.MarkInbox(s.eid, key, "refused"))
             return
         if tag == TAG_EIM_ACKNOWLEDGEMENTS:
-            self.acknowledged([int(v) for v in codec.decode("EimAcknowledgements", package)])
+            try:
+                seqs = [int(v) for v in codec.decode("EimAcknowledgements", package)]
+            except DecodeError as exc:
+                self.audit("eimAcknowledgements", "refused", str(exc), origin=eim_id)
+                seqs = []
+            self.acknowledged(seqs)
             if key:
                 self.out.append(A.MarkInbox(s.eid, key, "done"))
             return

@@ -49,6 +49,10 @@ class EngineRig:
     actions: list[A.Action] = field(default_factory=list)
     saved: dict[bytes, A.SaveSession] = field(default_factory=dict)
     other_eims: dict[str, MiniEim] = field(default_factory=dict)
+    restart_after_each_uplink: bool = False
+    crash_on: str | None = None          # a backhaul function whose answer is lost in a crash
+    restarts: int = 0
+    crashed: bool = False
 
     async def exchange(self, eid: bytes, uplink: Uplink) -> Downlink:
         event: Event
@@ -57,7 +61,25 @@ class EngineRig:
         else:
             event = DeviceResult(eid, self.now, uplink.result, uplink.status)
         self.run([event])
-        return self.downlinks.pop(eid, ErrorMsg(7, "the engine did not answer"))
+        downlink = self.downlinks.pop(eid, ErrorMsg(7, "the engine did not answer"))
+        if self.restart_after_each_uplink:
+            self.restart()
+        return downlink
+
+    def restart(self) -> None:
+        """A gateway restart: a new engine built from the last SaveSession of each device only."""
+        self.restarts += 1
+        self.engine = Engine(self.engine.config)
+        self.timers.clear()
+        for eid, saved in self.saved.items():
+            self.engine.restore(eid, saved.blob)
+        follow: list[Event] = []
+        for action in self.engine.resume(self.now):
+            self.actions.append(action)
+            event = self.perform(action)
+            if event is not None:
+                follow.append(event)
+        self.run(follow)
 
     def run(self, events: list[Event]) -> None:
         queue: deque[Event] = deque(events)
@@ -83,6 +105,10 @@ class EngineRig:
         elif isinstance(action, A.CancelTimer):
             self.timers.pop((action.eid, action.name), None)
         elif isinstance(action, (A.PostEs9, A.PostEsipa)):
+            if self.crash_on is not None and action.function == self.crash_on:
+                self.crash_on = None
+                self.crashed = True
+                return None
             server = action.smdp_address if isinstance(action, A.PostEs9) else action.eim_id
             if server in self.down:
                 return BackhaulFailed(action.eid, self.now, action.request_id, "NetworkError", True,

@@ -11,11 +11,12 @@ CBOR stores). It reacts to four kinds of input:
              retried what was retryable, with gateway/core/retry.py
 
 `TABLE` maps (state, input) to the handler method and the states it may lead to: the one
-place that says what can happen. `feed` looks the pair up; a pair that is not in the table,
-or a handler returning a state its row does not allow, or a handler raising a
-`GatewayError` (a malformed answer, a refused request) moves the machine to `ERROR`
-through its `on_error` hook, which is where a procedure cleans up (CancelSession, an error
-result for the eIM). Handlers return outputs for the session: `DeviceWork` (ES10b calls),
+place that says what can happen. `feed` looks the pair up. A pair that is not in the table,
+or a handler raising a `GatewayError` (a malformed answer, a refused request), is a
+*failure*: if the table has a (state, FAILURE) row, its handler cleans up (CancelSession
+after AuthenticateServer) and leads where that row allows; otherwise the machine goes to
+`ERROR` and `on_error` says what to report (an error result for the eIM). A handler
+returning a state its row does not allow is a bug (LocalProtocolError). Handlers return outputs for the session: `DeviceWork` (ES10b calls),
 `Request` (one backhaul call, answered later with the same tag), `Finish`, `Note` (audit),
 `Retry` (an answer carried a transient error: same state, the request goes again later).
 """
@@ -32,6 +33,7 @@ START = "start"
 DEVICE = "device"
 ANSWER = "answer"
 FAILED = "failed"
+FAILURE = "failure"   # internal: a handler failed; a row for it names the cleanup
 
 ERROR = "ERROR"
 DONE = "DONE"
@@ -187,12 +189,27 @@ class Procedure:
 
     def _fail(self, env: Env, why: str) -> list[Output]:
         previous = self.state
+        self.ctx["error"] = why
+        cleanup = self.TABLE.get((previous, FAILURE))
+        if cleanup is not None:
+            handler: Callable[[Env, object], tuple[str, list[Output]]] = getattr(self, cleanup.handler)
+            try:
+                target, outputs = handler(env, why)
+            except (GatewayError, KeyError, TypeError, ValueError, IndexError) as exc:
+                why = f"{why}; cleanup failed: {type(exc).__name__}: {exc}"
+            else:
+                if target not in cleanup.targets:
+                    raise LocalProtocolError(f"{self.KIND}: {previous} -> {target} is not in the table")
+                self.state = target
+                if target == ERROR and not any(isinstance(o, Finish) for o in outputs):
+                    outputs.append(Finish("failed", why))
+                return outputs
         self.state = ERROR
         outputs = self.on_error(env, previous, why)
-        if not any(isinstance(o, Finish) for o in outputs) and self.state == ERROR:
+        if not any(isinstance(o, Finish) for o in outputs):
             outputs.append(Finish("failed", why))
         return outputs
 
     def on_error(self, env: Env, previous: str, why: str) -> list[Output]:
-        """Clean up after a failure in `previous`; may move to a cleanup state instead of ERROR."""
+        """What ERROR reports when no (state, FAILURE) row names a cleanup (a result, a note)."""
         return [Finish("failed", why)]

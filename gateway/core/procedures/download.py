@@ -36,6 +36,7 @@ from gateway.core.procedures.base import (
     DONE,
     ERROR,
     FAILED,
+    FAILURE,
     INITIAL,
     START,
     Answer,
@@ -65,9 +66,6 @@ LOADING = "LOADING"
 CANCELLING = "CANCELLING"
 CANCEL_RELAY = "CANCEL_RELAY"
 RECOVERING = "RECOVERING"
-
-# States in which the eUICC holds an RSP session the server knows about.
-_SESSION_OPEN = frozenset({AUTHENTICATING, AUTHENTICATING_CLIENT, PREPARING, FETCHING, LOADING})
 
 
 def parse_activation_code(code: str) -> tuple[str, str | None]:
@@ -125,6 +123,11 @@ class Download(Procedure):
         (PREPARING, DEVICE): row("_prepared", FETCHING),
         (FETCHING, ANSWER): row("_fetched", LOADING),
         (LOADING, DEVICE): row("_loaded", DONE),
+        (AUTHENTICATING, FAILURE): row("_cancel", CANCELLING),
+        (AUTHENTICATING_CLIENT, FAILURE): row("_cancel", CANCELLING),
+        (PREPARING, FAILURE): row("_cancel", CANCELLING),
+        (FETCHING, FAILURE): row("_cancel", CANCELLING),
+        (LOADING, FAILURE): row("_cancel", CANCELLING),
         (CANCELLING, DEVICE): row("_cancelled_on_euicc", CANCEL_RELAY, CANCELLING, RECOVERING),
         (RECOVERING, DEVICE): row("_recovered", DONE),
         (CANCEL_RELAY, ANSWER): row("_cancel_relayed"),
@@ -288,15 +291,17 @@ class Download(Procedure):
 
     # -- failure and cancellation (SGP.22 §3.0.2, §5.7.14) -----------------------------------
 
-    def on_error(self, env: Env, previous: str, why: str) -> list[Output]:
-        self.ctx["error"] = why
+    def _cancel(self, env: Env, why: object) -> tuple[str, list[Output]]:
+        """A failure once the eUICC holds a session: CancelSession (SGP.22 §5.7.14)."""
         tid = self.ctx.get("transaction_id")
-        if previous in _SESSION_OPEN and tid is not None:
-            reason = "loadBppExecutionError" if previous == LOADING else "undefinedReason"
-            self.ctx["cancel_reason"] = reason
-            self.state = CANCELLING
-            return [Note("download", "cancelling", why),
-                    DeviceWork((Call("CancelSession", es10.cancel_session(tid, reason)),))]
+        if tid is None:
+            return ERROR, [Note("download", "failed", str(why)), Finish("failed", str(why))]
+        reason = "loadBppExecutionError" if self.state == LOADING else "undefinedReason"
+        self.ctx["cancel_reason"] = reason
+        return CANCELLING, [Note("download", "cancelling", str(why)),
+                            DeviceWork((Call("CancelSession", es10.cancel_session(tid, reason)),))]
+
+    def on_error(self, env: Env, previous: str, why: str) -> list[Output]:
         return [Note("download", "failed", why), Finish("failed", why)]
 
     def _cancelled_on_euicc(self, env: Env, answer: object) -> tuple[str, list[Output]]:

@@ -1,0 +1,147 @@
+"""Pure tests: the procedures' transition tables, the exchange planner, small spec helpers."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.core import es10
+from gateway.core.planner import BATCH_OVERHEAD, Part, plan, step_size
+from gateway.core.procedures import notifications as N
+from gateway.core.procedures.base import DONE, ERROR, INITIAL, START, Call, Procedure
+from gateway.core.procedures.discovery import Discovery
+from gateway.core.procedures.download import Download, parse_activation_code
+from gateway.core.procedures.eim_data import EimData, split_tag_list
+from gateway.core.procedures.eim_package import EimPackage
+from gateway.core.session import package_key, plmn_bytes
+from gateway.errors import DecodeError, LocalProtocolError
+from gateway.spec.apdu import ISD_R_AID
+
+PROCEDURES: list[type[Procedure]] = [Download, EimPackage, EimData, Discovery]
+
+# The state names are stored in SQLite: renaming one breaks resuming a saved session.
+STABLE_STATES = {
+    "download": {"INITIAL", "CHALLENGE", "INITIATING", "AUTHENTICATING", "AUTHENTICATING_CLIENT",
+                 "PREPARING", "FETCHING", "LOADING", "CANCELLING", "CANCEL_RELAY", "RECOVERING",
+                 "DONE", "ERROR"},
+    "eim_package": {"INITIAL", "LOADING", "RECOVERING", "DONE", "ERROR"},
+    "eim_data": {"INITIAL", "COLLECTING", "DONE", "ERROR"},
+    "discovery": {"INITIAL", "READING", "ADDING", "DONE", "ERROR"},
+}
+
+
+@pytest.mark.parametrize("proc", PROCEDURES, ids=lambda p: p.KIND)
+def test_state_names_are_the_stable_stored_ones(proc: type[Procedure]) -> None:
+    assert proc.states() == STABLE_STATES[proc.KIND]
+
+
+@pytest.mark.parametrize("proc", PROCEDURES, ids=lambda p: p.KIND)
+def test_every_state_is_reachable_and_every_live_state_has_a_way_out(proc: type[Procedure]) -> None:
+    reachable = {INITIAL}
+    frontier = [INITIAL]
+    while frontier:
+        state = frontier.pop()
+        for (src, _), t in proc.TABLE.items():
+            if src == state:
+                for target in t.targets - reachable:
+                    reachable.add(target)
+                    frontier.append(target)
+    assert reachable == proc.states() - {ERROR} or reachable == proc.states()
+    for state in proc.states() - {DONE, ERROR}:
+        assert any(src == state for src, _ in proc.TABLE), state
+    assert all(ERROR in t.targets for t in proc.TABLE.values())
+    for (_, _), t in proc.TABLE.items():
+        assert callable(getattr(proc, t.handler))
+
+
+def test_an_input_outside_the_table_moves_to_error_with_a_finish() -> None:
+    proc = EimData()
+    from gateway.core.engine import EngineConfig
+    from gateway.core.procedures.base import Env, Finish
+    outputs = proc.feed(Env(bytes(16), 0.0, EngineConfig()), "answer", None)
+    assert proc.state == ERROR
+    assert any(isinstance(o, Finish) and o.outcome == "failed" for o in outputs)
+
+
+def test_a_malformed_package_fails_the_procedure_instead_of_raising() -> None:
+    from gateway.core.engine import EngineConfig
+    from gateway.core.procedures.base import Env, Finish
+    proc = EimPackage(ctx={"request": b"\xbf\x51\x03\x01\x02\x03", "eim_id": "e"})
+    outputs = proc.feed(Env(bytes(16), 0.0, EngineConfig()), START)
+    assert proc.state == ERROR and isinstance(outputs[-1], Finish)
+
+
+def test_delivery_table_refuses_removal_before_acknowledgement() -> None:
+    item = {"key": "n1", "state": N.SENDING}
+    with pytest.raises(LocalProtocolError):
+        N.move(item, "remove", N.REMOVING)
+    N.move(item, "ack", N.ACKED)
+    N.move(item, "remove", N.REMOVING)
+    N.move(item, "removed", N.DONE)
+    assert {s for (s, _) in N.TABLE} | {t for ts in N.TABLE.values() for t in ts} == N.STATES
+
+
+def _call(n: int, size: int = 100, segment: bool = False) -> Call:
+    return Call(f"c{n}", b"\x30" + bytes([size - 2]) + bytes(size - 2), segment)
+
+
+def test_plan_folds_parts_in_order_into_one_batch_on_the_isd_r() -> None:
+    planned = plan([Part("proc", (_call(1), _call(2)), "uicc-reset"), Part("notif", (_call(3),))], 7)
+    assert planned.batch.batch_id == 7 and planned.batch.aid == ISD_R_AID
+    assert [o for o in planned.owners] == [("proc", 2), ("notif", 1)]
+    assert planned.batch.refresh == "uicc-reset" and planned.leftover == ()
+
+
+def test_plan_cuts_the_first_part_at_the_byte_budget_and_keeps_the_refresh_for_its_end() -> None:
+    calls = tuple(_call(i, 200, segment=True) for i in range(10))
+    one = step_size(plan([Part("proc", calls[:1])], 1).batch.steps[0])
+    budget = BATCH_OVERHEAD + 3 * one
+    planned = plan([Part("proc", calls, "modem-reset"), Part("notif", (_call(99),))], 1, max_batch_bytes=budget)
+    assert planned.owners == (("proc", 3),)
+    assert planned.batch.refresh is None
+    assert [p.owner for p in planned.leftover] == ["proc", "notif"]
+    assert len(planned.leftover[0].calls) == 7
+    assert all(s.stop_if_data for s in planned.batch.steps)
+
+
+def test_plan_sends_one_call_even_when_it_alone_exceeds_the_budget() -> None:
+    planned = plan([Part("proc", (_call(1, 250),))], 1, max_batch_bytes=10)
+    assert len(planned.batch.steps) == 1
+
+
+def test_plan_splits_a_call_into_store_data_blocks_of_the_segment_size() -> None:
+    planned = plan([Part("proc", (Call("x", b"\x04\x82\x01\x00" + bytes(256)),))], 1, segment_size=120)
+    apdus = planned.batch.steps[0].apdus
+    assert len(apdus) == 3 and apdus[0][2] == 0x11 and apdus[-1][2] == 0x91
+
+
+def test_activation_codes() -> None:
+    assert parse_activation_code("1$smdp.example$ABC-1") == ("smdp.example", "ABC-1")
+    assert parse_activation_code("LPA:1$smdp.example$$1.2.3") == ("smdp.example", None)
+    for bad in ("", "2$x$y", "1$$m", "nonsense"):
+        with pytest.raises(DecodeError):
+            parse_activation_code(bad)
+
+
+def test_rplmn_is_encoded_as_in_ts_24_008() -> None:
+    assert plmn_bytes("26201") == bytes.fromhex("62F210")
+    assert plmn_bytes("310410") == bytes.fromhex("130014")
+    assert plmn_bytes("abc") is None
+
+
+def test_package_key_uses_the_transaction_id_else_a_hash_of_the_exact_bytes() -> None:
+    from gateway.spec import codec
+    trigger = codec.encode("ProfileDownloadTriggerRequest", {"eimTransactionId": b"\x01\x02"})
+    assert package_key("eim", trigger) == "eim:0102"
+    bare = codec.encode("ProfileDownloadTriggerRequest", {})
+    assert package_key("eim", bare).startswith("eim:sha256:")
+    assert package_key("eim", b"\xff") != package_key("eim", b"\xfe")
+
+
+def test_tag_lists_with_multi_byte_tags() -> None:
+    assert split_tag_list(bytes.fromhex("BF20A9BF2281")) == [0xBF20, 0xA9, 0xBF22, 0x81]
+
+
+def test_cancel_session_request_encodes_the_reason() -> None:
+    raw = es10.cancel_session(b"\x01" * 16, "loadBppExecutionError")
+    from gateway.spec import codec
+    assert codec.decode("CancelSessionRequest", raw)["reason"] == 5
