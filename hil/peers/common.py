@@ -266,7 +266,8 @@ class HttpsPeer:
 
 
 class Served(Protocol):
-    url: str
+    @property
+    def url(self) -> str: ...
 
     async def __aenter__(self) -> Any: ...
     async def __aexit__(self, *exc: object) -> None: ...

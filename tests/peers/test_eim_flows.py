@@ -7,12 +7,14 @@ from typing import Any
 
 from gateway.backhaul.http import BackhaulHttp
 from gateway.spec import codec, signed
+from hil import rspcrypto
 from hil.euicc import SoftEuicc
+from hil.peers import common
 from hil.peers.eim import EimServer
 from hil.peers.smdpp import SmdppServer
 from hil.pki import RspPki
 from tests.peers.conftest import server_for
-from tests.peers.es10b_script import Card, child, esipa, esipa_raw
+from tests.peers.es10b_script import Card, child, direct_download, esipa_raw
 
 
 def add_initial_eim(card: Card, eim: EimServer, **kwargs: Any) -> Any:
@@ -107,3 +109,60 @@ async def test_indirect_download_through_the_eim_installs_the_profile_and_reache
     assert order.state == "installed"
     (note,) = smdpp.service.notifications
     assert note.verified and note.der == pir
+
+
+async def test_enable_result_with_its_notifications_is_verified_and_every_sequence_number_acknowledged(
+        pki: RspPki, smdpp: SmdppServer, eim: EimServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
+    card = Card(euicc)
+    add_initial_eim(card, eim)
+    order = smdpp.service.order_profile(size=4096)
+    await direct_download(card, http, server_for(pki, smdpp.url), smdpp.address, order.matching_id)
+    for note in card.pending_notifications():       # the install result went to the SM-DP+
+        card.remove_notification(_seq(note))
+    iccid = common.iccid_to_str(order.iccid)
+    package = eim.service.queue_euicc_package(euicc.eid, {"psmo": [{"op": "enable", "iccid": iccid}]})
+    server = server_for(pki, eim.url)
+    body = await esipa_raw(http, server, codec.encode("EsipaMessageFromIpaToEim",
+                                                      ("getEimPackageRequest", {"eidValue": euicc.eid})))
+    result = card.call(child(body or b"", 0))
+    notes = card.pending_notifications()
+    assert len(notes) == 1                           # the enable notification
+    answer = await esipa_raw(http, server, signed.provide_epr_and_notifications(euicc.eid, result, notes))
+    _, (kind, acks) = codec.decode("EsipaMessageFromEimToIpa", answer or b"")
+    epr_seq = codec.decode("EuiccPackageResult", result)[1]["euiccPackageResultDataSigned"]["seqNumber"]
+    assert kind == "eimAcknowledgements" and sorted(acks) == sorted([epr_seq, _seq(notes[0])])
+    device = eim.service.devices[euicc.eid]
+    assert package.state == "done" and device.results[-1].verified
+    (note,) = device.notifications
+    assert note.verified and note.kind == "otherSignedNotification"
+    assert euicc.state.enabled_profile() is not None
+
+
+async def test_ipa_euicc_data_teaches_the_eim_the_euicc_certificate_and_delivers_notifications(
+        pki: RspPki, eim: EimServer, http: BackhaulHttp) -> None:
+    eid = rspcrypto.eid_with_check_digits("89049032" + "0" * 19 + "555")
+    euicc = SoftEuicc(pki, eid)                       # no certificate for it in the PKI directory
+    card = Card(euicc)
+    add_initial_eim(card, eim)
+    server = server_for(pki, eim.url)
+    eim.service.register(euicc.eid)
+    assert eim.service.devices[euicc.eid].certs is None
+    request = eim.service.queue_ipa_euicc_data_request(euicc.eid, {"tags": ["eumCertificate", "euiccCertificate"]})
+    body = await esipa_raw(http, server, codec.encode("EsipaMessageFromIpaToEim",
+                                                      ("getEimPackageRequest", {"eidValue": euicc.eid})))
+    response = card.call(child(body or b"", 0))
+    answer = await esipa_raw(http, server, signed.provide_ipa_euicc_data_response(euicc.eid, response))
+    assert codec.decode("EsipaMessageFromEimToIpa", answer or b"")[1] == ("emptyResponse", {})
+    assert request.state == "done"
+    device = eim.service.devices[euicc.eid]
+    assert device.certs is not None and device.certs.eid == euicc.eid
+    package = eim.service.queue_euicc_package(euicc.eid, {"psmo": [{"op": "getRAT"}]})
+    await run_one_package(card, http, server, euicc.eid)
+    assert package.state == "done" and device.results[-1].verified
+
+
+def _seq(notification: bytes) -> int:
+    kind, value = codec.decode("PendingNotification", notification)
+    meta = (value["profileInstallationResultData"]["notificationMetadata"] if kind == "profileInstallationResult"
+            else value["tbsOtherNotification"])
+    return int(meta["seqNumber"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from gateway.backhaul.http import BackhaulHttp
 from gateway.spec import codec
 from hil.euicc import SoftEuicc
@@ -23,3 +25,29 @@ async def test_direct_download_installs_the_ordered_profile_and_the_smdpp_verifi
     assert order.state == "installed"
     (note,) = smdpp.service.notifications
     assert note.verified and note.kind == "profileInstallationResult"
+
+
+async def test_a_100_kb_profile_is_bound_in_scp03t_segments_that_the_euicc_verifies_one_by_one(
+        pki: RspPki, smdpp: SmdppServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
+    order = smdpp.service.order_profile(size=100_000)
+    pir = await direct_download(Card(euicc), http, server_for(pki, smdpp.url), smdpp.address, order.matching_id)
+    data = codec.decode("ProfileInstallationResult", pir)["profileInstallationResultData"]
+    assert data["finalResult"][0] == "successResult"
+    (profile,) = euicc.profiles
+    assert profile.profile_elements >= 100_000
+    session = next(iter(smdpp.service.sessions.values()))
+    assert session.bpp is not None
+    bpp = codec.decode("BoundProfilePackage", session.bpp.der)
+    assert len(bpp["sequenceOf86"]) == session.bpp.segments_86 >= 100
+    assert all(len(segment) <= 1020 for segment in bpp["sequenceOf86"])
+
+
+async def test_the_bpp_decodes_in_an_independent_asn1_implementation(
+        pki: RspPki, smdpp: SmdppServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
+    order = smdpp.service.order_profile(size=3000)
+    await direct_download(Card(euicc), http, server_for(pki, smdpp.url), smdpp.address, order.matching_id)
+    der = next(iter(smdpp.service.sessions.values())).bpp.der  # type: ignore[union-attr]
+    module = importlib.import_module("asn1_play.generated_code.asn1.GSMA.SGP_32.v1_2.python_gen.sgp32.sgp32")
+    oracle = module.GLOBAL.MOD["RSPDefinitions"]["BoundProfilePackage"]
+    oracle.from_der(der)
+    assert oracle.to_der() == der

@@ -136,7 +136,7 @@ def ipa_euicc_data_request(obj: dict[str, Any], transaction_id: bytes) -> dict[s
     if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags):
         raise AdminError("'tags' must be a non-empty list of IpaEuiccData field names or hex tags")
     try:
-        tag_list = b"".join(bytes.fromhex(IPA_EUICC_DATA_TAGS.get(t, t)) for t in tags)
+        tag_list = b"".join(bytes.fromhex(IPA_EUICC_DATA_TAGS[t] if t in IPA_EUICC_DATA_TAGS else t) for t in tags)
     except ValueError:
         raise AdminError(f"unknown IpaEuiccData tags in {tags}") from None
     value: dict[str, Any] = {"tagList": tag_list, "eimTransactionId": transaction_id}

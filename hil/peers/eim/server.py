@@ -114,7 +114,7 @@ def make_app(eim: Eim) -> web.Application:
         return device_of(request).to_json()
 
     async def queued(package: Package) -> Any:
-        out = {"package": package.to_json()}
+        out: dict[str, Any] = {"package": package.to_json()}
         if eim.inject_url is not None:
             out["push"] = await eim.push(package)
             out["package"] = package.to_json()

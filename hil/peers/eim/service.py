@@ -500,7 +500,8 @@ class Eim:
             digest = _stable_digest(("euiccPackageResult", epr))
             if digest not in device.seen and self._euicc_package_result(device, epr, acks):
                 device.seen[digest] = []
-        package = self._package_by_tid(device, data.get("eimTransactionId"))
+        package = self._package_by_tid(device, data.get("eimTransactionId")) or next(
+            (p for p in device.packages if p.kind == "ipaEuiccDataRequest" and p.state == "delivered"), None)
         summary = {k: (v.hex() if isinstance(v, bytes) else len(v) if isinstance(v, list) else v)
                    for k, v in data.items() if k not in ("ipaCapabilities", "deviceInfo")}
         self._finish(package, "done", summary)
@@ -800,7 +801,7 @@ class Eim:
                 if acks:
                     device.pending_acks.extend(a for a in acks if a not in device.pending_acks)
                     self._push_acknowledgements_later(device)
-        return kind
+        return str(kind)
 
     def _eid_of_request(self, request: tuple[str, Any]) -> bytes | None:
         kind, payload = request
