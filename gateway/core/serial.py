@@ -12,6 +12,7 @@ crash. Reading accepts only what writing produces.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import cbor2
@@ -56,14 +57,15 @@ def _from_item(item: Any, depth: int = 0) -> Any:
         raise DecodeError("nesting too deep", type_name="engine blob")
     if item is None or isinstance(item, (bool, int, float, str, bytes)):
         return item
-    if isinstance(item, list):
+    # cbor2 hands the content of a tag back as immutable containers (tuple, frozendict)
+    if isinstance(item, (list, tuple)):
         return tuple(_from_item(v, depth + 1) for v in item)
-    if isinstance(item, dict):
+    if isinstance(item, Mapping):
         return {k: _from_item(v, depth + 1) for k, v in item.items()}
     if isinstance(item, cbor2.CBORTag) and item.tag == _DATACLASS_TAG:
         value = item.value
-        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-                and isinstance(value[1], dict)):
+        if not (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str)
+                and isinstance(value[1], Mapping)):
             raise DecodeError("malformed dataclass item", type_name="engine blob")
         cls = _REGISTRY.get(value[0])
         if cls is None:

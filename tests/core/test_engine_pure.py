@@ -1,0 +1,224 @@
+"""Pure engine tests: events in, actions out, no eUICC, no peers, no I/O.
+
+They check the engine's contract with the runtime (ordering of store and I/O actions, one
+downlink per uplink, no device blocking another), retry timing, serialisation of what the
+store keeps, and that malformed input of any kind is refused without an exception.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.core import actions as A
+from gateway.core import events as E
+from gateway.core import serial
+from gateway.core.engine import EimEndpoint, Engine, EngineConfig
+from gateway.core.session import DeviceSession
+from gateway.errors import DecodeError
+from gateway.links.protocol import Batch, BatchResult, DeviceStatus, Step, StepResult
+from gateway.spec import esipa
+
+EID = bytes.fromhex("89049032123451234512345678901235")
+EIM = EimEndpoint("eim-1", "eim.example")
+NO_PACKAGE = esipa.encode_from_eim("getEimPackageResponse", ("eimPackageError", 1))
+
+
+def engine(**kw: Any) -> Engine:
+    return Engine(EngineConfig(eims=(EIM,), seed=1, **kw))
+
+
+def eid(n: int) -> bytes:
+    return EID[:12] + n.to_bytes(4, "big")
+
+
+def hello(e: bytes = EID, now: float = 0.0, plmn: str | None = "26201") -> E.DeviceHello:
+    return E.DeviceHello(e, now, DeviceStatus(e, plmn=plmn))
+
+
+def posts(actions: list[A.Action]) -> list[A.PostEsipa]:
+    return [a for a in actions if isinstance(a, A.PostEsipa)]
+
+
+def downlinks(actions: list[A.Action]) -> list[A.Action]:
+    return [a for a in actions if isinstance(a, A.DOWNLINKS)]
+
+
+def test_hello_polls_the_eim_and_holds_the_downlink_until_it_answers() -> None:
+    eng = engine()
+    out = eng.handle(hello())
+    (poll,) = posts(out)
+    assert poll.function == "GetEimPackage" and poll.eim_fqdn == "eim.example"
+    kind, value = esipa.decode_from_ipa(poll.body)
+    assert kind == "getEimPackageRequest" and value["eidValue"] == EID
+    assert downlinks(out) == []
+    out = eng.handle(E.BackhaulAnswered(EID, 0.1, poll.request_id, NO_PACKAGE))
+    (batch,) = downlinks(out)
+    assert isinstance(batch, A.SendBatch)       # first contact: the eIM configuration is read
+    assert batch.batch.steps[0].apdus[0][5:7] == b"\xbf\x55"
+
+
+def test_store_actions_come_first_and_every_list_saves_the_session() -> None:
+    eng = engine()
+    out = eng.handle(hello())
+    out += eng.handle(E.BackhaulAnswered(EID, 0.1, posts(out)[0].request_id, NO_PACKAGE))
+    for lst in (eng.handle(hello(now=5.0)),):
+        kinds = [isinstance(a, A.STORE_ACTIONS) for a in lst]
+        assert kinds == sorted(kinds, reverse=True)
+        assert any(isinstance(a, A.SaveSession) for a in lst)
+
+
+def test_a_device_waiting_on_the_backhaul_does_not_hold_up_another() -> None:
+    eng = engine()
+    eng.handle(hello(eid(1)))                           # its poll stays unanswered
+    out = eng.handle(hello(eid(2)))
+    out = eng.handle(E.BackhaulAnswered(eid(2), 0.1, posts(out)[0].request_id, NO_PACKAGE))
+    assert [a.eid for a in downlinks(out)] == [eid(2)]
+    assert eng.state_of(eid(1)) == "idle" and eng.state_of(eid(2)) == "batch"
+
+
+def test_a_result_for_a_batch_not_in_flight_is_refused() -> None:
+    eng = engine()
+    out = eng.handle(E.DeviceResult(EID, 0.0, BatchResult(99, ())))
+    (reply,) = downlinks(out)
+    assert isinstance(reply, A.ReplyError) and reply.code == 6
+
+
+def test_a_retryable_poll_failure_is_retried_within_the_backoff_ceiling() -> None:
+    eng = engine()
+    (poll,) = posts(eng.handle(hello()))
+    out = eng.handle(E.BackhaulFailed(EID, 10.0, poll.request_id, "NetworkError", True, "refused"))
+    (timer,) = [a for a in out if isinstance(a, A.StartTimer)]
+    assert 10.0 <= timer.at <= 10.0 + EngineConfig().poll_backoff.ceiling(0)
+    assert len(downlinks(out)) == 1                     # the device is not kept waiting for it
+    out = eng.handle(E.TimerFired(EID, timer.at, timer.name))
+    assert len(posts(out)) == 1
+
+
+def test_a_definitive_poll_failure_is_not_retried() -> None:
+    eng = engine()
+    (poll,) = posts(eng.handle(hello()))
+    out = eng.handle(E.BackhaulFailed(EID, 1.0, poll.request_id, "FunctionFailed", False, "8.1/3.8"))
+    assert not [a for a in out if isinstance(a, A.StartTimer)]
+
+
+def test_scheduled_polls_run_while_the_device_sleeps() -> None:
+    eng = engine(poll_interval_s=600.0)
+    (poll,) = posts(eng.handle(hello()))
+    out = eng.handle(E.BackhaulAnswered(EID, 1.0, poll.request_id, NO_PACKAGE))
+    (timer,) = [a for a in out if isinstance(a, A.StartTimer) and a.name == "poll"]
+    assert timer.at == 601.0
+    assert len(posts(eng.handle(E.TimerFired(EID, 601.0, "poll")))) == 1
+
+
+def test_forget_drops_the_session() -> None:
+    eng = engine()
+    eng.handle(hello())
+    eng.handle(E.OperatorAction(EID, 1.0, E.OPERATOR_FORGET))
+    assert eng.state_of(EID) == "unknown"
+
+
+def test_thousands_of_devices_are_served_in_constant_time_per_event() -> None:
+    eng = engine()
+    start = time.perf_counter()
+    n = 3000
+    pending = [posts(eng.handle(hello(eid(i))))[0] for i in range(n)]
+    for i, poll in enumerate(pending):
+        out = eng.handle(E.BackhaulAnswered(eid(i), 1.0, poll.request_id, NO_PACKAGE))
+        assert len(downlinks(out)) == 1
+    elapsed = time.perf_counter() - start
+    assert len(eng.sessions) == n
+    assert elapsed < 60.0                               # generous: a shared 2-core machine
+
+
+def test_session_blob_round_trips_exactly() -> None:
+    eng = engine()
+    (poll,) = posts(eng.handle(hello()))
+    out = eng.handle(E.BackhaulAnswered(EID, 0.1, poll.request_id, NO_PACKAGE))
+    (saved,) = [a for a in out if isinstance(a, A.SaveSession)]
+    again = DeviceSession.from_blob(EID, saved.blob)
+    assert again.to_blob() == saved.blob
+    assert again.state_name == saved.state_name == "batch"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_as_a_session_blob_are_refused_with_decode_error(data: bytes) -> None:
+    try:
+        DeviceSession.from_blob(EID, data)
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_as_an_eim_package_are_refused_without_exception(data: bytes) -> None:
+    eng = engine()
+    eng.handle(E.EimPackageReceived(EID, 0.0, "eim-1", data, "push", "k"))
+    eng.handle(E.EimPackageReceived(EID, 0.0, "eim-1", b"\xbf\x4e" + bytes([len(data) % 128]) + data[:127], "push", "k2"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_as_a_poll_answer_are_refused_without_exception(data: bytes) -> None:
+    eng = engine()
+    (poll,) = posts(eng.handle(hello()))
+    out = eng.handle(E.BackhaulAnswered(EID, 0.1, poll.request_id, data))
+    assert len(downlinks(out)) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=80), st.sampled_from([0x9000, 0x6A80, 0x6F00])), max_size=4),
+       st.sampled_from([None, "unexpected-sw", "data", "card-error"]))
+def test_any_device_result_is_handled_without_exception(results: list[tuple[bytes, int]], stopped: str | None) -> None:
+    eng = engine()
+    (poll,) = posts(eng.handle(hello()))
+    out = eng.handle(E.BackhaulAnswered(EID, 0.1, poll.request_id, NO_PACKAGE))
+    (send,) = [a for a in out if isinstance(a, A.SendBatch)]
+    res = BatchResult(send.batch.batch_id, tuple(StepResult(d, sw) for d, sw in results), stopped)
+    out = eng.handle(E.DeviceResult(EID, 1.0, res))
+    assert len(downlinks(out)) <= 1
+
+
+def test_events_and_actions_round_trip_through_cbor() -> None:
+    status = DeviceStatus(EID, imei="353290611234567", plmn="26201", signal_dbm=-90, max_batch_bytes=4096)
+    batch = Batch(3, (Step((b"\x80\xe2\x91\x00\x03\xbf\x2e\x00",), (0x9000,), True),), b"\xa0\x00", "uicc-reset")
+    evs: list[E.Event] = [
+        E.DeviceHello(EID, 1.5, status),
+        E.DeviceResult(EID, 2.0, BatchResult(3, (StepResult(b"\x01", 0x9000),), "data"), status),
+        E.EimPackageReceived(EID, 3.0, "eim", b"\xbf\x54\x00", "push", "key"),
+        E.BackhaulAnswered(EID, 4.0, "7", b"{}"),
+        E.BackhaulFailed(EID, 5.0, "8", "NetworkError", True, "x", None, "5.1", 30.0),
+        E.TimerFired(EID, 6.0, "poll"),
+        E.OperatorAction(EID, 7.0, "retry", (("a", "b"),)),
+    ]
+    for ev in evs:
+        assert E.from_bytes(E.to_bytes(ev)) == ev
+    acts: list[A.Action] = [
+        A.SendBatch(EID, batch), A.ReplyIdle(EID, 60), A.ReplyError(EID, 6, "x"),
+        A.PostEsipa(EID, "1", "eim", "eim.example", "GetEimPackage", b"\xbf\x4f\x00"),
+        A.PostEs9(EID, "2", "smdp.example", "initiateAuthentication", b"{}"),
+        A.SaveSession(EID, "idle", b"\x00"), A.MarkInbox(EID, "k", "done"),
+        A.Audit(EID, None, "op", "engine", "ok"), A.StartTimer(EID, "t", 1.0), A.CancelTimer(EID, "t"),
+    ]
+    for act in acts:
+        assert A.from_bytes(A.to_bytes(act)) == act
+
+
+def test_serial_refuses_unknown_classes_and_garbage() -> None:
+    import cbor2
+    for bad in (b"", b"\xff", cbor2.dumps(cbor2.CBORTag(0xDC, ["Nope", {}])),
+                cbor2.dumps(cbor2.CBORTag(0xDC, ["TimerFired", {"eid": b"", "bogus": 1}]))):
+        try:
+            serial.loads(bad)
+        except DecodeError:
+            continue
+        raise AssertionError(f"accepted {bad!r}")
+    try:
+        E.from_bytes(A.to_bytes(A.ReplyIdle(EID, 1)))
+    except DecodeError:
+        return
+    raise AssertionError("an action was read as an event")
