@@ -16,11 +16,12 @@ from gateway.spec import codec, signed
 from hil import rspcrypto
 from hil.euicc import SoftEuicc
 from hil.euicc import signed_data as euicc_side
+from hil.peers.common import iccid_to_str
 from hil.peers.eim import EimServer, signing
 from hil.peers.smdpp import SmdppServer
 from hil.pki import RspPki
 from tests.peers.conftest import server_for
-from tests.peers.es10b_script import Card, child, esipa, esipa_raw
+from tests.peers.es10b_script import Card, child, direct_download, esipa, esipa_raw
 from tests.peers.test_eim_flows import add_initial_eim, run_one_package
 
 OTHER_EID = rspcrypto.eid_with_check_digits("89049032" + "0" * 20 + "77")
@@ -194,3 +195,73 @@ async def test_an_smdp_refusal_reaches_the_ipa_as_the_esipa_code(
     answer = await esipa_raw(http, server, signed.authenticate_client_request(ok["transactionId"], asr))
     assert codec.decode("EsipaMessageFromEimToIpa", answer or b"") == \
         ("authenticateClientResponseEsipa", ("authenticateClientErrorEsipa", 6))   # matchingIdRefused
+
+
+async def start_indirect(card: Card, http: BackhaulHttp, server: Any, smdp_address: str,
+                         matching_id: str) -> tuple[bytes, bytes]:
+    """InitiateAuthentication and AuthenticateServer through the eIM; (transactionId, ASR)."""
+    challenge, info1 = card.challenge_and_info1()
+    body = await esipa_raw(http, server, ipa_message("initiateAuthenticationRequestEsipa", {
+        "euiccChallenge": challenge, "smdpAddress": smdp_address, "euiccInfo1": codec.decode("EUICCInfo1", info1)}))
+    _, (kind, ok) = codec.decode("EsipaMessageFromEimToIpa", body or b"")
+    assert kind == "initiateAuthenticationOkEsipa"
+    asr = card.authenticate_server(child(body or b"", 0, 1), ok["serverSignature1"],
+                                   ok["euiccCiPKIdentifierToBeUsed"], ok["serverCertificate"], matching_id)
+    return ok["transactionId"], asr
+
+
+async def test_a_signed_cancel_session_is_relayed_to_the_smdp_and_a_forged_one_refused(
+        pki: RspPki, eim: EimServer, smdpp: SmdppServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
+    server = server_for(pki, eim.url)
+    card = Card(euicc)
+    order = smdpp.service.order_profile(size=4096)
+    tid, asr = await start_indirect(card, http, server, smdpp.address, order.matching_id)
+    answer = await esipa(http, server, ("authenticateClientRequestEsipa", {
+        "transactionId": tid, "authenticateServerResponse": codec.decode("AuthenticateServerResponse", asr)}))
+    assert answer is not None and answer[1][0] == "authenticateClientOkDPEsipa"
+    cancel = card.cancel_session(tid, 0)                 # endUserRejection
+    signature = codec.decode("CancelSessionResponse", cancel)[1]["euiccCancelSessionSignature"]
+    forged = cancel.replace(signature, bytes([signature[0] ^ 2]) + signature[1:])
+    assert codec.decode("EsipaMessageFromEimToIpa", await esipa_raw(
+        http, server, signed.cancel_session_request(tid, forged)) or b"") == \
+        ("cancelSessionResponseEsipa", ("cancelSessionError", 2))     # euiccSignatureInvalid
+    assert codec.decode("EsipaMessageFromEimToIpa", await esipa_raw(
+        http, server, signed.cancel_session_request(tid, cancel)) or b"") == \
+        ("cancelSessionResponseEsipa", ("cancelSessionOk", {}))
+    assert order.state == "cancelled"
+
+
+async def test_an_expired_relayed_session_is_an_invalid_transaction(
+        pki: RspPki, smdpp: SmdppServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
+    now = [0.0]
+    async with EimServer(pki, smdp_url=smdpp.url, session_ttl_s=30, clock=lambda: now[0]) as eim:
+        server = server_for(pki, eim.url)
+        order = smdpp.service.order_profile(size=4096)
+        tid, asr = await start_indirect(Card(euicc), http, server, smdpp.address, order.matching_id)
+        now[0] += 31
+        assert codec.decode("EsipaMessageFromEimToIpa", await esipa_raw(
+            http, server, signed.authenticate_client_request(tid, asr)) or b"") == \
+            ("authenticateClientResponseEsipa", ("authenticateClientErrorEsipa", 10))
+
+
+async def test_a_notification_sent_twice_is_stored_once_and_acknowledged_with_the_next_result(
+        pki: RspPki, eim: EimServer, smdpp: SmdppServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
+    server = server_for(pki, eim.url)
+    card = Card(euicc)
+    add_initial_eim(card, eim)
+    order = smdpp.service.order_profile(size=4096)
+    await direct_download(card, http, server_for(pki, smdpp.url), smdpp.address, order.matching_id)
+    iccid = order.iccid
+    eim.service.queue_euicc_package(euicc.eid, {"psmo": [{"op": "enable", "iccid": iccid_to_str(iccid)}]})
+    body, _ = await get_package(http, server, euicc.eid)
+    result = card.call(child(body, 0))
+    enable_note = card.pending_notifications()[-1]
+    for _ in range(2):
+        assert await esipa_raw(http, server, signed.handle_notification(enable_note)) is None
+    device = eim.service.devices[euicc.eid]
+    assert len(device.notifications) == 1 and device.notifications[0].verified
+    answer = await esipa(http, server, ("provideEimPackageResult", {
+        "eidValue": euicc.eid, "eimPackageResult": ("euiccPackageResult", codec.decode("EuiccPackageResult", result))}))
+    assert answer is not None
+    kind, acks = answer[1]
+    assert kind == "eimAcknowledgements" and device.notifications[0].seq_number in acks and len(acks) == 2

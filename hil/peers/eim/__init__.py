@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from hil.peers.common import HttpsPeer, server_ssl_context
 from hil.peers.eim.server import make_app
-from hil.peers.eim.service import DEFAULT_EIM_ID, Device, Eim, Package
+from hil.peers.eim.service import DEFAULT_EIM_ID, DEFAULT_SESSION_TTL_S, Device, Eim, Package
 from hil.pki import RspPki
 
 __all__ = ["Device", "Eim", "EimServer", "Package"]
@@ -31,9 +31,10 @@ class EimServer:
     def __init__(self, pki: RspPki, *, host: str = "127.0.0.1", port: int = 0,
                  eim_id: str = DEFAULT_EIM_ID, smdp_url: str | None = None,
                  inject_url: str | None = None, inject_ca_file: str | None = None,
+                 session_ttl_s: float = DEFAULT_SESSION_TTL_S,
                  clock: Callable[[], float] = time.time) -> None:
         self.service = Eim(pki, eim_id=eim_id, smdp_url=smdp_url, inject_url=inject_url,
-                           inject_ca_file=inject_ca_file, clock=clock)
+                           inject_ca_file=inject_ca_file, session_ttl_s=session_ttl_s, clock=clock)
         self.peer = HttpsPeer(make_app(self.service), server_ssl_context(pki.eim_tls), host=host, port=port)
 
     @property

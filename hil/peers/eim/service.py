@@ -58,6 +58,7 @@ from hil.pki import RspPki
 log = logging.getLogger(__name__)
 
 DEFAULT_EIM_ID = "ipae-test-eim"
+DEFAULT_SESSION_TTL_S = 300.0
 MAX_COUNTER = 0x7FFFFF
 SVN = bytes([2, 5, 0])
 
@@ -147,6 +148,7 @@ class ProxiedSession:
     transaction_id: bytes
     server: Server
     eim_transaction_id: bytes | None
+    expires_at: float
     eid: bytes | None = None
     package: Package | None = None
 
@@ -174,8 +176,10 @@ def readable(type_name: str, value: Any) -> Any:
 class Eim:
     def __init__(self, pki: RspPki, *, eim_id: str = DEFAULT_EIM_ID, fqdn: str = "",
                  smdp_url: str | None = None, inject_url: str | None = None,
-                 inject_ca_file: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 inject_ca_file: str | None = None, session_ttl_s: float = DEFAULT_SESSION_TTL_S,
+                 clock: Callable[[], float] = time.time) -> None:
         self.pki = pki
+        self.session_ttl_s = session_ttl_s
         self.eim_id = eim_id
         self.fqdn = fqdn
         self.clock = clock
@@ -629,6 +633,14 @@ class Eim:
 
     # -- indirect profile download (SGP.32 §3.2.x, relayed over ES9+) ----------------------------
 
+    def _session(self, transaction_id: bytes) -> ProxiedSession | None:
+        """The relayed download with this transactionId, unless unknown or expired."""
+        session = self.sessions.get(transaction_id)
+        if session is not None and self.clock() > session.expires_at:
+            del self.sessions[transaction_id]
+            return None
+        return session
+
     def _smdp_server(self, address: str | None) -> Server:
         if address:
             return Server.from_fqdn(address, self.server_trust)
@@ -678,7 +690,7 @@ class Eim:
             return ("initiateAuthenticationErrorEsipa", UNDEFINED)
         self.sessions[reply.transaction_id] = ProxiedSession(
             reply.transaction_id, server, value.get("eimTransactionId"),
-            eid=trigger.eid if trigger is not None else None, package=trigger)
+            expires_at=self.clock() + self.session_ttl_s, eid=trigger.eid if trigger is not None else None, package=trigger)
         ok: dict[str, Any] = {"transactionId": reply.transaction_id,
                               "serverSigned1": Embedded("ServerSigned1", reply.server_signed1),
                               "serverSignature1": reply.server_signature1,
@@ -689,7 +701,7 @@ class Eim:
         return ("initiateAuthenticationOkEsipa", ok)
 
     async def authenticate_client(self, value: dict[str, Any]) -> tuple[str, Any]:
-        session = self.sessions.get(value["transactionId"])
+        session = self._session(value["transactionId"])
         if session is None:
             return ("authenticateClientErrorEsipa", 10)    # invalidTransactionId
         raw = value["authenticateServerResponse"]
@@ -727,7 +739,7 @@ class Eim:
             "smdpCertificate": reply.smdp_certificate})
 
     async def get_bound_profile_package(self, value: dict[str, Any]) -> tuple[str, Any]:
-        session = self.sessions.get(value["transactionId"])
+        session = self._session(value["transactionId"])
         if session is None:
             return ("getBoundProfilePackageErrorEsipa", 95)    # invalidTransactionId
         try:
@@ -745,7 +757,7 @@ class Eim:
             "boundProfilePackage": Embedded("BoundProfilePackage", reply.bound_profile_package)})
 
     async def cancel_session(self, value: dict[str, Any]) -> tuple[str, Any]:
-        session = self.sessions.get(value["transactionId"])
+        session = self._session(value["transactionId"])
         if session is None:
             return ("cancelSessionError", 1)    # invalidTransactionId
         try:
