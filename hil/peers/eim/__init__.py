@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 from hil.peers.common import HttpsPeer, server_ssl_context
 from hil.peers.eim.server import make_app
-from hil.peers.eim.service import DEFAULT_EIM_ID, DEFAULT_SESSION_TTL_S, Device, Eim, Package
+from hil.peers.eim.model import Device, Package
+from hil.peers.eim.service import DEFAULT_EIM_ID, DEFAULT_SESSION_TTL_S, Eim
 from hil.pki import RspPki
 
 __all__ = ["Device", "Eim", "EimServer", "Package"]

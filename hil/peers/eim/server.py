@@ -35,7 +35,8 @@ from gateway.errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from gateway.spec import codec, esipa, esipa_json
 from hil.peers import common
 from hil.peers.eim import wire
-from hil.peers.eim.service import Eim, Package
+from hil.peers.eim.model import Package
+from hil.peers.eim.service import Eim
 
 ADMIN_PROTOCOL = "gsma/rsp/v2.1.0"
 

@@ -22,23 +22,19 @@ the exact bytes received, checked with the eUICC certificate over exactly those 
   certificates it carries, or for a ProfileInstallationResult with the eUICC certificate of
   its download) and forwards install results of proxied downloads to the SM-DP+.
 - InitiateAuthentication / AuthenticateClient / GetBoundProfilePackage / CancelSession
-  (indirect download) are relayed to the SM-DP+ over ES9+ with the gateway's own client,
-  signed blobs as received both ways; ES9+ refusals become the ESipa error codes.
-- With an inject URL configured, a queued package is also pushed to the IPA with
-  TransferEimPackage (ASN.1 binding) and the answer processed like a provided result;
-  acknowledgements owed for notifications are pushed the same way.
+  (indirect download) are relayed to the SM-DP+ (`relay`).
+- With an inject URL configured, packages and acknowledgements are also pushed to the IPA
+  with TransferEimPackage (`push`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +42,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.backhaul import es9p_client
-from gateway.backhaul.http import ASN1_CONTENT_TYPE, ESIPA_ASN1_PATH, BackhaulHttp, Server, TlsTrust
-from gateway.errors import DecodeError, FunctionFailed, GatewayError, LocalProtocolError
-from gateway.spec import codec, es9p, esipa_json
+from gateway.backhaul.http import BackhaulHttp, TlsTrust
+from gateway.errors import DecodeError, GatewayError, LocalProtocolError
+from gateway.spec import codec, es9p
 from hil import rspcrypto
 from hil.peers import common
-from hil.peers.eim import packages, signing, wire
+from hil.peers.eim import packages, push, relay, signing
+from hil.peers.eim.model import Device, Package, ProxiedSession, Record, readable, stable_digest
 from hil.peers.eim.wire import Embedded
 from hil.pki import RspPki
 
@@ -60,117 +57,7 @@ log = logging.getLogger(__name__)
 DEFAULT_EIM_ID = "ipae-test-eim"
 DEFAULT_SESSION_TTL_S = 300.0
 MAX_COUNTER = 0x7FFFFF
-SVN = bytes([2, 5, 0])
-
-# ES9+ codes -> ESipa error values (SGP.32 §6.3.2.x mirror SGP.22 §5.6)
-INITIATE_AUTHENTICATION_ERRORS = {("8.8.1", "3.8"): 1, ("8.8.3", "3.1"): 2, ("8.8.2", "3.1"): 3,
-                                  ("8.8.4", "3.7"): 3}
-AUTHENTICATE_CLIENT_ERRORS = {("8.1.2", "6.1"): 1, ("8.1.2", "6.3"): 2, ("8.1.3", "6.1"): 3,
-                              ("8.1.3", "6.3"): 4, ("8.1", "6.1"): 5, ("8.2.6", "3.8"): 6,
-                              ("8.1.1", "3.8"): 7, ("8.2.5", "4.3"): 8, ("8.2", "1.2"): 8,
-                              ("8.11.1", "3.9"): 9, ("8.10.1", "3.9"): 10, ("8.8.5", "4.10"): 8}
-GET_BPP_ERRORS = {("8.1", "6.1"): 1, ("8.2.7", "2.2"): 2, ("8.2.7", "3.8"): 3, ("8.2.7", "6.4"): 4,
-                  ("8.8.5", "4.10"): 6, ("8.10.1", "3.9"): 95}
-CANCEL_SESSION_ERRORS = {("8.10.1", "3.9"): 1, ("8.1", "6.1"): 2}
 UNDEFINED = 127
-
-
-@dataclass
-class Package:
-    package_id: int
-    eid: bytes
-    kind: str                    # euiccPackageRequest | ipaEuiccDataRequest | profileDownloadTriggerRequest
-    eim_transaction_id: bytes
-    request: dict[str, Any]      # what the admin asked for
-    payload: Any                 # the GetEimPackageResponse alternative's value (Embedded for signed)
-    counter: int | None = None
-    state: str = "queued"        # queued -> delivered -> done | failed
-    deliveries: int = 0
-    pushed: str | None = None
-    result: dict[str, Any] | None = None
-
-    @property
-    def pending(self) -> bool:
-        return self.state in ("queued", "delivered")
-
-    def to_json(self) -> dict[str, Any]:
-        der = self.payload.raw if isinstance(self.payload, Embedded) else None
-        return {"packageId": self.package_id, "kind": self.kind,
-                "eimTransactionId": self.eim_transaction_id.hex().upper(), "counterValue": self.counter,
-                "request": self.request, "state": self.state, "deliveries": self.deliveries,
-                "pushed": self.pushed, "result": self.result, "der": der.hex() if der else None}
-
-
-@dataclass
-class Record:
-    """One result or notification as received."""
-
-    received_at: float
-    kind: str
-    verified: bool
-    detail: str
-    seq_number: int | None
-    package_id: int | None
-    der: bytes
-    decoded: Any = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"receivedAt": self.received_at, "kind": self.kind, "verified": self.verified,
-                "detail": self.detail, "seqNumber": self.seq_number, "packageId": self.package_id,
-                "der": self.der.hex(), "decoded": self.decoded}
-
-
-@dataclass
-class Device:
-    eid: bytes
-    counter: int = 0
-    association_token: int | None = None
-    certs: common.EuiccCertificates | None = None
-    packages: list[Package] = field(default_factory=list)
-    results: list[Record] = field(default_factory=list)
-    notifications: list[Record] = field(default_factory=list)
-    state_changes: list[dict[str, Any]] = field(default_factory=list)
-    seen: dict[str, list[int]] = field(default_factory=dict)    # digest -> acknowledgements given
-    pending_acks: list[int] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"eid": self.eid.hex(), "counterValue": self.counter,
-                "associationToken": self.association_token,
-                "certificateKnown": self.certs is not None,
-                "packages": [p.to_json() for p in self.packages],
-                "results": [r.to_json() for r in self.results],
-                "notifications": [n.to_json() for n in self.notifications],
-                "stateChanges": self.state_changes, "pendingAcknowledgements": self.pending_acks}
-
-
-@dataclass
-class ProxiedSession:
-    transaction_id: bytes
-    server: Server
-    eim_transaction_id: bytes | None
-    expires_at: float
-    eid: bytes | None = None
-    package: Package | None = None
-
-
-def _stable_digest(value: Any) -> str:
-    def plain(v: Any) -> Any:
-        if isinstance(v, (bytes, bytearray)):
-            return {"b": bytes(v).hex()}
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in sorted(v.items())}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v
-    return hashlib.sha256(json.dumps(plain(value), sort_keys=True).encode()).hexdigest()
-
-
-def readable(type_name: str, value: Any) -> Any:
-    """A JSON view of a decoded value, every field mapped (for the admin API)."""
-    try:
-        return esipa_json.to_json(type_name, value, binary="hex", opaque=frozenset())
-    except (GatewayError, ValueError, TypeError, KeyError) as exc:
-        return {"unreadable": str(exc)}
 
 
 class Eim:
@@ -194,7 +81,7 @@ class Eim:
         self._seen_unassigned: set[str] = set()
         self._forwarded: set[bytes] = set()
         self._next_package = 1
-        self._background: set[asyncio.Task[None]] = set()
+        self.background: set[asyncio.Task[None]] = set()
         self.http: BackhaulHttp | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -203,15 +90,15 @@ class Eim:
         self.http = BackhaulHttp()
 
     async def close(self) -> None:
-        for task in list(self._background):
+        for task in list(self.background):
             task.cancel()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        if self.background:
+            await asyncio.gather(*self.background, return_exceptions=True)
         if self.http is not None:
             await self.http.close()
             self.http = None
 
-    def _http(self) -> BackhaulHttp:
+    def client(self) -> BackhaulHttp:
         if self.http is None:
             self.http = BackhaulHttp()
         return self.http
@@ -348,13 +235,13 @@ class Eim:
             await self.handle_notification(value)
             return None
         if alternative == "initiateAuthenticationRequestEsipa":
-            return "initiateAuthenticationResponseEsipa", await self.initiate_authentication(value)
+            return "initiateAuthenticationResponseEsipa", await relay.initiate_authentication(self, value)
         if alternative == "authenticateClientRequestEsipa":
-            return "authenticateClientResponseEsipa", await self.authenticate_client(value)
+            return "authenticateClientResponseEsipa", await relay.authenticate_client(self, value)
         if alternative == "getBoundProfilePackageRequestEsipa":
-            return "getBoundProfilePackageResponseEsipa", await self.get_bound_profile_package(value)
+            return "getBoundProfilePackageResponseEsipa", await relay.get_bound_profile_package(self, value)
         if alternative == "cancelSessionRequestEsipa":
-            return "cancelSessionResponseEsipa", await self.cancel_session(value)
+            return "cancelSessionResponseEsipa", await relay.cancel_session(self, value)
         raise DecodeError(f"{alternative} is not a request the eIM serves", type_name="ESipa")
 
     def get_eim_package(self, value: dict[str, Any]) -> tuple[str, Any]:  # SGP.32 §5.14.2
@@ -380,16 +267,16 @@ class Eim:
         device = self.devices.get(eid)
         if device is None:
             return ("provideEimPackageResultError", 2)   # eidNotFound
-        acks = await self._take_result(device, value["eimPackageResult"])
+        acks = await self.take_result(device, value["eimPackageResult"])
         if acks is None:
             return ("provideEimPackageResultError", UNDEFINED)
         acks = sorted(set(acks + device.pending_acks))
         device.pending_acks.clear()
         return ("eimAcknowledgements", acks) if acks else ("emptyResponse", {})
 
-    async def _take_result(self, device: Device, choice: tuple[str, Any]) -> list[int] | None:
+    async def take_result(self, device: Device, choice: tuple[str, Any]) -> list[int] | None:
         """Store one EimPackageResult once; the sequence numbers to acknowledge, None if refused."""
-        digest = _stable_digest(choice)
+        digest = stable_digest(choice)
         if digest in device.seen:
             return list(device.seen[digest])
         kind, value = choice
@@ -406,8 +293,8 @@ class Eim:
         elif kind == "profileDownloadTriggerResult":
             ok = await self._download_result(device, value, acks)
         elif kind == "eimPackageResultResponseError":
-            package = self._package_by_tid(device, value.get("eimTransactionId"))
-            self._finish(package, "failed", {"eimPackageResultErrorCode": value["eimPackageResultErrorCode"]})
+            package = self.package_by_tid(device, value.get("eimTransactionId"))
+            self.finish_package(package, "failed", {"eimPackageResultErrorCode": value["eimPackageResultErrorCode"]})
             device.results.append(Record(self.clock(), kind, False, "the IPA could not process the package",
                                          None, package.package_id if package else None, b"",
                                          readable("EimPackageResultResponseError", value)))
@@ -432,12 +319,12 @@ class Eim:
             return str(exc)
         return None
 
-    def _package_by_tid(self, device: Device, tid: bytes | None) -> Package | None:
+    def package_by_tid(self, device: Device, tid: bytes | None) -> Package | None:
         if tid is None:
             return None
         return next((p for p in device.packages if p.eim_transaction_id == tid), None)
 
-    def _finish(self, package: Package | None, state: str, result: dict[str, Any]) -> None:
+    def finish_package(self, package: Package | None, state: str, result: dict[str, Any]) -> None:
         if package is not None and package.pending:
             package.state = state
             package.result = result
@@ -450,8 +337,8 @@ class Eim:
             return False
         view = readable("EuiccPackageResult", (kind, value))
         if kind == "euiccPackageErrorUnsigned":
-            package = self._package_by_tid(device, value.get("eimTransactionId"))
-            self._finish(package, "failed", {"euiccPackageErrorUnsigned": view})
+            package = self.package_by_tid(device, value.get("eimTransactionId"))
+            self.finish_package(package, "failed", {"euiccPackageErrorUnsigned": view})
             device.results.append(Record(self.clock(), kind, False,
                                          "unsigned: the eUICC did not accept the eIM signature",
                                          None, package.package_id if package else None, raw, view))
@@ -473,7 +360,7 @@ class Eim:
         device.results.append(record)
         if why is not None:
             return False
-        self._finish(package, "done" if kind == "euiccPackageResultSigned" else "failed", view)
+        self.finish_package(package, "done" if kind == "euiccPackageResultSigned" else "failed", view)
         if seq is not None:
             acks.append(seq)
         return True
@@ -481,8 +368,8 @@ class Eim:
     async def _ipa_euicc_data(self, device: Device, value: tuple[str, Any], acks: list[int]) -> bool:
         kind, data = value
         if kind != "ipaEuiccData":
-            package = self._package_by_tid(device, data.get("eimTransactionId"))
-            self._finish(package, "failed", readable("IpaEuiccDataResponseError", data))
+            package = self.package_by_tid(device, data.get("eimTransactionId"))
+            self.finish_package(package, "failed", readable("IpaEuiccDataResponseError", data))
             device.results.append(Record(self.clock(), "ipaEuiccDataResponseError", True, "error",
                                          None, package.package_id if package else None, b""))
             return True
@@ -501,20 +388,20 @@ class Eim:
         for note in data.get("notificationsList", []):
             await self._notification(note, device, acks)
         for epr in data.get("euiccPackageResultList", []):
-            digest = _stable_digest(("euiccPackageResult", epr))
+            digest = stable_digest(("euiccPackageResult", epr))
             if digest not in device.seen and self._euicc_package_result(device, epr, acks):
                 device.seen[digest] = []
-        package = self._package_by_tid(device, data.get("eimTransactionId")) or next(
+        package = self.package_by_tid(device, data.get("eimTransactionId")) or next(
             (p for p in device.packages if p.kind == "ipaEuiccDataRequest" and p.state == "delivered"), None)
         summary = {k: (v.hex() if isinstance(v, bytes) else len(v) if isinstance(v, list) else v)
                    for k, v in data.items() if k not in ("ipaCapabilities", "deviceInfo")}
-        self._finish(package, "done", summary)
+        self.finish_package(package, "done", summary)
         device.results.append(Record(self.clock(), "ipaEuiccData", detail == "ok", detail, None,
                                      package.package_id if package else None, b"", summary))
         return True
 
     async def _download_result(self, device: Device, value: dict[str, Any], acks: list[int]) -> bool:
-        package = self._package_by_tid(device, value.get("eimTransactionId"))
+        package = self.package_by_tid(device, value.get("eimTransactionId"))
         kind, data = value["profileDownloadTriggerResultData"]
         if kind == "profileInstallationResult":
             verified, detail = await self._installation_result(data, device)
@@ -526,12 +413,12 @@ class Eim:
                 return False
             pir_data = codec.decode("ProfileInstallationResult", data)["profileInstallationResultData"]
             success = pir_data["finalResult"][0] == "successResult"
-            self._finish(package, "done" if success else "failed",
+            self.finish_package(package, "done" if success else "failed",
                          {"finalResult": readable("ProfileInstallationResult", codec.decode(
                              "ProfileInstallationResult", data))})
             acks.append(pir_data["notificationMetadata"]["seqNumber"])
             return True
-        self._finish(package, "failed", {"profileDownloadError": readable("ProfileDownloadTriggerResult", value)})
+        self.finish_package(package, "failed", {"profileDownloadError": readable("ProfileDownloadTriggerResult", value)})
         device.results.append(Record(self.clock(), "profileDownloadError", True, "download failed", None,
                                      package.package_id if package else None, b""))
         return True
@@ -549,7 +436,7 @@ class Eim:
         if why is None and session is not None and raw not in self._forwarded:
             self._forwarded.add(raw)
             try:
-                await es9p_client.handle_notification(self._http(), session.server,
+                await es9p_client.handle_notification(self.client(), session.server,
                                                       es9p.HandleNotificationRequest(raw))
             except GatewayError as exc:
                 log.warning("forwarding the installation result to %s failed: %s", session.server.base_url, exc)
@@ -613,16 +500,16 @@ class Eim:
             device = self._device_of(record)
             if device is not None and acks:
                 device.pending_acks.extend(a for a in acks if a not in device.pending_acks)
-                self._push_acknowledgements_later(device)
+                push.push_acknowledgements_later(self, device)
             return
         eid = inner.get("eidValue")
         device = self.devices.get(eid) if eid is not None else None
         if device is None:
             return
-        result_acks = await self._take_result(device, inner["eimPackageResult"])
+        result_acks = await self.take_result(device, inner["eimPackageResult"])
         if result_acks:
             device.pending_acks.extend(a for a in result_acks if a not in device.pending_acks)
-            self._push_acknowledgements_later(device)
+            push.push_acknowledgements_later(self, device)
 
     def _device_of(self, record: Record) -> Device | None:
         for device in self.devices.values():
@@ -631,206 +518,6 @@ class Eim:
                 return device
         return None
 
-    # -- indirect profile download (SGP.32 §3.2.x, relayed over ES9+) ----------------------------
-
-    def _session(self, transaction_id: bytes) -> ProxiedSession | None:
-        """The relayed download with this transactionId, unless unknown or expired."""
-        session = self.sessions.get(transaction_id)
-        if session is not None and self.clock() > session.expires_at:
-            del self.sessions[transaction_id]
-            return None
-        return session
-
-    def _smdp_server(self, address: str | None) -> Server:
-        if address:
-            return Server.from_fqdn(address, self.server_trust)
-        if self.smdp_url is None:
-            raise LocalProtocolError("no SM-DP+ address and no default SM-DP+")
-        return Server(self.smdp_url, self.server_trust)
-
-    def _default_euicc_info1(self) -> bytes:
-        pkids = [self.pki.ci_pkid]
-        return codec.encode("EUICCInfo1", {"svn": SVN, "euiccCiPKIdListForVerification": pkids,
-                                           "euiccCiPKIdListForSigning": pkids})
-
-    def _trigger(self, eim_transaction_id: bytes | None) -> Package | None:
-        if eim_transaction_id is None:
-            return None
-        for device in self.devices.values():
-            package = self._package_by_tid(device, eim_transaction_id)
-            if package is not None and package.kind == "profileDownloadTriggerRequest":
-                return package
-        return None
-
-    async def initiate_authentication(self, value: dict[str, Any]) -> tuple[str, Any]:
-        trigger = self._trigger(value.get("eimTransactionId"))
-        address = value.get("smdpAddress")
-        matching_id: str | None = None
-        if trigger is not None:
-            kind, data = trigger.payload["profileDownloadData"]
-            if kind == "activationCode":
-                parts = data.split("$")
-                if len(parts) >= 3:
-                    address = address or parts[1]
-                    matching_id = parts[2]
-        try:
-            server = self._smdp_server(address)
-        except (LocalProtocolError, GatewayError):
-            return ("initiateAuthenticationErrorEsipa", 1)
-        info1 = value.get("euiccInfo1") or self._default_euicc_info1()
-        smdp_address = address or server.base_url.removeprefix("https://")
-        try:
-            reply = await es9p_client.initiate_authentication(
-                self._http(), server, es9p.InitiateAuthenticationRequest(value["euiccChallenge"], info1, smdp_address))
-        except FunctionFailed as exc:
-            return ("initiateAuthenticationErrorEsipa",
-                    INITIATE_AUTHENTICATION_ERRORS.get((exc.subject_code or "", exc.reason_code or ""), UNDEFINED))
-        except GatewayError as exc:
-            log.warning("initiateAuthentication at %s failed: %s", server.base_url, exc)
-            return ("initiateAuthenticationErrorEsipa", UNDEFINED)
-        self.sessions[reply.transaction_id] = ProxiedSession(
-            reply.transaction_id, server, value.get("eimTransactionId"),
-            expires_at=self.clock() + self.session_ttl_s, eid=trigger.eid if trigger is not None else None, package=trigger)
-        ok: dict[str, Any] = {"transactionId": reply.transaction_id,
-                              "serverSigned1": Embedded("ServerSigned1", reply.server_signed1),
-                              "serverSignature1": reply.server_signature1,
-                              "euiccCiPKIdentifierToBeUsed": reply.euicc_ci_pkid_to_be_used,
-                              "serverCertificate": reply.server_certificate}
-        if matching_id is not None:
-            ok["matchingId"] = matching_id
-        return ("initiateAuthenticationOkEsipa", ok)
-
-    async def authenticate_client(self, value: dict[str, Any]) -> tuple[str, Any]:
-        session = self._session(value["transactionId"])
-        if session is None:
-            return ("authenticateClientErrorEsipa", 10)    # invalidTransactionId
-        raw = value["authenticateServerResponse"]
-        try:
-            kind, response = codec.decode("AuthenticateServerResponse", raw)
-        except DecodeError:
-            return ("authenticateClientErrorEsipa", UNDEFINED)
-        if kind == "compactAuthenticateResponseOk":
-            return ("authenticateClientErrorEsipa", UNDEFINED)   # needs a full response on ES9+
-        if kind == "authenticateResponseOk":
-            try:
-                certs = common.verify_euicc_certificates(response["euiccCertificate"],
-                                                         response["eumCertificate"], self.pki.ci.cert)
-                session.eid = certs.eid
-                device = self.device(certs.eid)
-                assert device is not None
-                if device.certs is None:
-                    device.certs = certs
-            except rspcrypto.RspCryptoError:
-                pass    # the SM-DP+ refuses it with the precise code
-        try:
-            reply = await es9p_client.authenticate_client(
-                self._http(), session.server, es9p.AuthenticateClientRequest(session.transaction_id, raw))
-        except FunctionFailed as exc:
-            return ("authenticateClientErrorEsipa",
-                    AUTHENTICATE_CLIENT_ERRORS.get((exc.subject_code or "", exc.reason_code or ""), UNDEFINED))
-        except GatewayError as exc:
-            log.warning("authenticateClient failed: %s", exc)
-            return ("authenticateClientErrorEsipa", UNDEFINED)
-        return ("authenticateClientOkDPEsipa", {
-            "transactionId": reply.transaction_id,
-            "profileMetaData": Embedded("StoreMetadataRequest", reply.profile_metadata),
-            "smdpSigned2": Embedded("SmdpSigned2", reply.smdp_signed2),
-            "smdpSignature2": reply.smdp_signature2,
-            "smdpCertificate": reply.smdp_certificate})
-
-    async def get_bound_profile_package(self, value: dict[str, Any]) -> tuple[str, Any]:
-        session = self._session(value["transactionId"])
-        if session is None:
-            return ("getBoundProfilePackageErrorEsipa", 95)    # invalidTransactionId
-        try:
-            reply = await es9p_client.get_bound_profile_package(
-                self._http(), session.server,
-                es9p.GetBoundProfilePackageRequest(session.transaction_id, value["prepareDownloadResponse"]))
-        except FunctionFailed as exc:
-            return ("getBoundProfilePackageErrorEsipa",
-                    GET_BPP_ERRORS.get((exc.subject_code or "", exc.reason_code or ""), UNDEFINED))
-        except GatewayError as exc:
-            log.warning("getBoundProfilePackage failed: %s", exc)
-            return ("getBoundProfilePackageErrorEsipa", UNDEFINED)
-        return ("getBoundProfilePackageOkEsipa", {
-            "transactionId": reply.transaction_id,
-            "boundProfilePackage": Embedded("BoundProfilePackage", reply.bound_profile_package)})
-
-    async def cancel_session(self, value: dict[str, Any]) -> tuple[str, Any]:
-        session = self._session(value["transactionId"])
-        if session is None:
-            return ("cancelSessionError", 1)    # invalidTransactionId
-        try:
-            await es9p_client.cancel_session(
-                self._http(), session.server,
-                es9p.CancelSessionRequest(session.transaction_id, value["cancelSessionResponse"]))
-        except FunctionFailed as exc:
-            return ("cancelSessionError",
-                    CANCEL_SESSION_ERRORS.get((exc.subject_code or "", exc.reason_code or ""), UNDEFINED))
-        except GatewayError as exc:
-            log.warning("cancelSession failed: %s", exc)
-            return ("cancelSessionError", UNDEFINED)
-        del self.sessions[session.transaction_id]
-        if session.package is not None:
-            self._finish(session.package, "failed", {"cancelled": True})
-        return ("cancelSessionOk", {})
-
-    # -- TransferEimPackage (push to the IPA's inject endpoint) -----------------------------
-
     async def push(self, package: Package) -> str:
-        """Push one package with TransferEimPackage; what happened, in words."""
-        if self.inject_url is None:
-            return "no inject endpoint configured"
-        outcome = await self._transfer((package.kind, package.payload))
-        package.pushed = outcome
-        if outcome == "eimPackageReceived" and package.pending:
-            package.state = "delivered"
-            package.deliveries += 1
-        return outcome
-
-    async def _transfer(self, request: tuple[str, Any]) -> str:
-        assert self.inject_url is not None
-        body = wire.encode_asn1("transferEimPackageRequest", request)
-        try:
-            reply = await self._http().post(Server(self.inject_url, self.inject_trust), ESIPA_ASN1_PATH, body,
-                                            ASN1_CONTENT_TYPE, accept=ASN1_CONTENT_TYPE)
-        except GatewayError as exc:
-            return f"push failed: {exc}"
-        if not reply.body:
-            return "pushed (no answer body)"
-        try:
-            alternative, value = wire.decode_asn1(reply.body)
-        except DecodeError as exc:
-            return f"undecodable answer: {exc}"
-        if alternative != "transferEimPackageResponse":
-            return f"answered with {alternative}"
-        kind = value[0]
-        if kind in ("euiccPackageResult", "ePRAndNotifications", "ipaEuiccDataResponse"):
-            eid = self._eid_of_request(request)
-            device = self.devices.get(eid) if eid is not None else None
-            if device is not None:
-                acks = await self._take_result(device, value)
-                if acks:
-                    device.pending_acks.extend(a for a in acks if a not in device.pending_acks)
-                    self._push_acknowledgements_later(device)
-        return str(kind)
-
-    def _eid_of_request(self, request: tuple[str, Any]) -> bytes | None:
-        kind, payload = request
-        for device in self.devices.values():
-            if any(p.payload is payload for p in device.packages):
-                return device.eid
-        return None
-
-    def _push_acknowledgements_later(self, device: Device) -> None:
-        if self.inject_url is None or not device.pending_acks:
-            return
-        task = asyncio.get_running_loop().create_task(self._push_acknowledgements(device))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _push_acknowledgements(self, device: Device) -> None:
-        acks = list(device.pending_acks)
-        outcome = await self._transfer(("eimAcknowledgements", acks))
-        if not outcome.startswith(("push failed", "undecodable", "answered")):
-            device.pending_acks[:] = [a for a in device.pending_acks if a not in acks]
+        """Push one package with TransferEimPackage (see `push`); what happened, in words."""
+        return await push.push(self, package)
