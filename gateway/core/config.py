@@ -39,6 +39,7 @@ class EngineConfig:
     request_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(2.0, 60.0, 3))
     delivery_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(5.0, 3600.0, None))
     poll_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(2.0, 30.0, 1))
+    bpp_size_hint: int | None = 32 * 1024         # announced before a BPP batch (Batch.next_size_hint)
     epr_and_notifications: bool = False          # send an EPR with the notifications it caused
     recent_packages: int = 256                   # package keys remembered to refuse duplicates
     seed: int | None = None                      # jitter PRNG seed (tests); None = random

@@ -22,13 +22,14 @@ flight is still accepted; a Hello while a batch is in flight means the device lo
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
 
 from gateway.core import actions as A
 from gateway.core import es10, serial
+from gateway.core import packages as P
 from gateway.core.config import EngineConfig
 from gateway.core.events import (
     OPERATOR_CANCEL,
@@ -66,16 +67,14 @@ from gateway.core.procedures.base import (
     Retry,
 )
 from gateway.core.procedures.discovery import Discovery, eim_summary
-from gateway.core.procedures.download import Download, trigger_result
+from gateway.core.procedures.download import Download
 from gateway.core.procedures.eim_data import EimData
-from gateway.core.procedures.eim_package import EimPackage, package_facts
+from gateway.core.procedures.eim_package import EimPackage
 from gateway.errors import DecodeError, GatewayError
 from gateway.links.protocol import STOPPED_CARD, DeviceStatus, ErrorCode
-from gateway.spec import codec, esipa, signed, tlv
+from gateway.spec import esipa
 
 PROCEDURES: dict[str, type[Procedure]] = {p.KIND: p for p in (Download, EimPackage, EimData, Discovery)}
-KIND_BY_TAG = {0xBF51: EimPackage.KIND, 0xBF52: EimData.KIND, 0xBF54: Download.KIND}
-TAG_EIM_ACKNOWLEDGEMENTS = 0xBF53
 
 PROC = "proc"
 NOTIF = "notif"
@@ -83,34 +82,6 @@ POLL = "poll"
 DELIVERY = "delivery"
 RETRY_PREFIX = "retry:"
 POLL_TIMER = "poll"
-
-
-def package_key(eim_id: str, raw: bytes) -> str:
-    """Idempotency key of an eIM package: eimId + eimTransactionId, else a hash of its bytes."""
-    tid: bytes | None = None
-    try:
-        tag = tlv.outer_tag(raw)
-        if tag == 0xBF51:
-            tid = package_facts(raw)["tid"]
-        elif tag in (0xBF52, 0xBF54):
-            tid = codec.decode("IpaEuiccDataRequest" if tag == 0xBF52 else "ProfileDownloadTriggerRequest",
-                               raw).get("eimTransactionId")
-    except DecodeError:
-        tid = None
-    if tid is not None:
-        return f"{eim_id}:{bytes(tid).hex()}"
-    return f"{eim_id}:sha256:{hashlib.sha256(raw).hexdigest()}"
-
-
-def plmn_bytes(plmn: str) -> bytes | None:
-    """rPLMN as 3GPP TS 24.008 §10.5.1.3 (MCC/MNC nibbles) from "MCCMNC" digits."""
-    if not plmn.isdigit() or len(plmn) not in (5, 6):
-        return None
-    mcc, mnc = plmn[:3], plmn[3:]
-    d = [int(c) for c in mcc]
-    m = [int(c) for c in mnc]
-    mnc3 = m[2] if len(m) == 3 else 0xF
-    return bytes([d[1] << 4 | d[0], mnc3 << 4 | d[2], m[1] << 4 | m[0]])
 
 
 class DeviceSession:
@@ -435,29 +406,19 @@ class _Step:
     def on_package(self, eim_id: str, raw: bytes, via: str, key: str) -> None:
         s = self.s
         try:
-            outer = tlv.outer_tag(raw)
-            package = signed.eim_package(raw) if outer in (0xBF4E, 0xBF4F) else raw
-            tag = tlv.outer_tag(package)
+            kind, package = P.classify(raw)
+            seqs = P.acknowledged_seqs(package) if kind == P.ACKNOWLEDGEMENTS else []
         except DecodeError as exc:
             self.audit("eimPackage", "refused", f"malformed package: {exc}", origin=eim_id)
             if key:
                 self.out.append(A.MarkInbox(s.eid, key, "refused"))
             return
-        if tag == TAG_EIM_ACKNOWLEDGEMENTS:
-            try:
-                seqs = [int(v) for v in codec.decode("EimAcknowledgements", package)]
-            except DecodeError as exc:
-                self.audit("eimAcknowledgements", "refused", str(exc), origin=eim_id)
-                seqs = []
+        if kind == P.ACKNOWLEDGEMENTS:
             self.acknowledged(seqs)
             if key:
                 self.out.append(A.MarkInbox(s.eid, key, "done"))
             return
-        kind = KIND_BY_TAG.get(tag)
-        if kind is None:
-            self.audit("eimPackage", "refused", f"tag {tag:X} is not an eIM package", origin=eim_id)
-            return
-        pkg_key = package_key(eim_id, package)
+        pkg_key = P.package_key(eim_id, package)
         queued = {q["key"] for q in s.queue} | ({s.pkg["key"]} if s.pkg else set())
         if pkg_key in s.done_keys or pkg_key in queued:
             self.audit("eimPackage", "duplicate", pkg_key, origin=eim_id)
@@ -566,32 +527,14 @@ class _Step:
         self.send_delivery(d)
 
     def result_message(self, proc: Procedure, finish: Finish) -> tuple[bytes, list[int]]:
-        """The ProvideEimPackageResult for the eIM and the sequence numbers its ack removes."""
+        """The ProvideEimPackageResult; notifications held for ePRAndNotifications go with it."""
         s = self.s
-        eid = s.eid
-        if isinstance(proc, EimPackage):
-            epr = finish.result.get("epr")
-            if isinstance(epr, bytes):
-                seq = finish.result.get("seq")
-                seqs = [seq] if isinstance(seq, int) else []
-                held = [d for d in s.deliveries.values() if d.get("held") and d["state"] == N.PENDING]
-                if held:
-                    # SGP.32 §6.3: ePRAndNotifications, the result with the notifications it caused
-                    for d in held:
-                        del s.deliveries[d["key"]]
-                    notes = [d["raw"] for d in held]
-                    seqs += [q for d in held for q in d["remove_seqs"]]
-                    return signed.provide_epr_and_notifications(eid, epr, notes), seqs
-                return signed.provide_eim_package_result(eid, epr), seqs
-            err = codec.decode("EimPackageResultResponseError", finish.result["error"])
-            return codec.encode("ProvideEimPackageResult", {
-                "eidValue": eid, "eimPackageResult": ("eimPackageResultResponseError", err)}), []
-        if isinstance(proc, EimData):
-            return signed.provide_ipa_euicc_data_response(eid, finish.result["data"]), []
-        assert isinstance(proc, Download)
-        tid = proc.ctx.get("tid")
-        return signed.provide_profile_download_trigger_result(
-            eid, trigger_result(bytes(tid) if tid is not None else None, finish)), []
+        held: list[dict[str, Any]] = []
+        if isinstance(proc, EimPackage) and isinstance(finish.result.get("epr"), bytes):
+            held = [d for d in s.deliveries.values() if d.get("held") and d["state"] == N.PENDING]
+            for d in held:
+                del s.deliveries[d["key"]]
+        return P.result_message(s.eid, proc, finish, [(d["raw"], q) for d in held for q in d["remove_seqs"]])
 
     # -- backhaul ----------------------------------------------------------------------------
 
@@ -613,13 +556,7 @@ class _Step:
         s = self.s
         if any(r["owner"] == POLL and r["server"] == eim_id for r in s.requests.values()):
             return
-        value: dict[str, Any] = {"eidValue": s.eid}
-        if state_changed:
-            value["notifyStateChange"] = None
-            rplmn = plmn_bytes(s.plmn or "")
-            if rplmn is not None:
-                value["rPLMN"] = rplmn
-        body = esipa.encode_from_ipa("getEimPackageRequest", value)
+        body = P.get_eim_package_request(s.eid, s.plmn, state_changed)
         self.send(POLL, Request("poll", "esipa", eim_id, "GetEimPackage", body),
                   self.config.poll_backoff.max_attempts)
 
@@ -840,12 +777,17 @@ class _Step:
             sent = parts[0].calls[:proc_count]
             proc_part = [[[c.name, c.request, c.segment] for c in sent],
                          parts[0].refresh if proc_count == len(parts[0].calls) else None]
+        batch = planned.batch
+        if s.proc is not None and proc_count and not s.work:
+            hint = s.proc.next_downlink_hint(self.config)
+            if hint is not None:
+                batch = dataclasses.replace(batch, next_size_hint=hint)
         s.in_flight = {"batch_id": planned.batch.batch_id, "owners": owners,
                        "notif": items if sent_notif else [], "proc_part": proc_part,
                        "resent": s.resend_once}
         s.resend_once = False
         s.uplink_pending = False
-        self.out.append(A.SendBatch(s.eid, planned.batch))
+        self.out.append(A.SendBatch(s.eid, batch))
 
     def idle_for(self) -> int:
         due = [at - self.now for at in self.s.timers.values()]

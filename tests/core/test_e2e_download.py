@@ -57,6 +57,9 @@ async def test_direct_download_then_enable_of_30kb_profile_takes_six_batches(pki
     assert len(rig.smdp.notifications) == 2         # install (PIR) and enable, to the SM-DP+
     assert len(rig.eim.results) == 2                # ProfileDownloadTriggerResult, EuiccPackageResult
     assert link.counters(eid).batches == 6
+    batches = [a.batch for a in rig.of(A.SendBatch) if isinstance(a, A.SendBatch)]
+    hinted = [b for b in batches if b.next_size_hint is not None]
+    assert len(hinted) == 1 and hinted[0].steps[0].apdus[0][5:7] == b"\xbf\x21"   # PrepareDownload
 
 
 async def test_profile_download_result_carries_the_pir_as_the_euicc_signed_it(pki: RspPki) -> None:

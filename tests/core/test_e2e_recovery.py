@@ -67,11 +67,12 @@ class FlakyTransport:
     fail_at: int
     count: int = 0
 
-    async def exchange(self, payload: bytes, buffer_size: int) -> AsyncIterator[bytes]:
+    async def exchange(self, payload: bytes, buffer_size: int, size_hint: int | None = None
+                       ) -> AsyncIterator[bytes]:
         self.count += 1
         if self.count == self.fail_at:
             raise NetworkError("uplink lost")
-        async for chunk in self.inner.exchange(payload, buffer_size):
+        async for chunk in self.inner.exchange(payload, buffer_size, size_hint):
             yield chunk
 
     async def close(self) -> None:

@@ -12,7 +12,7 @@ from gateway.core.procedures.discovery import Discovery
 from gateway.core.procedures.download import Download, parse_activation_code
 from gateway.core.procedures.eim_data import EimData, split_tag_list
 from gateway.core.procedures.eim_package import EimPackage
-from gateway.core.session import package_key, plmn_bytes
+from gateway.core.packages import package_key, plmn_bytes
 from gateway.errors import DecodeError, LocalProtocolError
 from gateway.spec.apdu import ISD_R_AID
 

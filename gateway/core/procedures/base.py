@@ -164,6 +164,11 @@ class Procedure:
             found.update(t.targets)
         return frozenset(found)
 
+    def next_downlink_hint(self, config: Any) -> int | None:
+        """The expected size of the downlink after the batch now being sent, when it will be
+        large (the device link may fetch it faster knowing: Batch.next_size_hint)."""
+        return None
+
     @property
     def finished(self) -> bool:
         return self.state in (DONE, ERROR)

@@ -146,6 +146,11 @@ class Download(Procedure):
             return Request(tag, "esipa", self.ctx["eim_id"], esipa_function, esipa_body)
         return Request(tag, "es9", self.ctx["smdp"], es9_function, es9_body)
 
+    def next_downlink_hint(self, config: Any) -> int | None:
+        # the answer to PrepareDownload is followed by the whole Bound Profile Package
+        hint: int | None = config.bpp_size_hint
+        return hint if self.state == PREPARING else None
+
     # -- transitions -----------------------------------------------------------------------
 
     def _start(self, env: Env, _: object) -> tuple[str, list[Output]]:
