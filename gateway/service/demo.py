@@ -91,6 +91,10 @@ def missing_parts() -> list[str]:
     return missing
 
 
+def _hil(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
 def _mosquitto() -> str | None:
     for candidate in MOSQUITTO_PATHS:
         found = shutil.which(candidate)
@@ -277,13 +281,14 @@ async def run_demo(count: int, *, out: TextIO, timeout_s: float, wake_s: float,
     from gateway.links.base import DeviceCredential, DeviceRegistry
     from gateway.links.mqtt import MqttConfig, acl_text
     from gateway.service.supervisor import Daemon, engine_config
-    from hil.agent.agent import Agent
-    from hil.agent.coap_transport import CoapAgentTransport
-    from hil.agent.mqtt_transport import MqttAgentTransport
-    from hil.euicc import SoftEuicc
-    from hil.peers.eim import EimServer
-    from hil.peers.smdpp import SmdppServer
-    from hil.pki import generate_pki
+    # hil/ (test peers, agent, eUICC) is not part of the typed gateway package: import it untyped
+    Agent = _hil("hil.agent.agent", "Agent")
+    CoapAgentTransport = _hil("hil.agent.coap_transport", "CoapAgentTransport")
+    MqttAgentTransport = _hil("hil.agent.mqtt_transport", "MqttAgentTransport")
+    SoftEuicc = _hil("hil.euicc", "SoftEuicc")
+    EimServer = _hil("hil.peers.eim", "EimServer")
+    SmdppServer = _hil("hil.peers.smdpp", "SmdppServer")
+    generate_pki = _hil("hil.pki", "generate_pki")
 
     started = time.monotonic()
     progress = Progress(out, started)
@@ -417,8 +422,7 @@ async def _wake_loop(d: DeviceRun, stop: asyncio.Event, wake_s: float, progress:
 
 async def _operate(d: DeviceRun, eim: Any, smdp: Any, timeout_s: float,
                    progress: Callable[[str], None]) -> tuple[int, dict[str, bool]]:
-    from hil.peers.common import iccid_to_str
-
+    iccid_to_str = _hil("hil.peers.common", "iccid_to_str")
     order = smdp.service.order_profile(eid=d.eid)
     iccid = iccid_to_str(order.iccid)
     ordered = 0

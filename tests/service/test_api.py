@@ -1,0 +1,143 @@
+"""The management API and the CLI against a running `ipae-gateway run`: tables and --json,
+the audit log query and JSON-lines export, operator actions, errors, the TCP bearer token."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from daemon_support import (
+    REPO,
+    Daemon,
+    Layout,
+    free_tcp_port,
+    free_udp_port,
+    make_eid,
+    short_dir,
+    start_daemon,
+    stop_daemon,
+    wait_for_socket,
+)
+
+from gateway.store import Store
+
+TOKEN = "api-token-0123456789abcdef"
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    yield from short_dir()
+
+
+@pytest.fixture
+async def daemon(workdir: Path) -> AsyncIterator[Daemon]:
+    tcp_port = free_tcp_port()
+    lay = Layout(workdir, free_udp_port(), workdir / "api.sock", [1, 2],
+                 extra=f'tcp_listen = "127.0.0.1"\ntcp_port = {tcp_port}\n',
+                 credentials_extra=f'[api]\nbearer_token = "{TOKEN}"\n')
+    lay.write()
+    # an audit trail from an earlier run, written through the store as the daemon would
+    lay.db.parent.mkdir(parents=True)
+    with Store.open(lay.db) as store:
+        store.devices.register(make_eid(1), "coap", "dev1", now=1000.0)
+        store.audit.append(time=1000.0, eid=make_eid(1), iccid="8949000000000000001", operation="EnableProfile",
+                           result="ok", origin_eim="eim.test", origin_tx=b"\x01\x02", detail={"detail": "enabled"})
+        store.audit.append(time=2000.0, eid=make_eid(2), operation="DeleteProfile", result="ok")
+        store.inbox.enqueue(make_eid(1), "eim:eim.test/tx:0102", "eim-package", b"\xbf\x51\x00", origin="eim.test",
+                            now=1000.0)
+    d = start_daemon(lay)
+    d.tcp_port = tcp_port  # type: ignore[attr-defined]
+    try:
+        d.wait_notify("READY=1")
+        await wait_for_socket(lay.socket_path)
+        yield d
+    finally:
+        assert stop_daemon(d) == 0
+
+
+async def test_status_devices_and_queue_as_tables_and_json(daemon: Daemon) -> None:
+    status = daemon.cli("status")
+    assert status.returncode == 0, status.stderr
+    assert "links:     coap coaps://" in status.stdout and "2 configured" in status.stdout
+    assert "inbox 1" in status.stdout
+    as_json = json.loads(daemon.cli("status", "--json").stdout)
+    assert as_json["devices"] == 2 and as_json["store"]["inbox_open"] == 1
+
+    devices = daemon.cli("devices")
+    lines = devices.stdout.splitlines()
+    assert lines[0].split() == ["EID", "NAME", "LINK", "IDENTITY", "STATE", "LAST", "CONTACT"]
+    assert any(make_eid(2).hex() in line and "sensor 2" in line for line in lines[1:])
+
+    queue = daemon.cli("queue")
+    assert "inbox:  1 entries" in queue.stdout and "eim:eim.test/tx:0102" in queue.stdout
+    queue_json = json.loads(daemon.cli("queue", "--json").stdout)
+    assert queue_json["inbox"][0]["eid"] == make_eid(1).hex() and queue_json["outbox"] == []
+
+
+async def test_the_audit_log_is_queried_filtered_and_exported_as_json_lines(daemon: Daemon) -> None:
+    table = daemon.cli("audit")
+    assert "EnableProfile" in table.stdout and "DeleteProfile" in table.stdout and "enabled" in table.stdout
+    only = json.loads(daemon.cli("audit", "--json", "--eid", make_eid(1).hex()).stdout)
+    assert [r["operation"] for r in only["records"]] == ["EnableProfile"]
+    assert only["records"][0]["origin"] == {"eim_id": "eim.test", "transaction_id": "0102"}
+    since = json.loads(daemon.cli("audit", "--json", "--since", "1500").stdout)
+    assert [r["operation"] for r in since["records"]] == ["DeleteProfile"]
+    exported = daemon.cli("audit", "--jsonl")
+    records = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [r["time_utc"] for r in records] == ["1970-01-01T00:16:40Z", "1970-01-01T00:33:20Z"]
+
+
+async def test_device_detail_operator_actions_and_errors(daemon: Daemon) -> None:
+    eid = make_eid(1).hex()
+    detail = json.loads(daemon.cli("device", eid, "--json").stdout)
+    assert detail["name"] == "sensor 1" and detail["inbox"][0]["state"] == "queued"
+    assert "EnableProfile" in daemon.cli("device", eid).stdout
+
+    forgot = daemon.cli("device", eid, "--action", "forget")
+    assert forgot.returncode == 0 and "forget accepted" in forgot.stdout
+    status, body = await daemon.get("/v1/audit", {"eid": eid, "operation": "operator"})
+    assert [r["result"] for r in body["records"]] == ["forget"]
+
+    assert (await daemon.get("/v1/devices/zz"))[0] == 400
+    status, body = await daemon.get(f"/v1/devices/{bytes(16).hex()}")
+    assert status == 404 and "not a device" in body["error"]
+    status, body = await daemon.post(f"/v1/devices/{eid}/explode")
+    assert status == 404 and "unknown action" in body["error"]
+    refused = daemon.cli("device", bytes(16).hex())
+    assert refused.returncode == 1 and "404" in refused.stderr
+
+
+async def test_metrics_are_prometheus_text(daemon: Daemon) -> None:
+    text = daemon.cli("metrics").stdout
+    assert "# TYPE ipae_gateway_round_trips_total counter" in text
+    assert 'ipae_gateway_queue_depth{queue="inbox"} 1' in text
+    assert "ipae_gateway_devices 2" in text
+
+
+async def test_the_tcp_api_refuses_requests_without_the_bearer_token(daemon: Daemon) -> None:
+    url = f"http://127.0.0.1:{daemon.tcp_port}/v1/status"  # type: ignore[attr-defined]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as resp:
+            assert resp.status == 401
+        async with session.get(url, headers={"Authorization": "Bearer wrong-token-000000"}) as resp:
+            assert resp.status == 401
+        async with session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            assert resp.status == 200 and (await resp.json())["devices"] == 2
+    token_file = daemon.layout.directory / "token"
+    token_file.write_text(TOKEN + "\n")
+    via_cli = daemon.cli("devices", "--json", "--url", f"http://127.0.0.1:{daemon.tcp_port}",  # type: ignore[attr-defined]
+                         "--token-file", str(token_file))
+    assert via_cli.returncode == 0 and len(json.loads(via_cli.stdout)["devices"]) == 2
+
+
+def test_the_cli_says_when_the_daemon_is_not_running(workdir: Path) -> None:
+    lay = Layout(workdir, free_udp_port(), workdir / "api.sock", [1])
+    lay.write()
+    done = subprocess.run([sys.executable, "-m", "gateway", "status", "--config", str(lay.config)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 3 and "cannot reach the gateway API" in done.stderr
