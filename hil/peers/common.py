@@ -248,9 +248,8 @@ class HttpsPeer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
-        server = site._server
-        assert server is not None and isinstance(server, asyncio.base_events.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        bound = [a for a in self._runner.addresses if isinstance(a, tuple)]
+        self.port = int(bound[0][1])
 
     async def stop(self) -> None:
         if self._runner is not None:

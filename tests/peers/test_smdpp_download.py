@@ -51,3 +51,13 @@ async def test_the_bpp_decodes_in_an_independent_asn1_implementation(
     oracle = module.GLOBAL.MOD["RSPDefinitions"]["BoundProfilePackage"]
     oracle.from_der(der)
     assert oracle.to_der() == der
+
+
+async def test_a_bpp_with_replace_session_keys_loads_with_the_profile_protection_keys(
+        pki: RspPki, smdpp: SmdppServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
+    order = smdpp.service.order_profile(size=5000, replace_session_keys=True)
+    pir = await direct_download(Card(euicc), http, server_for(pki, smdpp.url), smdpp.address, order.matching_id)
+    assert codec.decode("ProfileInstallationResult", pir)["profileInstallationResultData"]["finalResult"][0] == \
+        "successResult"
+    der = next(iter(smdpp.service.sessions.values())).bpp.der  # type: ignore[union-attr]
+    assert len(codec.decode("BoundProfilePackage", der)["secondSequenceOf87"]) == 1

@@ -10,7 +10,10 @@ Theory of operation. `build_bpp` binds one generated profile to one eUICC sessio
    CRT and the EID gives the initial MAC chaining value, S-ENC and S-MAC;
 3. ConfigureISDP ('87', encrypted), StoreMetadata ('88', MAC only, split as needed) and the
    profile elements ('86', encrypted, ~1 KB segments) are protected in that order with one
-   SCP03t session (`hil.rspcrypto.protect_data`), so the MAC chain runs through the BPP.
+   SCP03t session (`hil.rspcrypto.protect_data`), so the MAC chain runs through the BPP;
+4. optionally (`replace_session_keys`) a ReplaceSessionKeys ('A2' / '87', under the session
+   keys) hands the eUICC random PPK-ENC / PPK-CMAC / initial MAC chaining value, and the
+   '86' segments are protected with those instead, as for a pre-generated profile.
 
 The BPP is encoded with the project codec; each protected segment is carried as the value of
 its [7]/[8]/[6] OCTET STRING, which re-creates exactly the TLV that `protect_segment` MACed.
@@ -21,6 +24,7 @@ the ICCID followed by filler elements (the software eUICC counts, it does not in
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +55,7 @@ class ProfileSpec:
     service_provider_name: str = "ipae-gateway Test MNO"
     profile_class: int = 2         # operational
     notification_address: str = ""
+    replace_session_keys: bool = False
 
     def metadata(self, smdp_address: str) -> dict[str, Any]:
         """StoreMetadataRequest value (SGP.22 §5.5.3)."""
@@ -118,15 +123,26 @@ def build_bpp(*, transaction_id: bytes, eid: bytes, euicc_otpk: bytes, spec: Pro
     configure = codec.encode("ConfigureISDPRequest", {"dpProprietaryData": {"dpOid": smdp_oid}})
     seq87 = rspcrypto.protect_data(scp, 0x87, configure)
     seq88 = rspcrypto.protect_data(scp, 0x88, spec.metadata_der(smdp_address))
+    second87: list[bytes] | None = None
+    if spec.replace_session_keys:
+        ppk = rspcrypto.Scp03tSession(s_enc=os.urandom(16), s_mac=os.urandom(16),
+                                      mac_chaining_value=os.urandom(16))
+        replace = codec.encode("ReplaceSessionKeysRequest", {
+            "initialMacChainingValue": ppk.mac_chaining_value, "ppkEnc": ppk.s_enc, "ppkCmac": ppk.s_mac})
+        second87 = rspcrypto.protect_data(scp, 0x87, replace)
+        scp = ppk
     seq86 = rspcrypto.protect_data(scp, 0x86, profile_elements(spec))
 
     def values(segments: list[bytes]) -> list[bytes]:
         return [tlv.read_single(s).value_of(s) for s in segments]
 
-    der = codec.encode("BoundProfilePackage", {
+    package: dict[str, Any] = {
         "initialiseSecureChannelRequest": isc,
         "firstSequenceOf87": values(seq87),
         "sequenceOf88": values(seq88),
         "sequenceOf86": values(seq86),
-    })
+    }
+    if second87 is not None:
+        package["secondSequenceOf87"] = values(second87)
+    der = codec.encode("BoundProfilePackage", package)
     return BoundPackage(der=der, smdp_otpk=smdp_otpk, segments_86=len(seq86))

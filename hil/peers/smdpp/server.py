@@ -9,7 +9,8 @@ service); handleNotification answers 204. A wrong content type is 415, an unknow
 
 Admin (plain JSON, for tests and demos):
     POST /admin/orders            {matchingId?, iccid?, size?, eid?, ttlS?, profileName?,
-                                   notificationAddress?} -> the order (with its activation code)
+                                   notificationAddress?, replaceSessionKeys?} -> the order
+                                   (with its activation code)
     GET  /admin/orders            every order and its state
     GET  /admin/orders/<orderId>
     GET  /admin/notifications     every notification received (verified or not)
@@ -90,7 +91,8 @@ def make_app(service: SmdpPlus) -> web.Application:
             eid=common.parse_eid(common.field_str(obj, "eid")) if obj.get("eid") else None,
             ttl_s=float(common.field_int(obj, "ttlS")) if "ttlS" in obj else None,
             profile_name=common.field_str(obj, "profileName") if "profileName" in obj else None,
-            notification_address=common.field_str(obj, "notificationAddress", ""))
+            notification_address=common.field_str(obj, "notificationAddress", ""),
+            replace_session_keys=obj.get("replaceSessionKeys") is True)
         return order.to_json(service.address)
 
     async def list_orders(request: web.Request) -> Any:

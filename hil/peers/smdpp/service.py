@@ -80,6 +80,7 @@ class Order:
     expires_at: float | None = None
     profile_name: str = "ipae test profile"
     notification_address: str = ""
+    replace_session_keys: bool = False
     state: str = ORDER_RELEASED
     transaction_id: bytes | None = None
     euicc_certificate: bytes | None = None   # DER, kept to verify later notifications
@@ -88,7 +89,8 @@ class Order:
 
     def spec(self) -> ProfileSpec:
         return ProfileSpec(iccid=self.iccid, size=self.size, profile_name=self.profile_name,
-                           notification_address=self.notification_address)
+                           notification_address=self.notification_address,
+                           replace_session_keys=self.replace_session_keys)
 
     def to_json(self, address: str) -> dict[str, Any]:
         return {
@@ -96,7 +98,8 @@ class Order:
             "activationCode": f"1${address}${self.matching_id}",
             "iccid": common.iccid_to_str(self.iccid), "size": self.size,
             "eid": self.eid.hex() if self.eid else None, "expiresAt": self.expires_at,
-            "profileName": self.profile_name, "state": self.state,
+            "profileName": self.profile_name, "replaceSessionKeys": self.replace_session_keys,
+            "state": self.state,
             "transactionId": self.transaction_id.hex().upper() if self.transaction_id else None,
             "attempts": self.attempts, "history": list(self.history),
         }
@@ -183,7 +186,7 @@ class SmdpPlus:
     def order_profile(self, *, matching_id: str | None = None, iccid: bytes | None = None,
                       size: int = DEFAULT_PROFILE_SIZE, eid: bytes | None = None,
                       ttl_s: float | None = None, profile_name: str | None = None,
-                      notification_address: str = "") -> Order:
+                      notification_address: str = "", replace_session_keys: bool = False) -> Order:
         if not 64 <= size <= MAX_PROFILE_SIZE:
             raise common.AdminError(f"profile size must be 64..{MAX_PROFILE_SIZE} bytes")
         number = self._next_order
@@ -196,7 +199,8 @@ class SmdpPlus:
         order = Order(order_id=f"order-{number}", matching_id=matching_id, iccid=iccid, size=size,
                       eid=eid, expires_at=self.clock() + ttl_s if ttl_s is not None else None,
                       profile_name=profile_name or f"ipae test profile {number}",
-                      notification_address=notification_address)
+                      notification_address=notification_address,
+                      replace_session_keys=replace_session_keys)
         order.history.append(ORDER_RELEASED)
         self.orders[order.order_id] = order
         self._save()
