@@ -36,6 +36,8 @@ class EngineConfig:
     refresh: str = REFRESH_UICC_RESET            # what the device does after enable/disable
     idle_retry_s: int = 3600                     # Idle when nothing is to do
     poll_interval_s: float | None = None         # scheduled GetEimPackage; None = on wake-up only
+    notification_check_s: float | None = 86400.0  # RetrieveNotificationsList folded into a wake
+                                                 # this often (and on first contact); None = first only
     request_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(2.0, 60.0, 3))
     delivery_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(5.0, 3600.0, None))
     poll_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(2.0, 30.0, 1))

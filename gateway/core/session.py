@@ -109,6 +109,7 @@ class DeviceSession:
         self.imei: str | None = None
         self.max_batch_bytes: int | None = None
         self.timers: dict[str, float] = {}
+        self.retrieved_at: float | None = None
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -134,6 +135,7 @@ class DeviceSession:
             "cancel_requested": self.cancel_requested, "resend_once": self.resend_once,
             "done_keys": self.done_keys, "plmn": self.plmn, "imei": self.imei,
             "max_batch_bytes": self.max_batch_bytes, "timers": self.timers,
+            "retrieved_at": self.retrieved_at,
         }
         return serial.dumps(data)
 
@@ -179,6 +181,7 @@ class DeviceSession:
         s.done_keys = list(d["done_keys"])
         s.plmn, s.imei, s.max_batch_bytes = d["plmn"], d["imei"], d["max_batch_bytes"]
         s.timers = dict(d["timers"])
+        s.retrieved_at = d["retrieved_at"]
         return s
 
     # -- entry point -------------------------------------------------------------------------
@@ -265,6 +268,9 @@ class _Step:
             self.audit("deviceLink", "lost", f"batch {s.in_flight['batch_id']} not answered")
             self.apply_results((), "lost")
         s.uplink_pending = True
+        due = self.config.notification_check_s
+        if s.retrieved_at is None or (due is not None and self.now - s.retrieved_at >= due):
+            s.want_retrieve = True       # notifications left by anything else (first contact, daily)
         changed = s.plmn is not None and status.plmn is not None and status.plmn != s.plmn
         self.note_status(status)
         if s.eims is None:
@@ -347,6 +353,7 @@ class _Step:
             elif item[0] == "retrieve":
                 if ok and reply is not None:
                     s.want_retrieve = False
+                    s.retrieved_at = self.now
                     self.retrieved(reply.data)
             elif item[0] == "discover":
                 if ok and reply is not None:

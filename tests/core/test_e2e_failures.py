@@ -134,7 +134,7 @@ async def test_device_vanishing_mid_bpp_ends_with_one_error_result_and_no_open_s
     assert any(isinstance(a, A.Audit) and a.result == "lost" for a in rig.actions)
 
 
-DOWNLOAD_COMMANDS = 166   # APDUs the card receives in a clean download of this test profile
+DOWNLOAD_COMMANDS = 168   # APDUs the card receives in a clean download of this test profile
 
 
 async def test_the_fault_matrix_covers_every_command_of_a_clean_download(pki: RspPki) -> None:

@@ -57,8 +57,8 @@ def test_hello_polls_the_eim_and_holds_the_downlink_until_it_answers() -> None:
     assert downlinks(out) == []
     out = eng.handle(E.BackhaulAnswered(EID, 0.1, poll.request_id, NO_PACKAGE))
     (batch,) = downlinks(out)
-    assert isinstance(batch, A.SendBatch)       # first contact: the eIM configuration is read
-    assert batch.batch.steps[0].apdus[0][5:7] == b"\xbf\x55"
+    assert isinstance(batch, A.SendBatch)       # first contact: notifications and eIM configuration
+    assert [s.apdus[0][5:7] for s in batch.batch.steps] == [b"\xbf\x2b", b"\xbf\x55"]
 
 
 def test_store_actions_come_first_and_every_list_saves_the_session() -> None:
