@@ -58,11 +58,22 @@ class TlsCredentials:
     eim_client_key_file: Path | None = setting(None, "Private key (PEM) of northbound.eim_client_cert_file")
 
 
+def _hmac_secret(value: Any) -> str | None:
+    return None if len(value) >= 32 else "a secret of at least 32 characters"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookCredentials:
+    hmac_secret: Secret | None = setting(
+        None, "HMAC-SHA256 key signing every webhook POST (policies.webhooks.urls)", check=_hmac_secret, secret=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Credentials:
     mqtt: MqttCredentials = table(MqttCredentials, "MQTT broker login")
     api: ApiCredentials = table(ApiCredentials, "Management API")
     tls: TlsCredentials = table(TlsCredentials, "TLS private keys")
+    webhooks: WebhookCredentials = table(WebhookCredentials, "Webhook signing key")
     dtls_psk: Mapping[str, Secret] = dataclasses.field(
         default_factory=lambda: types.MappingProxyType({}),
         metadata={"doc": "DTLS PSK (hex) per device link identity", "check": _hex_psk, "secret": True})
@@ -75,7 +86,8 @@ class Credentials:
     def secret_values(self) -> tuple[str, ...]:
         """Every secret in clear, for the log redaction filter."""
         values = [s.reveal() for s in self.dtls_psk.values()]
-        values += [s.reveal() for s in (self.mqtt.password, self.api.bearer_token) if s is not None]
+        values += [s.reveal() for s in (self.mqtt.password, self.api.bearer_token, self.webhooks.hmac_secret)
+                   if s is not None]
         return tuple(values)
 
 

@@ -29,9 +29,9 @@ from gateway.config.model import (
     GatewaySection,
     LinksSection,
     NorthboundSection,
-    PoliciesSection,
     StoreSection,
 )
+from gateway.config.policies import PoliciesSection, check_policies
 from gateway.config.schema import Origins, build, dotted
 from gateway.errors import ConfigError
 
@@ -193,6 +193,9 @@ def _cross_check(config: Config, origins: Origins, creds_path: Path, entries: li
     if nb.eim_client_cert_file is not None and config.credentials.tls.eim_client_key_file is None:
         raise ConfigError("required when northbound.eim_client_cert_file is set", file=creds,
                           key="tls.eim_client_key_file")
+
+    check_policies(config.policies, has_webhook_secret=config.credentials.webhooks.hmac_secret is not None,
+                   file_of=at, credentials_file=creds)
 
     enabled = {"coap": links.coap.enabled, "mqtt": links.mqtt.enabled, "serial": links.serial.enabled}
     for entry, file, key in entries:

@@ -3,7 +3,8 @@
 The field metadata (built by `setting`) is the single source of each key's default,
 constraints and one-line documentation; `config/gateway.toml` shows every key with its
 default, and a test keeps the two in step. Relative paths are taken from the directory of
-gateway.toml, except `store.db_path`, which is taken from `gateway.state_dir`.
+gateway.toml, except `store.db_path`, which is taken from `gateway.state_dir`. The
+`[policies]` tables live in policies.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.config.policies import PoliciesSection
 from gateway.config.schema import setting, table
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -25,12 +27,6 @@ _HOST = rf"{_FQDN}|\d{{1,3}}(\.\d{{1,3}}){{3}}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*"
 def _listen_address(value: Any) -> str | None:
     if not re.fullmatch(_HOST, str(value)):
         return "a host name or an IPv4/IPv6 address"
-    return None
-
-
-def _url(value: Any) -> str | None:
-    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", str(value)):
-        return "an http:// or https:// URL"
     return None
 
 
@@ -186,35 +182,6 @@ class DeviceDefaultsSection:
         4096, "Largest APDU batch sent in one downlink (the agent's buffer)", min=256, max=1024 * 1024)
     poll_interval_s: float = setting(
         3600.0, "Wake-up interval suggested to an idle device", min=1, max=7 * 86400)
-
-
-@dataclass(frozen=True, slots=True)
-class FallbackPolicy:
-    enabled: bool = setting(False, "Enable the fallback profile when the operational network fails")
-    attach_failures: int = setting(3, "Consecutive attach failures reported before falling back", min=1, max=1000)
-
-
-@dataclass(frozen=True, slots=True)
-class RoamingPolicy:
-    enabled: bool = setting(False, "Apply the roaming policy")
-    allowed_plmns: tuple[str, ...] = setting(
-        (), "Networks (MCC+MNC, 5 or 6 digits) a device may use",
-        check=lambda v: None if all(re.fullmatch(r"\d{5,6}", p) for p in v) else "PLMN codes of 5 or 6 digits")
-
-
-@dataclass(frozen=True, slots=True)
-class WebhooksPolicy:
-    urls: tuple[str, ...] = setting(
-        (), "URLs that receive a POST for each eUICC state change",
-        check=lambda v: next((p for p in map(_url, v) if p), None))
-    timeout_s: float = setting(5.0, "Timeout of one webhook POST", min=0.1, max=120)
-
-
-@dataclass(frozen=True, slots=True)
-class PoliciesSection:
-    fallback: FallbackPolicy = table(FallbackPolicy, "Automatic fallback")
-    roaming: RoamingPolicy = table(RoamingPolicy, "Roaming")
-    webhooks: WebhooksPolicy = table(WebhooksPolicy, "Webhooks")
 
 
 @dataclass(frozen=True, slots=True)
