@@ -38,7 +38,7 @@ import resource
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.links import protocol as p  # noqa: E402
 from gateway.links.base import DeviceCredential, DeviceRegistry  # noqa: E402
@@ -69,7 +69,7 @@ def _es10(tag: bytes, size: int) -> p.Step:
     return p.Step(tuple(store_data(_der(tag, bytes(size)))))
 
 
-def download_batches(profile_bytes: int) -> list[p.Batch]:
+def download_batches(profile_bytes: int, hints: bool = True) -> list[p.Batch]:
     """The device-link shape of one profile download (SGP.22 §3.1.3 as the engine batches it)."""
     segments = [_der(b"\xbf\x23", bytes(90)), _der(b"\xa0", _der(b"\x87", bytes(30))),
                 _der(b"\xa1", _der(b"\x88", bytes(60)))]
@@ -80,12 +80,18 @@ def download_batches(profile_bytes: int) -> list[p.Batch]:
         remaining -= size + 4
     segments[-1] = segments[-1][:-1] + b"\xff"  # the scripted card answers the marked last segment
     bpp = tuple(p.Step(tuple(store_data(s)), stop_if_data=True) for s in segments)
-    return [
+    batches = [
         p.Batch(1, (_es10(b"\xbf\x2e", 0), _es10(b"\xbf\x20", 0)), aid=ISD_R_AID),
         p.Batch(2, (_es10(b"\xbf\x38", 1200),), aid=ISD_R_AID),
         p.Batch(3, (_es10(b"\xbf\x21", 400),), aid=ISD_R_AID),
         p.Batch(4, bpp, aid=ISD_R_AID),
     ]
+    if not hints:
+        return batches
+    # the engine knows roughly what comes next (AuthenticateServer after the challenge, the
+    # BPP after PrepareDownload): it says so, and CoAP agents fetch those blocks with the uplink
+    sizes = [len(p.encode_downlink(p.BatchMsg(b))) for b in batches[1:]] + [None]
+    return [replace(b, next_size_hint=n) for b, n in zip(batches, sizes)]
 
 
 class BenchCard:
@@ -105,6 +111,7 @@ class BenchCard:
 @dataclass
 class DownloadHandler:
     profile_bytes: int
+    hints: bool = True
     plans: dict[bytes, list[p.Batch]] = field(default_factory=dict)
     attached: set[bytes] = field(default_factory=set)
     exchanges: int = 0
@@ -114,7 +121,7 @@ class DownloadHandler:
         self.exchanges += 1
         if isinstance(uplink, p.Hello) and eid not in self.attached:
             self.attached.add(eid)
-            self.plans[eid] = download_batches(self.profile_bytes)
+            self.plans[eid] = download_batches(self.profile_bytes, self.hints)
             return p.Idle(1)
         plan = self.plans.get(eid)
         if plan:
@@ -149,7 +156,7 @@ async def serve(args: argparse.Namespace) -> None:
     import logging
     logging.basicConfig(level=logging.ERROR)
     registry = registry_for(args.devices)
-    handler = DownloadHandler(args.profile_kb * 1024)
+    handler = DownloadHandler(args.profile_kb * 1024, hints=not args.no_hints)
     server: object
     if args.serve == "coap":
         from gateway.links.coap import CoapServer, CoapServerConfig
@@ -189,10 +196,10 @@ def free_tcp_port() -> int:
 
 
 class GatewayProcess:
-    def __init__(self, kind: str, devices: int, port: int, profile_kb: int) -> None:
+    def __init__(self, kind: str, devices: int, port: int, profile_kb: int, no_hints: bool = False) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", kind, "--devices", str(devices), "--port", str(port),
-             "--profile-kb", str(profile_kb)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             "--profile-kb", str(profile_kb)] + (["--no-hints"] if no_hints else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         ready = self.proc.stdout.readline()
         if not ready:
@@ -258,11 +265,11 @@ async def run_devices(args: argparse.Namespace) -> dict[str, object]:
         port = free_udp_port()
         while port - 1 < 1024:
             port = free_udp_port()
-        gateway = GatewayProcess("coap", args.devices, port, args.profile_kb)
+        gateway = GatewayProcess("coap", args.devices, port, args.profile_kb, args.no_hints)
         sim = UdpLinkSimulator(("127.0.0.1", port), profile, seed=1)
     else:
         broker, port = start_broker(Path(tmp.name), args.devices)
-        gateway = GatewayProcess("mqtt", args.devices, port, args.profile_kb)
+        gateway = GatewayProcess("mqtt", args.devices, port, args.profile_kb, args.no_hints)
         sim = TcpLinkSimulator(("127.0.0.1", port), profile)
     await sim.start()
     agents = []
@@ -318,6 +325,9 @@ async def run_devices(args: argparse.Namespace) -> dict[str, object]:
                                + resource.getrusage(resource.RUSAGE_SELF).ru_stime, 3),
         "datagrams_or_segments": sim.stats.datagrams, "dropped": sim.stats.dropped,
         "bytes_down": sim.stats.bytes_down, "bytes_up": sim.stats.bytes_up,
+        "block_requests": sum(getattr(a.transport, "block_requests", 0) for a in agents),
+        "speculative_requests": sum(getattr(a.transport, "speculative_requests", 0) for a in agents),
+        "block_timeouts": sum(getattr(a.transport, "block_timeouts", 0) for a in agents),
         "transport_errors": sorted({r.transport_error.split(":")[0] for r in reports if r.transport_error}),
     }
 
@@ -377,6 +387,7 @@ def main() -> int:
     ap.add_argument("--loss", type=float, default=0.0)
     ap.add_argument("--profile-kb", type=int, default=30)
     ap.add_argument("--buffer-kb", type=int, default=32, help="agent buffer (Block2 window = buffer / 1 KB)")
+    ap.add_argument("--no-hints", action="store_true", help="the handler gives no next_size_hint")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--probe-dtls", action="store_true")
     ap.add_argument("--serve", choices=("coap", "mqtt"), help=argparse.SUPPRESS)

@@ -31,6 +31,7 @@ import aiocoap.credentials
 import aiocoap.error
 import aiocoap.resource
 from aiocoap.numbers import codes
+from aiocoap.optiontypes import BlockOption
 
 from gateway.errors import AccessDenied, UnknownDevice
 from gateway.links.base import DeviceRegistry, UplinkHandler, answer
@@ -104,17 +105,27 @@ def _message_for(downlink: Downlink, payload: bytes) -> aiocoap.Message:
 
 
 class DeviceLinkResource(aiocoap.resource.Resource):  # type: ignore[misc]
-    """The server site: every request goes here; the path names the device."""
+    """The server site: every request goes here; the path names the device.
+
+    Block1 reassembly and block 0 of a large downlink are aiocoap's. Blocks 1.. are served
+    here, from `_downlinks`, keyed by (EID, exchange tag): the agent may request them before
+    the exchange's downlink exists (speculatively, with its uplink), and such a request waits
+    for it (at most `block_wait_s`). The exchange tag is the URI query ``x=<n>`` the agent
+    numbers its exchanges with; without one, blocks refer to the device's latest downlink.
+    """
 
     def __init__(self, handler: UplinkHandler, registry: DeviceRegistry, *, max_uplink: int,
-                 plain: bool) -> None:
+                 plain: bool, block_wait_s: float = 60.0) -> None:
         super().__init__()
         self._handler = handler
         self._registry = registry
         self._max_uplink = max_uplink
         self._plain = plain
+        self._block_wait_s = block_wait_s
+        self._downlinks: dict[tuple[bytes, str | None], asyncio.Future[bytes]] = {}
         self.exchanges = 0
         self.refused = 0
+        self.blocks_served = 0
 
     async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
         block1 = request.opt.block1
@@ -124,7 +135,8 @@ class DeviceLinkResource(aiocoap.resource.Resource):  # type: ignore[misc]
             self.refused += 1
             raise _ProtocolReply(ErrorMsg(int(ErrorCode.TOO_LARGE),
                                           f"uplink exceeds {self._max_uplink} bytes"))
-        return True
+        block2 = request.opt.block2
+        return block2 is None or block2.block_number == 0
 
     def _bound_eid(self, request: aiocoap.Message) -> bytes:
         path = tuple(request.opt.uri_path)
@@ -145,6 +157,57 @@ class DeviceLinkResource(aiocoap.resource.Resource):  # type: ignore[misc]
             return self._registry.by_eid(path_eid).eid
         raise AccessDenied("request without an authenticated DTLS identity")
 
+    @staticmethod
+    def _tag(request: aiocoap.Message) -> str | None:
+        for q in request.opt.uri_query:
+            if q.startswith("x=") and 2 < len(q) <= 22:
+                return str(q[2:])
+        return None
+
+    def _slot(self, eid: bytes, tag: str | None) -> asyncio.Future[bytes]:
+        key = (eid, tag)
+        fut = self._downlinks.get(key)
+        if fut is None:
+            stale = [k for k in self._downlinks if k[0] == eid]
+            for k in stale[:-3]:  # a device has at most a few exchanges in flight
+                self._downlinks.pop(k).cancel()
+            loop = asyncio.get_running_loop()
+            fut = self._downlinks[key] = loop.create_future()
+            # like aiocoap's Block2 cache: a downlink stays fetchable for MAX_TRANSMIT_WAIT
+            loop.call_later(93.0, self._expire, key, fut)
+        return fut
+
+    def _expire(self, key: tuple[bytes, str | None], fut: asyncio.Future[bytes]) -> None:
+        if self._downlinks.get(key) is fut:
+            del self._downlinks[key]
+        fut.cancel()
+
+    def _publish(self, eid: bytes, tag: str | None, payload: bytes) -> None:
+        for key in {(eid, tag), (eid, None)}:
+            fut = self._slot(eid, key[1])
+            if fut.done():
+                self._downlinks.pop(key, None)
+                fut = self._slot(eid, key[1])
+            fut.set_result(payload)
+
+    async def _block(self, request: aiocoap.Message, eid: bytes) -> aiocoap.Message:
+        block2 = request.opt.block2
+        fut = self._slot(eid, self._tag(request))
+        try:
+            payload = await asyncio.wait_for(asyncio.shield(fut), self._block_wait_s)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            return aiocoap.Message(code=codes.REQUEST_ENTITY_INCOMPLETE)
+        szx = min(block2.size_exponent, 6)
+        size = 1 << (szx + 4)
+        start = block2.block_number * size
+        if start >= len(payload):
+            return aiocoap.Message(code=codes.BAD_OPTION)
+        chunk = payload[start:start + size]
+        self.blocks_served += 1
+        return aiocoap.Message(code=codes.CHANGED, payload=chunk, content_format=CONTENT_FORMAT_CBOR_SEQ,
+                               block2=BlockOption.BlockwiseTuple(block2.block_number, start + size < len(payload), szx),
+                               size2=len(payload))
+
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
         try:
             eid = self._bound_eid(request)
@@ -155,8 +218,14 @@ class DeviceLinkResource(aiocoap.resource.Resource):  # type: ignore[misc]
         except UnknownDevice as exc:
             self.refused += 1
             raise _ProtocolReply(ErrorMsg(int(ErrorCode.UNKNOWN_DEVICE), str(exc))) from None
+        block2 = request.opt.block2
+        if block2 is not None and block2.block_number > 0:
+            return await self._block(request, eid)
         downlink, payload = await answer(self._handler, eid, request.payload)
         self.exchanges += 1
+        tag = self._tag(request)
+        if tag is not None or len(payload) > BLOCK_SIZE:
+            self._publish(eid, tag, payload)
         return _message_for(downlink, payload)
 
 

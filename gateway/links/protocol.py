@@ -88,6 +88,9 @@ class Batch:
     steps: tuple[Step, ...]
     aid: bytes | None = None
     refresh: str | None = None
+    # the gateway's estimate of the size of the downlink that will answer this batch's Result:
+    # lets a CoAP agent request that many Block2 blocks together with its uplink
+    next_size_hint: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,7 @@ class BatchHeader:
     step_count: int
     aid: bytes | None = None
     refresh: str | None = None
+    next_size_hint: int | None = None
 
 
 Uplink: TypeAlias = Hello | Result
@@ -170,6 +174,7 @@ _TYPE_NAMES = {T_HELLO: "Hello", T_RESULT: "Result", T_BATCH: "Batch", T_IDLE: "
 
 # Batch header / Result header / Idle / ErrorMsg keys
 K_BATCH_ID, K_COUNT, K_AID, K_REFRESH, K_STOPPED, K_STATUS = 2, 3, 4, 5, 6, 7
+K_NEXT_SIZE_HINT = 6  # in a Batch header (K_STOPPED is a Result header key)
 K_RETRY_AFTER = 2
 K_CODE, K_TEXT = 2, 3
 # Step item keys
@@ -236,6 +241,8 @@ def encode_batch_header(header: BatchHeader) -> bytes:
         if header.refresh not in _REFRESH_CODES:
             raise LocalProtocolError(f"unknown refresh {header.refresh!r}")
         item[K_REFRESH] = _REFRESH_CODES[header.refresh]
+    if header.next_size_hint is not None:
+        item[K_NEXT_SIZE_HINT] = header.next_size_hint
     _check_encodable(item, "Batch")
     return _dumps(item)
 
@@ -273,7 +280,7 @@ def encode_uplink(msg: Uplink) -> bytes:
 def encode_downlink(msg: Downlink) -> bytes:
     if isinstance(msg, BatchMsg):
         b = msg.batch
-        header = BatchHeader(b.batch_id, len(b.steps), b.aid, b.refresh)
+        header = BatchHeader(b.batch_id, len(b.steps), b.aid, b.refresh, b.next_size_hint)
         return encode_batch_header(header) + b"".join(encode_step(s) for s in b.steps)
     if isinstance(msg, Idle):
         item: dict[int, object] = {K_VERSION: VERSION, K_TYPE: T_IDLE, K_RETRY_AFTER: msg.retry_after_s}
@@ -449,14 +456,15 @@ def _decode_step_result(item: object) -> StepResult:
 
 def _decode_batch_header(m: Mapping[object, object]) -> BatchHeader:
     what = "Batch"
-    _only_keys(m, (K_VERSION, K_TYPE, K_BATCH_ID, K_COUNT, K_AID, K_REFRESH), what)
+    _only_keys(m, (K_VERSION, K_TYPE, K_BATCH_ID, K_COUNT, K_AID, K_REFRESH, K_NEXT_SIZE_HINT), what)
     batch_id = _int(m, K_BATCH_ID, what, 0, _U63)
     count = _int(m, K_COUNT, what, 0, MAX_STEPS)
     assert batch_id is not None and count is not None
     aid = _bytes(m[K_AID], what, "aid", 16, 5) if K_AID in m else None
     refresh_code = _int(m, K_REFRESH, what, 1, len(_REFRESH_CODES), required=False)
     refresh = _REFRESH_NAMES[refresh_code] if refresh_code is not None else None
-    return BatchHeader(batch_id, count, aid, refresh)
+    hint = _int(m, K_NEXT_SIZE_HINT, what, 0, MAX_MESSAGE, required=False)
+    return BatchHeader(batch_id, count, aid, refresh, hint)
 
 
 def _decode_result_header(m: Mapping[object, object]) -> tuple[int, int, str | None, DeviceStatus | None]:
@@ -557,7 +565,7 @@ def decode_downlink(data: bytes) -> Downlink:
     head = events[0]
     if isinstance(head, BatchHeader):
         steps = tuple(e for e in events[1:] if isinstance(e, Step))
-        return BatchMsg(Batch(head.batch_id, steps, head.aid, head.refresh))
+        return BatchMsg(Batch(head.batch_id, steps, head.aid, head.refresh, head.next_size_hint))
     assert isinstance(head, (Idle, ErrorMsg))
     return head
 
@@ -650,5 +658,5 @@ class DownlinkStream:
 
 def batch_step_items(batch: Batch) -> list[bytes]:
     """The encoded items of a batch (header first), for links that send them one by one."""
-    header = BatchHeader(batch.batch_id, len(batch.steps), batch.aid, batch.refresh)
+    header = BatchHeader(batch.batch_id, len(batch.steps), batch.aid, batch.refresh, batch.next_size_hint)
     return [encode_batch_header(header)] + [encode_step(s) for s in batch.steps]

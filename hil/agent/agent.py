@@ -41,8 +41,11 @@ AGENT_VERSION = "ipae-agent/1"
 
 
 class AgentTransport(Protocol):
-    def exchange(self, payload: bytes, buffer_size: int) -> AsyncIterator[bytes]:
-        """Send one uplink; yield the downlink's bytes in order, holding at most buffer_size."""
+    def exchange(self, payload: bytes, buffer_size: int, size_hint: int | None = None) -> AsyncIterator[bytes]:
+        """Send one uplink; yield the downlink's bytes in order, holding at most buffer_size.
+
+        `size_hint` is the gateway's estimate of the downlink's size (from the previous batch).
+        """
         ...
 
     async def close(self) -> None: ...
@@ -68,6 +71,7 @@ class Agent:
     transport: AgentTransport
     max_exchanges: int = 10_000
     _pending: Result | None = None
+    _size_hint: int | None = None
 
     @classmethod
     def make_status(cls, eid: bytes, *, buffer_size: int = 4096, imei: str | None = None,
@@ -107,7 +111,8 @@ class Agent:
         report.uplink_bytes += len(payload)
         stream = DownlinkStream(max_item=self.status.buffer_size)
         runner: BatchRunner | None = None
-        async with aclosing(self.transport.exchange(payload, self.status.buffer_size)) as chunks:
+        size_hint, self._size_hint = self._size_hint, None
+        async with aclosing(self.transport.exchange(payload, self.status.buffer_size, size_hint)) as chunks:
             async for chunk in chunks:
                 report.downlink_bytes += len(chunk)
                 for event in stream.feed(chunk):
@@ -126,6 +131,7 @@ class Agent:
             assert runner is not None
             report.batches += 1
             report.apdus += runner.apdus_sent
+            self._size_hint = head.next_size_hint
             return await runner.close()
         if head is None:
             raise DecodeError("empty downlink", type_name="Downlink")

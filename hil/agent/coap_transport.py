@@ -42,6 +42,9 @@ class CoapAgentTransport:
         self.request_timeout = request_timeout
         self.max_window = max_window
         self.block_requests = 0
+        self.speculative_requests = 0
+        self._seq = 0
+        self.block_timeouts = 0
 
     async def _context(self) -> aiocoap.Context:
         if self._ctx is None:
@@ -63,7 +66,10 @@ class CoapAgentTransport:
     async def _request(self, msg: aiocoap.Message, timeout: float) -> aiocoap.Message:
         ctx = await self._context()
         try:
-            response = await asyncio.wait_for(ctx.request(msg, handle_blockwise=False).response, timeout)
+            # shield: cancelling aiocoap's response future makes a late response raise
+            # InvalidStateError inside aiocoap's receive path; left alone it is dropped quietly
+            response = await asyncio.wait_for(asyncio.shield(ctx.request(msg, handle_blockwise=False).response),
+                                              timeout)
             # aiocoap pools DTLS connections weakly: holding the remote keeps the session (and its
             # handshake, 3 round trips) alive from one wake-up to the next
             self._remote = response.remote
@@ -73,15 +79,16 @@ class CoapAgentTransport:
         except aiocoap.error.Error as exc:
             raise NetworkError(f"CoAP request to {self._uri} failed: {exc!r}") from exc
 
-    async def _upload(self, payload: bytes) -> aiocoap.Message:
+    async def _upload(self, payload: bytes, uri: str | None = None) -> aiocoap.Message:
+        uri = uri or self._uri
         if len(payload) <= BLOCK_SIZE:
-            return await self._request(aiocoap.Message(code=aiocoap.POST, uri=self._uri, payload=payload,
+            return await self._request(aiocoap.Message(code=aiocoap.POST, uri=uri, payload=payload,
                                                        content_format=CONTENT_FORMAT_CBOR_SEQ),
                                        self.request_timeout)
         blocks = [payload[i:i + BLOCK_SIZE] for i in range(0, len(payload), BLOCK_SIZE)]
         for n, block in enumerate(blocks):
             more = n < len(blocks) - 1
-            msg = aiocoap.Message(code=aiocoap.POST, uri=self._uri, payload=block,
+            msg = aiocoap.Message(code=aiocoap.POST, uri=uri, payload=block,
                                   content_format=CONTENT_FORMAT_CBOR_SEQ,
                                   block1=BlockOption.BlockwiseTuple(n, more, SZX_1K), size1=len(payload))
             response = await self._request(msg, self.request_timeout)
@@ -89,53 +96,87 @@ class CoapAgentTransport:
                 return response  # refused mid-way (4.13, 4.03): its payload is the ErrorMsg
         return response
 
-    async def _block(self, number: int) -> bytes:
-        for _ in range(self.block_retries):
-            msg = aiocoap.Message(code=aiocoap.POST, transport_tuning=aiocoap.Unreliable, uri=self._uri,
+    async def _block(self, number: int, uri: str | None = None, started: asyncio.Event | None = None) -> bytes:
+        """Block `number` of the downlink. With `started`, the request goes out now (speculatively,
+        before the downlink exists) and its timeout only runs once the first block has arrived."""
+        uri = uri or self._uri
+        ctx = await self._context()
+        for attempt in range(self.block_retries):
+            msg = aiocoap.Message(code=aiocoap.POST, transport_tuning=aiocoap.Unreliable, uri=uri,
                                   content_format=CONTENT_FORMAT_CBOR_SEQ,
                                   block2=BlockOption.BlockwiseTuple(number, False, SZX_1K))
             self.block_requests += 1
-            try:
-                response = await self._request(msg, self.block_timeout)
-            except TransportTimeout:
-                continue
+            if attempt == 0 and started is not None:
+                pending = asyncio.shield(ctx.request(msg, handle_blockwise=False).response)
+                await started.wait()
+                try:
+                    response = await asyncio.wait_for(pending, self.block_timeout)
+                except asyncio.TimeoutError:
+                    self.block_timeouts += 1
+                    continue
+                except aiocoap.error.Error as exc:
+                    raise NetworkError(f"CoAP request to {uri} failed: {exc!r}") from exc
+            else:
+                try:
+                    response = await self._request(msg, self.block_timeout)
+                except TransportTimeout:
+                    self.block_timeouts += 1
+                    continue
             got = response.opt.block2
             if not response.code.is_successful() or got is None or got.block_number != number:
-                raise NetworkError(f"block {number} of {self._uri}: {response.code} {got}")
+                raise NetworkError(f"block {number} of {uri}: {response.code} {got}")
             return bytes(response.payload)
-        raise TransportTimeout(f"block {number} of {self._uri}: no answer after {self.block_retries} tries")
+        raise TransportTimeout(f"block {number} of {uri}: no answer after {self.block_retries} tries")
 
-    async def exchange(self, payload: bytes, buffer_size: int) -> AsyncIterator[bytes]:
-        first = await self._upload(payload)
-        yield bytes(first.payload)
-        block2 = first.opt.block2
-        if block2 is None or not block2.more:
-            return
-        if block2.size_exponent != SZX_1K:
-            raise NetworkError(f"server chose {block2.size} byte blocks, 1024 expected")
-        total = first.opt.size2
+    async def exchange(self, payload: bytes, buffer_size: int, size_hint: int | None = None
+                       ) -> AsyncIterator[bytes]:
+        self._seq += 1
+        uri = f"{self._uri}?x={self._seq}"
         window = max(1, buffer_size // BLOCK_SIZE)
         if self.max_window is not None:
             window = min(window, self.max_window)
-        if total is None:  # no Size2: one block at a time
-            number, more = 1, True
-            while more:
-                msg_payload = await self._block(number)
-                more = len(msg_payload) == BLOCK_SIZE
-                yield msg_payload
-                number += 1
-            return
-        count = -(-total // BLOCK_SIZE)
         pending: dict[int, asyncio.Task[bytes]] = {}
+        first_arrived = asyncio.Event()
+        if size_hint is not None and size_hint > BLOCK_SIZE:
+            await self._context()
+            for number in range(1, min(window, -(-size_hint // BLOCK_SIZE))):
+                pending[number] = asyncio.ensure_future(self._block(number, uri, first_arrived))
+            self.speculative_requests += len(pending)
         try:
+            first = await self._upload(payload, uri)
+            first_arrived.set()
+            yield bytes(first.payload)
+            block2 = first.opt.block2
+            if block2 is None or not block2.more:
+                return
+            if block2.size_exponent != SZX_1K:
+                raise NetworkError(f"server chose {block2.size} byte blocks, 1024 expected")
+            total = first.opt.size2
+            if total is None:  # no Size2: one block at a time
+                number, more = 1, True
+                while more:
+                    data = await self._block(number, uri)
+                    more = len(data) == BLOCK_SIZE
+                    yield data
+                    number += 1
+                return
+            count = -(-total // BLOCK_SIZE)
             next_request = 1
             for number in range(1, count):
-                while next_request < count and len(pending) < window:
-                    pending[next_request] = asyncio.ensure_future(self._block(next_request))
+                while next_request < count and len([n for n in pending if n < count]) < window:
+                    if next_request not in pending:
+                        pending[next_request] = asyncio.ensure_future(self._block(next_request, uri))
                     next_request += 1
+                if number not in pending:
+                    pending[number] = asyncio.ensure_future(self._block(number, uri))
                 data = await pending.pop(number)
                 yield data
         finally:
+            first_arrived.set()
+            if pending and first_arrived.is_set():
+                # speculative requests past the end are answered 4.02 at once: collect those
+                # answers rather than leave the server answering into a closed exchange
+                await asyncio.wait(pending.values(), timeout=self.block_timeout)
             for task in pending.values():
                 task.cancel()
             for task in pending.values():

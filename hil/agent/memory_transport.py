@@ -14,7 +14,8 @@ class MemoryAgentTransport:
     eid: bytes
     chunk_size: int = 1024
 
-    async def exchange(self, payload: bytes, buffer_size: int) -> AsyncIterator[bytes]:
+    async def exchange(self, payload: bytes, buffer_size: int, size_hint: int | None = None
+                       ) -> AsyncIterator[bytes]:
         downlink = await self.link.exchange(self.eid, payload)
         for i in range(0, len(downlink), self.chunk_size):
             yield downlink[i:i + self.chunk_size]

@@ -40,7 +40,8 @@ class MqttAgentTransport:
         if fut is not None and not fut.done():
             fut.set_result(bytes(msg.payload))
 
-    async def exchange(self, payload: bytes, buffer_size: int) -> AsyncIterator[bytes]:
+    async def exchange(self, payload: bytes, buffer_size: int, size_hint: int | None = None
+                       ) -> AsyncIterator[bytes]:
         try:
             await self._ensure()
         except (NetworkError, TransportTimeout):

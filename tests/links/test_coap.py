@@ -74,12 +74,12 @@ async def test_a_40_kb_batch_arrives_in_1_kb_block2_blocks_fetched_in_parallel(
     in_flight, peak = 0, 0
     original = transport._block
 
-    async def counting(number: int) -> bytes:
+    async def counting(number: int, *args: object) -> bytes:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
         try:
-            return await original(number)
+            return await original(number, *args)  # type: ignore[arg-type]
         finally:
             in_flight -= 1
 

@@ -25,6 +25,7 @@ batches = st.builds(
     steps=st.lists(steps, max_size=8).map(tuple),
     aid=st.none() | st.binary(min_size=5, max_size=16),
     refresh=st.sampled_from([None, p.REFRESH_MODEM_RESET, p.REFRESH_UICC_RESET]),
+    next_size_hint=st.none() | st.integers(0, p.MAX_MESSAGE),
 )
 short_text = st.text(max_size=40)
 statuses = st.builds(
@@ -71,7 +72,8 @@ def test_a_batch_streamed_in_arbitrary_chunks_yields_the_same_steps(batch: p.Bat
         events += stream.feed(data[i:i + chunk])
     stream.close()
     assert stream.complete
-    assert events[0] == p.BatchHeader(batch.batch_id, len(batch.steps), batch.aid, batch.refresh)
+    assert events[0] == p.BatchHeader(batch.batch_id, len(batch.steps), batch.aid, batch.refresh,
+                                      batch.next_size_hint)
     assert tuple(events[1:]) == batch.steps
 
 

@@ -117,3 +117,42 @@ async def test_a_30_kb_coap_batch_costs_one_extra_round_trip_not_thirty(
             await transport.close()
     assert report.downlink_bytes > 30_000 and report.exchanges == 2
     assert elapsed < 3.5 * rtt + 0.3  # Hello -> block 0, blocks 1..30 at once, Result -> Idle
+
+
+async def test_with_a_size_hint_the_blocks_are_requested_with_the_uplink_saving_a_round_trip(
+        coap_server: CoapServer, handler: ScriptedHandler) -> None:
+    rtt = 0.3
+    from hil.euicc.card import ApduLayer
+    async with UdpLinkSimulator(("127.0.0.1", coap_server._config.dtls_port), LinkProfile(rtt_s=rtt)) as sim:
+        transport = CoapAgentTransport("127.0.0.1", sim.listen_port, eid_of(1), identity="dev1",
+                                       psk=b"psk-of-device-1")
+        agent = Agent(Agent.make_status(eid_of(1), buffer_size=48 * 1024), ApduLayer(lambda r: b""), transport)
+        try:
+            await agent.run_session()  # DTLS handshake + Hello/Idle
+            big = p.Batch(2, es10_steps(120), aid=ISD_R_AID)
+            hint = len(p.encode_downlink(p.BatchMsg(big)))
+            handler.batches[eid_of(1)] = [p.Batch(1, es10_steps(1), aid=ISD_R_AID, next_size_hint=hint), big]
+            t0 = time.monotonic()
+            report = await agent.run_session()
+            elapsed = time.monotonic() - t0
+        finally:
+            await transport.close()
+    assert report.batches == 2 and report.exchanges == 3 and report.downlink_bytes > 30_000
+    assert transport.speculative_requests == -(-hint // 1024) - 1 and transport.block_timeouts == 0
+    assert elapsed < 3 * rtt + 0.4  # three exchanges, no extra round trip for blocks 1..30
+    assert coap_server.dtls_site.blocks_served == transport.speculative_requests
+
+
+async def test_a_wrong_size_hint_costs_no_time_or_errors(coap_server: CoapServer, handler: ScriptedHandler) -> None:
+    transport = CoapAgentTransport("127.0.0.1", coap_server._config.dtls_port, eid_of(2), identity="dev2",
+                                   psk=b"psk-of-device-2", block_timeout=5.0)
+    agent = Agent(Agent.make_status(eid_of(2), buffer_size=16 * 1024), echo_card(), transport)
+    handler.batches[eid_of(2)] = [p.Batch(1, es10_steps(1), aid=ISD_R_AID, next_size_hint=40_000)]
+    try:
+        t0 = time.monotonic()
+        report = await agent.run_session()  # the Result is answered with a small Idle
+        elapsed = time.monotonic() - t0
+    finally:
+        await transport.close()
+    assert report.idle_after_s == handler.idle_s and report.transport_error is None
+    assert transport.speculative_requests == 15 and elapsed < 2.0
