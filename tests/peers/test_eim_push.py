@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from gateway.backhaul.inject_server import InjectServer, server_ssl_context
-from gateway.spec import codec, signed
+from gateway.spec import codec, esipa_json, signed
 from hil.euicc import SoftEuicc
 from hil.peers.eim import EimServer
 from hil.pki import RspPki
@@ -14,25 +16,34 @@ from tests.peers.es10b_script import Card, child
 from tests.peers.test_eim_flows import add_initial_eim
 
 
+@pytest.mark.parametrize("binding", ["asn1", "json"])
 async def test_a_pushed_package_runs_on_the_euicc_and_its_result_is_verified_then_acknowledged_by_push(
-        pki: RspPki, euicc: SoftEuicc) -> None:
+        pki: RspPki, euicc: SoftEuicc, binding: str) -> None:
     card = Card(euicc)
     pushed: list[tuple[str, object]] = []
 
-    async def on_transfer(body: bytes, binding: str) -> bytes:
-        alternative, (kind, value) = codec.decode("EsipaMessageFromEimToIpa", body)
-        assert alternative == "transferEimPackageRequest" and binding == "asn1"
+    async def on_transfer(body: bytes, used: str) -> bytes:
+        assert used == binding
+        if binding == "json":
+            kind, value = esipa_json.decode_request("TransferEimPackage", body)
+        else:
+            alternative, (kind, value) = codec.decode("EsipaMessageFromEimToIpa", body)
+            assert alternative == "transferEimPackageRequest"
         pushed.append((kind, value))
-        if kind == "euiccPackageRequest":
-            return signed.transfer_eim_package_response(card.call(child(body, 0)))
         if kind == "eimAcknowledgements":
             for seq in value:
                 card.remove_notification(seq)
+        if binding == "json":
+            if kind == "euiccPackageRequest":
+                return esipa_json.encode_response("TransferEimPackage", ("euiccPackageResult", card.call(value)))
+            return esipa_json.encode_response("TransferEimPackage", ("eimPackageReceived", None))
+        if kind == "euiccPackageRequest":
+            return signed.transfer_eim_package_response(card.call(child(body, 0)))
         return codec.encode("EsipaMessageFromIpaToEim", ("transferEimPackageResponse", ("eimPackageReceived", None)))
 
     tls = server_ssl_context(str(pki.dptls.cert_path), str(pki.dptls.key_path))
     async with InjectServer(on_transfer, tls, port=0) as inject, \
-            EimServer(pki, inject_url=f"https://127.0.0.1:{inject.port}") as eim:
+            EimServer(pki, inject_url=f"https://127.0.0.1:{inject.port}", inject_binding=binding) as eim:
         add_initial_eim(card, eim)
         package = eim.service.queue_euicc_package(euicc.eid, {"psmo": [{"op": "getRAT"}]})
         assert await eim.service.push(package) == "euiccPackageResult"

@@ -32,10 +32,11 @@ class EimServer:
     def __init__(self, pki: RspPki, *, host: str = "127.0.0.1", port: int = 0,
                  eim_id: str = DEFAULT_EIM_ID, smdp_url: str | None = None,
                  inject_url: str | None = None, inject_ca_file: str | None = None,
+                 inject_binding: str = "asn1",
                  session_ttl_s: float = DEFAULT_SESSION_TTL_S,
                  clock: Callable[[], float] = time.time) -> None:
         self.service = Eim(pki, eim_id=eim_id, smdp_url=smdp_url, inject_url=inject_url,
-                           inject_ca_file=inject_ca_file, session_ttl_s=session_ttl_s, clock=clock)
+                           inject_ca_file=inject_ca_file, inject_binding=inject_binding, session_ttl_s=session_ttl_s, clock=clock)
         self.peer = HttpsPeer(make_app(self.service), server_ssl_context(pki.eim_tls), host=host, port=port)
 
     @property

@@ -63,7 +63,8 @@ UNDEFINED = 127
 class Eim:
     def __init__(self, pki: RspPki, *, eim_id: str = DEFAULT_EIM_ID, fqdn: str = "",
                  smdp_url: str | None = None, inject_url: str | None = None,
-                 inject_ca_file: str | None = None, session_ttl_s: float = DEFAULT_SESSION_TTL_S,
+                 inject_ca_file: str | None = None, inject_binding: str = "asn1",
+                 session_ttl_s: float = DEFAULT_SESSION_TTL_S,
                  clock: Callable[[], float] = time.time) -> None:
         self.pki = pki
         self.session_ttl_s = session_ttl_s
@@ -72,6 +73,9 @@ class Eim:
         self.clock = clock
         self.smdp_url = smdp_url
         self.inject_url = inject_url
+        if inject_binding not in push.BINDINGS:
+            raise ValueError(f"inject binding is one of {push.BINDINGS}")
+        self.inject_binding = inject_binding
         self.inject_trust = TlsTrust(ca_file=inject_ca_file) if inject_ca_file else TlsTrust(
             ca_file=str(pki.tls_trust_path))
         self.server_trust = TlsTrust(ca_file=str(pki.tls_trust_path))
@@ -520,4 +524,5 @@ class Eim:
 
     async def push(self, package: Package) -> str:
         """Push one package with TransferEimPackage (see `push`); what happened, in words."""
-        return await push.push(self, package)
+        device = self.devices[package.eid]
+        return await push.push(self, device, package)
