@@ -307,9 +307,11 @@ class _Step:
         s.in_flight = None
         index = 0
         slices: dict[str, tuple[tuple[Reply, ...], int]] = {}
+        ends: dict[str, int] = {}
         for owner, count in flight["owners"]:
             slices[owner] = (replies[index:index + count], count)
             index += count
+            ends[owner] = index
         # the delivery track first: what it learnt (the eIM configuration, new notifications)
         # is then known to the procedure reacting to the same batch
         if NOTIF in slices:
@@ -325,8 +327,10 @@ class _Step:
                 self.audit("deviceLink", "resend", "the eUICC was not reached; batch sent again")
                 return
             s.replies.extend(got)
-            if len(got) < count or s.work is None or stopped is not None:
-                answer = DeviceAnswer(tuple(s.replies), stopped)
+            # the batch stopped inside (or right after the last call of) the procedure's part
+            stopped_here = stopped is not None and len(replies) <= ends[PROC]
+            if len(got) < count or s.work is None or stopped_here:
+                answer = DeviceAnswer(tuple(s.replies), stopped if stopped_here or len(got) < count else None)
                 s.replies, s.work = [], None
                 self.feed(DEVICE, answer)
         self.release_held()
@@ -363,7 +367,7 @@ class _Step:
                     except GatewayError as exc:
                         self.audit("eimDiscovery", "failed", str(exc))
                         continue
-                    self.discovered(found)
+                    self.discovered(found, may_add=True)
         for key in removing:
             d = s.deliveries[key]
             if d["remove_seqs"]:
@@ -396,10 +400,12 @@ class _Step:
             if d.pop("held", False) and d["state"] == N.PENDING:
                 self.send_delivery(d)
 
-    def discovered(self, eims: list[dict[str, Any]]) -> None:
+    def discovered(self, eims: list[dict[str, Any]], *, may_add: bool = False) -> None:
+        """The eIMs the eUICC holds. An eUICC without any gets the configured initial eIM
+        (the Discovery procedure adds it) unless this is what that procedure found."""
         s = self.s
         s.eims_read = True
-        if not eims and self.config.initial_eim is not None:
+        if not eims and may_add and self.config.initial_eim is not None:
             self.start_internal(Discovery())
             return
         before = {e["eimId"] for e in s.eims or []}

@@ -176,3 +176,15 @@ async def test_epr_and_notifications_carries_the_enable_notification_with_the_re
     assert len(bundle["notificationList"]) == 1
     assert len(rig.smdp.notifications) == 1                  # only the install, by ES9+
     assert card.notifications == [] and report.batches == 6
+
+
+async def test_an_euicc_refusing_the_initial_eim_is_not_asked_again_in_the_same_wake(pki: RspPki) -> None:
+    from hil.euicc import Faults
+    eim = MiniEim(pki)
+    card = SoftEuicc(pki, pki.eid_bytes, faults=Faults(memory_full=True))
+    rig = rig_for(pki, eim, initial_eim=eim.initial_eim())
+    agent, _ = make_agent(MemoryLink(rig), card)
+    report = await agent.run_session()
+    assert report.idle_after_s is not None and report.batches == 2   # read, then add + read
+    assert card.state.eims == [] and eim.polls == []
+    assert any(a.operation == "eimDiscovery" and a.result == "failed" for a in audits(rig, "eimDiscovery"))

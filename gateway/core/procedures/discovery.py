@@ -90,6 +90,10 @@ class Discovery(Procedure):
                 Finish("ok", "", {"eims": summary})]
 
 
+    def on_error(self, env: Env, previous: str, why: str) -> list[Output]:
+        return [Note("eimDiscovery", "failed", why), Finish("failed", why)]
+
+
 def _configs(answer: object, index: int) -> list[dict[str, Any]]:
     assert isinstance(answer, DeviceAnswer)
     if len(answer.replies) <= index:
