@@ -166,3 +166,22 @@ def _seq(notification: bytes) -> int:
     meta = (value["profileInstallationResultData"]["notificationMetadata"] if kind == "profileInstallationResult"
             else value["tbsOtherNotification"])
     return int(meta["seqNumber"])
+
+
+async def test_one_queue_per_eid_hands_out_the_same_package_to_a_retrying_ipa_until_its_result_arrives(
+        pki: RspPki, eim: EimServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
+    card = Card(euicc)
+    add_initial_eim(card, eim)
+    server = server_for(pki, eim.url)
+    first = eim.service.queue_euicc_package(euicc.eid, {"psmo": [{"op": "getRAT"}]})
+    second = eim.service.queue_euicc_package(euicc.eid, {"psmo": [{"op": "listProfileInfo"}]})
+    poll = codec.encode("EsipaMessageFromIpaToEim", ("getEimPackageRequest", {"eidValue": euicc.eid}))
+    again = [await esipa_raw(http, server, poll) for _ in range(2)]
+    assert again[0] == again[1] and first.deliveries == 2 and second.state == "queued"
+    result = card.call(child(again[0] or b"", 0))
+    await esipa_raw(http, server, signed.provide_eim_package_result(euicc.eid, result))
+    package, _ = await run_one_package(card, http, server, euicc.eid)
+    assert (first.state, second.state) == ("done", "done")
+    assert [p.counter for p in (first, second)] == [1, 2]
+    assert codec.decode("EuiccPackageRequest", child(again[0] or b"", 0))["euiccPackageSigned"]["counterValue"] == 1
+

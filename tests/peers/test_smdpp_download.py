@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 
 from gateway.backhaul.http import BackhaulHttp
 from gateway.spec import codec
+from hil import rspcrypto
 from hil.euicc import SoftEuicc
 from hil.peers.smdpp import SmdppServer
 from hil.pki import RspPki
@@ -61,3 +63,17 @@ async def test_a_bpp_with_replace_session_keys_loads_with_the_profile_protection
         "successResult"
     der = next(iter(smdpp.service.sessions.values())).bpp.der  # type: ignore[union-attr]
     assert len(codec.decode("BoundProfilePackage", der)["secondSequenceOf87"]) == 1
+
+
+async def test_concurrent_direct_downloads_of_several_euiccs_each_get_their_own_profile(
+        pki: RspPki, smdpp: SmdppServer, http: BackhaulHttp) -> None:
+    eids = [rspcrypto.eid_with_check_digits("89049032" + f"{n:022d}") for n in range(100, 105)]
+    cards = [Card(SoftEuicc(pki, eid)) for eid in eids]
+    orders = [smdpp.service.order_profile(size=8000, eid=bytes.fromhex(eid)) for eid in eids]
+    server = server_for(pki, smdpp.url)
+    results = await asyncio.gather(*(direct_download(card, http, server, smdpp.address, order.matching_id)
+                                     for card, order in zip(cards, orders)))
+    for card, order, pir in zip(cards, orders, results):
+        assert codec.decode("ProfileInstallationResult", pir)["profileInstallationResultData"]["finalResult"][0] == \
+            "successResult"
+        assert [p.iccid for p in card.euicc.profiles] == [order.iccid]
