@@ -119,6 +119,7 @@ class DeviceRun:
     wakeups: int = 0
     done: dict[str, bool] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    agent_error: str | None = None
 
 
 @dataclass
@@ -381,9 +382,9 @@ class _Counting:
         self._inner = inner
         self._device = device
 
-    def exchange(self, payload: bytes, buffer_size: int) -> AsyncIterator[bytes]:
+    def exchange(self, payload: bytes, *args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
         self._device.exchanges += 1
-        return self._inner.exchange(payload, buffer_size)  # type: ignore[no-any-return]
+        return self._inner.exchange(payload, *args, **kwargs)  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         await self._inner.close()
@@ -409,7 +410,12 @@ async def _stop_gateway(daemon: Any, task: asyncio.Task[int]) -> None:
 async def _wake_loop(d: DeviceRun, stop: asyncio.Event, wake_s: float, progress: Callable[[str], None]) -> None:
     last_problem = ""
     while not stop.is_set():
-        report = await d.agent.run_session()
+        try:
+            report = await d.agent.run_session()
+        except Exception as exc:   # the agent itself broke: this device can do nothing more
+            d.agent_error = f"the device agent failed: {type(exc).__name__}: {exc}"
+            progress(f"device {d.number} ({d.link}): {d.agent_error}")
+            return
         d.wakeups += 1
         problem = report.transport_error or (f"gateway error {report.error.code}: {report.error.text}"
                                              if report.error is not None else "")
@@ -450,10 +456,12 @@ async def _operate(d: DeviceRun, eim: Any, smdp: Any, timeout_s: float,
             progress(f"device {d.number} ({d.link}): {name} NOT ordered: {exc}")
             break
         ordered += 1
-        while package.pending and time.monotonic() - began < timeout_s:
+        while package.pending and time.monotonic() - began < timeout_s and d.agent_error is None:
             await asyncio.sleep(0.05)
         problem = None
-        if package.pending:
+        if d.agent_error is not None and package.pending:
+            problem = d.agent_error
+        elif package.pending:
             problem = f"no result after {timeout_s:.0f} s (package {package.state})"
         elif package.state != "done":
             problem = f"the eIM recorded {package.state}: {json.dumps(package.result, default=str)[:300]}"
