@@ -3,7 +3,7 @@
 Theory of operation. `Engine.handle` returns a list of actions for one event. The runtime
 applies the store actions of one list (SaveSession, MarkInbox, Audit) in ONE store
 transaction *before* it performs any I/O action of the same list (SendBatch, ReplyIdle,
-ReplyError, PostEsipa, PostEs9, timers): the session blob is a write-ahead record of what
+ReplyError, PostEsipa, PostEs9, PostEs11, timers): the session blob is a write-ahead record of what
 the engine is about to do, so a crash after the commit re-sends (the engine re-emits its
 outstanding requests on `Engine.restore`) and a crash before it loses nothing the servers
 or the eUICC saw.
@@ -75,6 +75,18 @@ class PostEs9:
 
 @serial.register
 @dataclass(frozen=True, slots=True)
+class PostEs11:
+    """POST one ES11 function (SGP.22 §6.6.2) to an SM-DS: event retrieval."""
+
+    eid: bytes
+    request_id: str
+    smds_address: str
+    function: str       # gateway.spec.es11 function name
+    body: bytes         # the JSON request body
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
 class SaveSession:
     """Persist the device's session: state name (for queries) and the blob to resume from."""
 
@@ -120,7 +132,7 @@ class CancelTimer:
     name: str
 
 
-Action: TypeAlias = (SendBatch | ReplyIdle | ReplyError | PostEsipa | PostEs9 | SaveSession
+Action: TypeAlias = (SendBatch | ReplyIdle | ReplyError | PostEsipa | PostEs9 | PostEs11 | SaveSession
                      | MarkInbox | Audit | StartTimer | CancelTimer)
 DOWNLINKS = (SendBatch, ReplyIdle, ReplyError)
 STORE_ACTIONS = (SaveSession, MarkInbox, Audit)
@@ -132,7 +144,7 @@ def to_bytes(action: Action) -> bytes:
 
 def from_bytes(data: bytes) -> Action:
     value = serial.loads(data)
-    if not isinstance(value, (SendBatch, ReplyIdle, ReplyError, PostEsipa, PostEs9, SaveSession,
+    if not isinstance(value, (SendBatch, ReplyIdle, ReplyError, PostEsipa, PostEs9, PostEs11, SaveSession,
                               MarkInbox, Audit, StartTimer, CancelTimer)):
         from gateway.errors import DecodeError
         raise DecodeError(f"not an action: {type(value).__name__}", type_name="engine action")

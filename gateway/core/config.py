@@ -30,6 +30,7 @@ class EngineConfig:
     segment_size: int = 255                      # STORE DATA block size (some modems need less)
     max_batch_bytes: int | None = None           # per-device default when the agent gives none
     default_smdp: str | None = None              # for contactDefaultSmdp when the eUICC has none
+    default_smds: str | None = None              # for contactSmds without an smdsAddress
     eims: tuple[EimEndpoint, ...] = ()           # eIMs to poll before the eUICC was read
     initial_eim: Mapping[str, Any] | None = None  # EimConfigurationData for AddInitialEim
     device_tac: bytes = b"\x35\x29\x06\x11"      # DeviceInfo.tac sent in ctxParams1

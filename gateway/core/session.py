@@ -239,6 +239,8 @@ def _thaw(value: Any) -> Any:
 def _post(s: DeviceSession, rid: str, rec: dict[str, Any]) -> A.Action:
     if rec["target"] == "es9":
         return A.PostEs9(s.eid, rid, rec["server"], rec["function"], rec["body"])
+    if rec["target"] == "es11":
+        return A.PostEs11(s.eid, rid, rec["server"], rec["function"], rec["body"])
     fqdn = next((str(e.get("eimFqdn", "")) for e in (s.eims or []) if e.get("eimId") == rec["server"]), "")
     return A.PostEsipa(s.eid, rid, rec["server"], fqdn, rec["function"], rec["body"])
 

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.spec import codec, es9p, esipa, signed, tlv
+from gateway.spec import codec, es9p, es11, esipa, signed, tlv
 from hil import rspcrypto
 from hil.euicc import signed_data
 from hil.pki import RspPki
@@ -117,6 +117,32 @@ class MiniSmdp:
 
 
 @dataclass
+class MiniSmds:
+    """An SM-DS stand-in for ES11 event retrieval. The test PKI has no CERT.DSauth, so it
+    authenticates with the SM-DP+'s DPauth credential (the eUICC checks that role)."""
+
+    pki: RspPki
+    address: str = "smds.example"
+    events: list[tuple[str, str]] = field(default_factory=list)   # (eventId, rspServerAddress)
+    calls: list[str] = field(default_factory=list)
+
+    def handle(self, function: str, body: bytes) -> bytes:
+        self.calls.append(function)
+        if function == es11.INITIATE_AUTHENTICATION:
+            req = es11.InitiateAuthenticationRequest.from_json(body)
+            smdp = MiniSmdp(self.pki, address=self.address)
+            return smdp._initiateAuthentication(es9p.InitiateAuthenticationRequest(
+                req.euicc_challenge, req.euicc_info1, self.address).to_json())
+        if function == es11.AUTHENTICATE_CLIENT:
+            req = es9p.AuthenticateClientRequest.from_json(body)
+            kind, _ = codec.decode("AuthenticateServerResponse", req.authenticate_server_response)
+            assert kind == "authenticateResponseOk"
+            return es11.AuthenticateClientResponse(
+                tuple(es11.EventEntry(e, a) for e, a in self.events), req.transaction_id).to_json()
+        raise AssertionError(f"unexpected ES11 function {function}")
+
+
+@dataclass
 class MiniEim:
     pki: RspPki
     eim_id: str = "eim-test"
@@ -135,8 +161,11 @@ class MiniEim:
         return {"eimId": self.eim_id, "eimFqdn": self.fqdn, "counterValue": 0,
                 "eimPublicKeyData": ("eimCertificate", self.pki.eim_sign.cert_der)}
 
-    def queue_trigger(self, eid: bytes, activation_code: str, tid: bytes) -> None:
-        value = {"profileDownloadData": ("activationCode", activation_code), "eimTransactionId": tid}
+    def queue_trigger(self, eid: bytes, activation_code: str | None, tid: bytes, *,
+                      smds: str | None = None) -> None:
+        data: tuple[str, Any] = (("activationCode", activation_code) if activation_code is not None
+                                 else ("contactSmds", {"smdsAddress": smds} if smds else {}))
+        value = {"profileDownloadData": data, "eimTransactionId": tid}
         self.packages.setdefault(eid, []).append(
             esipa.encode_from_eim("getEimPackageResponse", ("profileDownloadTriggerRequest", value)))
 

@@ -20,7 +20,7 @@ from gateway.links.protocol import BatchMsg, Downlink, ErrorMsg, Hello, Idle, Up
 from hil.agent.agent import Agent
 from hil.agent.memory_transport import MemoryAgentTransport
 from hil.euicc import SoftEuicc
-from tests.core.peers import MiniEim, MiniSmdp
+from tests.core.peers import MiniEim, MiniSmdp, MiniSmds
 
 
 @dataclass
@@ -53,6 +53,7 @@ class EngineRig:
     crash_on: str | None = None          # a backhaul function whose answer is lost in a crash
     restarts: int = 0
     crashed: bool = False
+    smds: MiniSmds | None = None
 
     async def exchange(self, eid: bytes, uplink: Uplink) -> Downlink:
         event: Event
@@ -104,6 +105,15 @@ class EngineRig:
             self.timers[(action.eid, action.name)] = action.at
         elif isinstance(action, A.CancelTimer):
             self.timers.pop((action.eid, action.name), None)
+        elif isinstance(action, A.PostEs11):
+            assert self.smds is not None
+            if action.smds_address in self.down:
+                return BackhaulFailed(action.eid, self.now, action.request_id, "NetworkError", True, "down")
+            try:
+                body = self.smds.handle(action.function, action.body)
+            except GatewayError as exc:
+                return BackhaulFailed(action.eid, self.now, action.request_id, type(exc).__name__, False, str(exc))
+            return BackhaulAnswered(action.eid, self.now, action.request_id, body)
         elif isinstance(action, (A.PostEs9, A.PostEsipa)):
             if self.crash_on is not None and action.function == self.crash_on:
                 self.crash_on = None

@@ -13,7 +13,7 @@ from gateway.links.memory import MemoryLink
 from hil.euicc import SoftEuicc
 from hil.euicc.eim import eim_config_from
 from hil.pki import RspPki
-from tests.core.peers import MiniEim, MiniSmdp
+from tests.core.peers import MiniEim, MiniSmdp, MiniSmds
 from tests.core.rig import EngineRig, make_agent
 
 ICCID = bytes.fromhex("98001032547698103214")
@@ -123,3 +123,26 @@ async def test_notification_kept_on_euicc_while_smdp_down_and_removed_after_deli
     assert [n.event for n in card.notifications] == ["install"]   # removal waits for the device
     await agent.run_session()
     assert card.notifications == []
+
+
+async def test_contact_smds_retrieves_the_event_then_downloads_from_its_smdp(pki: RspPki) -> None:
+    rig, link, card = setup(pki)
+    rig.smds = MiniSmds(pki, events=[("EVT-1", "smdp.example")])
+    rig.eim.queue_trigger(card.eid, None, b"\x0a", smds="smds.example")
+    agent, _ = make_agent(link, card)
+    report = await agent.run_session()
+    assert rig.smds.calls == ["initiateAuthentication", "authenticateClient"]
+    assert [p.iccid for p in card.profiles] == [ICCID] and not card.session_open
+    assert report.batches == 7          # + [GetEuiccChallenge, GetEUICCInfo1] and AuthenticateServer for the SM-DS
+    assert card.notifications == []
+
+
+async def test_contact_smds_without_an_event_ends_with_one_error_result(pki: RspPki) -> None:
+    rig, link, card = setup(pki)
+    rig.smds = MiniSmds(pki, events=[])
+    rig.eim.queue_trigger(card.eid, None, b"\x0b", smds="smds.example")
+    agent, _ = make_agent(link, card)
+    await agent.run_session()
+    assert card.profiles == [] and (card.session is None or not card.session.transaction_id)
+    (result,) = rig.eim.results_of()
+    assert result[1]["profileDownloadTriggerResultData"][0] == "profileDownloadError"

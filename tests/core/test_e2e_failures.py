@@ -205,3 +205,27 @@ async def test_operator_cancel_mid_download_cancels_on_the_euicc(pki: RspPki) ->
     assert not mid_session(card) and card.profiles == []
     assert len(rig.smdp.cancelled) == 1
     assert trigger_results(rig) == ["profileDownloadError"]
+
+
+GARBAGE = [b"", b"{}", b"not json", b'{"header": {"functionExecutionStatus": {"status": "Executed-Success"}}}',
+           b'{"header": {"functionExecutionStatus": {"status": "Executed-Success"}}, "transactionId": "00",'
+           b' "boundProfilePackage": "vyQA"}', bytes(range(256))]
+
+
+@pytest.mark.parametrize("function", ["initiateAuthentication", "authenticateClient", "getBoundProfilePackage"])
+@pytest.mark.parametrize("body", GARBAGE, ids=range(len(GARBAGE)))
+async def test_a_malformed_smdp_answer_ends_the_download_cleanly(pki: RspPki, function: str, body: bytes) -> None:
+    rig, link, card = setup(pki)
+    original = rig.smdp.handle
+
+    def handle(f: str, b: bytes) -> bytes:
+        out = original(f, b)
+        return body if f == function else out
+
+    rig.smdp.handle = handle  # type: ignore[method-assign]
+    rig.eim.queue_trigger(card.eid, "1$smdp.example$M", b"\x09")
+    agent, _ = make_agent(link, card)
+    report = await agent.run_session()
+    assert report.error is None and not mid_session(card) and card.profiles == []
+    assert trigger_results(rig) == ["profileDownloadError"]
+    assert len(rig.smdp.cancelled) == (0 if function == "initiateAuthentication" else 1)

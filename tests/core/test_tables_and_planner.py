@@ -21,7 +21,7 @@ PROCEDURES: list[type[Procedure]] = [Download, EimPackage, EimData, Discovery]
 # The state names are stored in SQLite: renaming one breaks resuming a saved session.
 STABLE_STATES = {
     "download": {"INITIAL", "CHALLENGE", "INITIATING", "AUTHENTICATING", "AUTHENTICATING_CLIENT",
-                 "PREPARING", "FETCHING", "LOADING", "CANCELLING", "CANCEL_RELAY", "RECOVERING",
+                 "PREPARING", "FETCHING", "LOADING", "CANCELLING", "CANCEL_RELAY", "RECOVERING", "EVENT_RETRIEVAL",
                  "DONE", "ERROR"},
     "eim_package": {"INITIAL", "LOADING", "RECOVERING", "DONE", "ERROR"},
     "eim_data": {"INITIAL", "COLLECTING", "DONE", "ERROR"},

@@ -1,7 +1,9 @@
 """ProfileDownloadTrigger (SGP.32 §2.11.3, §3.2): a profile download ordered by the eIM.
 
 Theory of operation. Direct download talks ES9+ to the SM-DP+ named by the activation
-code (or the default SM-DP+); indirect download, chosen when the eIM's configuration on
+code (or the default SM-DP+, or the one an SM-DS event names: contactSmds first
+authenticates with the SM-DS over ES11 -- CHALLENGE, INITIATING, AUTHENTICATING,
+EVENT_RETRIEVAL -- and takes the first event's SM-DP+ and eventId); indirect download, chosen when the eIM's configuration on
 the eUICC carries indirectProfileDownload, runs the same three server calls over ESipa
 through the eIM. The eUICC side is the SGP.22 sequence, folded so that each exchange
 with the device carries everything that needs no decision in between:
@@ -54,7 +56,7 @@ from gateway.core.procedures.base import (
     row,
 )
 from gateway.errors import DecodeError, FunctionFailed, RemoteProtocolError
-from gateway.spec import bpp, codec, es9p, signed, tlv
+from gateway.spec import bpp, codec, es9p, es11, signed, tlv
 
 CHALLENGE = "CHALLENGE"
 INITIATING = "INITIATING"
@@ -66,6 +68,10 @@ LOADING = "LOADING"
 CANCELLING = "CANCELLING"
 CANCEL_RELAY = "CANCEL_RELAY"
 RECOVERING = "RECOVERING"
+EVENT_RETRIEVAL = "EVENT_RETRIEVAL"
+
+SMDS = "smds"   # ctx["phase"]: authenticating with the SM-DS for its events (ES11)
+SMDP = "smdp"   # ctx["phase"]: the download itself (ES9+ or ESipa)
 
 
 def parse_activation_code(code: str) -> tuple[str, str | None]:
@@ -118,7 +124,9 @@ class Download(Procedure):
         (INITIAL, START): row("_start", CHALLENGE),
         (CHALLENGE, DEVICE): row("_challenged", INITIATING),
         (INITIATING, ANSWER): row("_initiated", AUTHENTICATING),
-        (AUTHENTICATING, DEVICE): row("_authenticated", AUTHENTICATING_CLIENT),
+        (AUTHENTICATING, DEVICE): row("_authenticated", AUTHENTICATING_CLIENT, EVENT_RETRIEVAL),
+        (EVENT_RETRIEVAL, ANSWER): row("_events", CHALLENGE),
+        (EVENT_RETRIEVAL, FAILURE): row("_cancel", CANCELLING),
         (AUTHENTICATING_CLIENT, ANSWER): row("_client_authenticated", PREPARING),
         (PREPARING, DEVICE): row("_prepared", FETCHING),
         (FETCHING, ANSWER): row("_fetched", LOADING),
@@ -160,13 +168,19 @@ class Download(Procedure):
         data = value.get("profileDownloadData")
         smdp: str | None = None
         matching: str | None = None
+        self.ctx["phase"] = SMDP
         if data is None or data[0] == "contactDefaultSmdp":
             smdp = env.config.default_smdp
         elif data[0] == "activationCode":
             smdp, matching = parse_activation_code(data[1])
+        elif data[0] == "contactSmds":
+            smds = data[1].get("smdsAddress") or env.config.default_smds
+            if not smds:
+                raise FunctionFailed("contactSmds without an SM-DS address and no default SM-DS")
+            self.ctx["phase"], self.ctx["smds"] = SMDS, smds
         else:
-            raise FunctionFailed("SM-DS event retrieval (contactSmds) is not supported by this IPA")
-        if not smdp:
+            raise FunctionFailed(f"unknown profileDownloadData {data[0]}")
+        if not smdp and self.ctx["phase"] == SMDP:
             raise FunctionFailed("no SM-DP+ address: no activation code and no default SM-DP+")
         self.ctx["smdp"] = smdp
         self.ctx["matching_id"] = matching
@@ -181,6 +195,9 @@ class Download(Procedure):
         eim = next((e for e in env.eims if e.get("eimId") == self.ctx.get("eim_id")), None)
         self.ctx["indirect"] = bool(eim is not None and eim.get("indirectProfileDownload"))
         es10.outer(info1, es10.TAG_GET_EUICC_INFO1, "EUICCInfo1")
+        if self.ctx["phase"] == SMDS:
+            body = es11.InitiateAuthenticationRequest(challenge, info1, self.ctx["smds"]).to_json()
+            return INITIATING, [Request("ia", "es11", self.ctx["smds"], es11.INITIATE_AUTHENTICATION, body)]
         smdp: str = self.ctx["smdp"]
         es9_body = es9p.InitiateAuthenticationRequest(challenge, info1, smdp).to_json()
         parts = [signed.wrap(0x81, challenge), signed.wrap(0x83, smdp.encode()), info1]
@@ -193,7 +210,14 @@ class Download(Procedure):
     def _initiated(self, env: Env, answer: object) -> tuple[str, list[Output]]:
         assert isinstance(answer, Answer)
         matching: str | None = self.ctx.get("matching_id")
-        if self.indirect:
+        if self.ctx["phase"] == SMDS:
+            r11 = es11.InitiateAuthenticationResponse.from_json(answer.body)
+            ss1 = es10.ensure_tlv(r11.server_signed1, 0x30, "serverSigned1")
+            sig1 = es10.ensure_tlv(r11.server_signature1, 0x5F37, "serverSignature1")
+            pkid = es10.ensure_tlv(r11.euicc_ci_pkid_to_be_used, 0x04, "euiccCiPKIdToBeUsed")
+            cert = r11.server_certificate
+            tid = r11.transaction_id
+        elif self.indirect:
             body = answer.body
             items = _esipa_ok(body, 0xBF39, "InitiateAuthenticationResponseEsipa")
             by_tag: dict[int, list[bytes]] = {}
@@ -224,10 +248,28 @@ class Download(Procedure):
         if not r.ok:
             raise RemoteProtocolError(f"AuthenticateServer refused by the eUICC: error {r.error}")
         tid: bytes = self.ctx["transaction_id"]
+        if self.ctx["phase"] == SMDS:
+            body = es11.AuthenticateClientRequest(tid, raw).to_json()
+            return EVENT_RETRIEVAL, [Request("events", "es11", self.ctx["smds"], es11.AUTHENTICATE_CLIENT, body)]
         es9_body = es9p.AuthenticateClientRequest(tid, raw).to_json()
         esipa_body = signed.authenticate_client_request(tid, raw)
         return AUTHENTICATING_CLIENT, [self._request("ac", es9p.AUTHENTICATE_CLIENT, "AuthenticateClient",
                                                      es9_body, esipa_body)]
+
+    def _events(self, env: Env, answer: object) -> tuple[str, list[Output]]:
+        """The SM-DS's events (SGP.22 §3.6.3): download the first from its SM-DP+, the
+        eventId as matchingId; a new RSP session starts with a new challenge."""
+        assert isinstance(answer, Answer)
+        events = es11.AuthenticateClientResponse.from_json(answer.body).event_entries
+        if not events:
+            raise FunctionFailed(f"the SM-DS {self.ctx['smds']} holds no event for this eUICC")
+        event = events[0]
+        self.ctx.update(phase=SMDP, smdp=event.rsp_server_address, matching_id=event.event_id)
+        self.ctx.pop("transaction_id", None)
+        calls = (Call("GetEuiccChallenge", es10.get_euicc_challenge()),
+                 Call("GetEUICCInfo1", es10.get_euicc_info1()))
+        return CHALLENGE, [Note("eventRetrieval", "ok", f"{event.event_id} at {event.rsp_server_address}"),
+                           DeviceWork(calls)]
 
     def _client_authenticated(self, env: Env, answer: object) -> tuple[str, list[Output]]:
         assert isinstance(answer, Answer)
@@ -322,6 +364,10 @@ class Download(Procedure):
             return ERROR, [Note("cancelSession", "failed", "the eUICC did not answer CancelSession"),
                            Finish("failed", self.ctx.get("error", ""))]
         raw = reply.data
+        if self.ctx.get("phase") == SMDS:
+            # ES11 has no cancelSession: the eUICC's session is closed, nothing to relay
+            return ERROR, [Note("cancelSession", "ok", "SM-DS session cancelled on the eUICC"),
+                           Finish("failed", self.ctx.get("error", ""))]
         if not es10.cancel_session_response(raw).ok:
             # no session for this transaction: it ended on the eUICC (a lost installation
             # result, a power loss); the installation result, if any, is in its notifications
