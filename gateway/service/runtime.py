@@ -70,6 +70,7 @@ from gateway.links.protocol import (
     encode_downlink,
     encode_uplink,
 )
+from gateway.service.logging import log_fields
 from gateway.service.metrics import GatewayMetrics
 from gateway.spec import codec, es9p, esipa, tlv
 from gateway.store import AsyncStore, Store, package_key, transaction_key
@@ -150,15 +151,16 @@ class Runtime:
                 downlink = await asyncio.wait_for(asyncio.shield(future), self.options.exchange_timeout_s)
             except TimeoutError:
                 self.metrics.errors.inc(kind="exchange-timeout")
-                log.warning("no downlink for %s within %.0f s: Idle", eid.hex(), self.options.exchange_timeout_s)
+                log.warning("no downlink for %s within %.0f s: Idle", eid.hex(), self.options.exchange_timeout_s,
+                            extra=log_fields(eid=eid))
                 downlink = Idle(self.options.busy_retry_s)
         except GatewayError as exc:
             self.metrics.errors.inc(kind=type(exc).__name__)
-            log.error("exchange with %s failed: %s", eid.hex(), exc)
+            log.error("exchange with %s failed: %s", eid.hex(), exc, extra=log_fields(eid=eid))
             downlink = ErrorMsg(int(ErrorCode.INTERNAL), type(exc).__name__)
         except Exception:
             self.metrics.errors.inc(kind="engine-bug")
-            log.exception("exchange with %s failed", eid.hex())
+            log.exception("exchange with %s failed", eid.hex(), extra=log_fields(eid=eid))
             downlink = ErrorMsg(int(ErrorCode.INTERNAL), "internal error")
         finally:
             if self._pending.get(eid) is future:
@@ -247,6 +249,9 @@ class Runtime:
                                detail={"detail": a.detail} if a.detail else None)
 
     def _count_audit(self, a: Audit) -> None:
+        log.info("%s %s%s", a.operation, a.result, f": {a.detail}" if a.detail else "",
+                 extra=log_fields(eid=a.eid, iccid=None if a.iccid is None else iccid_digits(a.iccid),
+                                  operation=a.operation, transaction=_origin(a.origin)[1]))
         self.metrics.audit.inc(operation=a.operation, result=a.result)
         if any(op in a.operation for op in DOWNLOAD_OPERATIONS):
             self.metrics.downloads.inc(result=a.result)
@@ -279,7 +284,7 @@ class Runtime:
         if future is None or future.done():
             self.metrics.errors.inc(kind="downlink-without-uplink")
             log.warning("%s for %s dropped: the device is not waiting for a downlink",
-                        type(action).__name__, action.eid.hex())
+                        type(action).__name__, action.eid.hex(), extra=log_fields(eid=action.eid))
             return
         future.set_result(downlink)
 
@@ -291,7 +296,8 @@ class Runtime:
         except GatewayError as exc:
             self.metrics.backhaul_requests.inc(target=target, function=function, outcome="failed")
             self.metrics.errors.inc(kind=type(exc).__name__)
-            log.warning("%s %s for %s failed: %s", target, function, eid.hex(), exc)
+            log.warning("%s %s for %s failed: %s", target, function, eid.hex(), exc,
+                        extra=log_fields(eid=eid, operation=function))
             subject = reason = None
             if isinstance(exc, FunctionFailed):
                 subject, reason = exc.subject_code, exc.reason_code

@@ -156,12 +156,14 @@ def short_dir() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def start_daemon(layout: Layout) -> Daemon:
+def start_daemon(layout: Layout, environ: dict[str, str] | None = None) -> Daemon:
     notify_path = layout.directory / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1"}
-    env.pop("JOURNAL_STREAM", None)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1", **(environ or {})}
+    for name in ("JOURNAL_STREAM", "WATCHDOG_PID", *(() if environ and "WATCHDOG_USEC" in environ
+                                                     else ("WATCHDOG_USEC",))):
+        env.pop(name, None)
     process = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(layout.config)],
                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return Daemon(layout, process, notify)

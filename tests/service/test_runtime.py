@@ -202,3 +202,45 @@ async def test_mark_inbox_moves_the_entry_in_the_same_transaction_as_the_session
 
 def test_iccid_digits_swap_nibbles_and_drop_the_filler() -> None:
     assert iccid_digits(bytes.fromhex("981001000000000000F1")) == "8901100000000000001"
+
+
+async def test_drain_waits_for_in_flight_work_and_idles_new_uplinks(astore: AsyncStore) -> None:
+    release = asyncio.Event()
+
+    class SlowBackhaul(RecordingBackhaul):
+        async def post_es9(self, action: PostEs9) -> bytes:
+            await release.wait()
+            return b"{}"
+
+    def script(event: Event) -> list[Action]:
+        if isinstance(event, DeviceHello):
+            return [PostEs9(EID, "r1", "smdp.test", "initiateAuthentication", b"{}")]
+        return [SendBatch(EID, BATCH)]
+
+    runtime = Runtime(ScriptedEngine(script), astore, SlowBackhaul(), options=RuntimeOptions(stopping_retry_s=99))
+    in_flight = asyncio.create_task(runtime.exchange(EID, HELLO))
+    await asyncio.sleep(0.05)
+    assert runtime.pending_exchanges == 1
+    drained = asyncio.create_task(runtime.drain(5.0))
+    await asyncio.sleep(0.05)
+    assert not drained.done()
+    assert await runtime.exchange(EID, HELLO) == Idle(99)          # stopping: come back later
+    release.set()
+    assert await drained is True
+    assert await in_flight == BatchMsg(BATCH)                       # the in-flight exchange finished
+    await runtime.close()
+
+
+async def test_drain_gives_up_at_its_bound_and_close_answers_what_is_left(astore: AsyncStore) -> None:
+    class StuckBackhaul(RecordingBackhaul):
+        async def post_es9(self, action: PostEs9) -> bytes:
+            await asyncio.Event().wait()
+            return b""
+
+    runtime = Runtime(ScriptedEngine(lambda e: [PostEs9(EID, "r1", "smdp.test", "initiateAuthentication", b"{}")]),
+                      astore, StuckBackhaul(), options=RuntimeOptions(stopping_retry_s=42))
+    in_flight = asyncio.create_task(runtime.exchange(EID, HELLO))
+    await asyncio.sleep(0.05)
+    assert await runtime.drain(0.1) is False
+    await runtime.close()
+    assert await in_flight == Idle(42)

@@ -48,10 +48,11 @@ def layout(workdir: Path, devices: list[int], **kwargs: str) -> Layout:
 
 async def test_run_notifies_ready_serves_the_api_reloads_on_sighup_and_drains_on_sigterm(workdir: Path) -> None:
     lay = layout(workdir, [1])
-    daemon = start_daemon(lay)
+    daemon = start_daemon(lay, {"WATCHDOG_USEC": "400000"})
     try:
         ready = daemon.wait_notify("READY=1")
         assert "STATUS=1 devices" in ready
+        daemon.wait_notify("WATCHDOG=1", timeout=5)
         await wait_for_socket(lay.socket_path)
         assert await daemon.get("/v1/health") == (200, {"status": "ok"})
         status, body = await daemon.get("/v1/status")
