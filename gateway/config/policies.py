@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.config.schema import setting, table
+from gateway.config.schema import dotted, setting, table
 from gateway.errors import ConfigError
 
 _PLMN = re.compile(r"\d{5,6}")
@@ -183,7 +183,7 @@ def check_policies(policies: PoliciesSection, *, has_webhook_secret: bool, file_
                               file=file_of("policies.webhooks.urls"), key=f"policies.webhooks.urls[{i}]")
     roaming = policies.roaming
     for mcc, country in roaming.countries.items():
-        key = f'policies.roaming.countries."{mcc}"'
+        key = dotted("policies.roaming.countries", mcc)
         if not _MCC.fullmatch(mcc):
             raise ConfigError("a country is its mobile country code (MCC), 3 digits", file=file_of(key), key=key)
         if country.max_days > country.window_days:
@@ -193,13 +193,13 @@ def check_policies(policies: PoliciesSection, *, has_webhook_secret: bool, file_
         raise ConfigError(f"max_days ({roaming.max_days}) cannot exceed window_days ({roaming.window_days})",
                           file=file_of("policies.roaming.max_days"), key="policies.roaming.max_days")
     for eid, imei in policies.imei.bindings.items():
-        key = f'policies.imei.bindings."{eid}"'
+        key = dotted("policies.imei.bindings", eid)
         if not re.fullmatch(r"[0-9]{32}", eid):
             raise ConfigError("an EID of 32 digits", file=file_of(key), key=key)
         if not _IMEI.fullmatch(imei):
             raise ConfigError("an IMEI of 14 to 16 digits", file=file_of(key), key=key)
     for name, group in policies.groups.items():
-        key = f"policies.groups.{name}"
+        key = dotted("policies.groups", name)
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
             raise ConfigError("a group name is 1 to 64 letters, digits, _ or -", file=file_of(key), key=key)
         if not (group.tags or group.sites or group.models or group.eids):
