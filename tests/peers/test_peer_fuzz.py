@@ -3,7 +3,9 @@
 Both peers run once for the module on real TLS sockets, in a thread with its own event loop;
 each example is one real HTTPS request (http.client). Whatever arrives, the answer is an HTTP
 status the binding defines (200 with an error inside, 204, 400, 404, 413, 415), never a 500,
-and a valid request still succeeds afterwards.
+and a valid request still succeeds afterwards. A last test sends well-formed ESipa results
+and notifications with wrong contents (forged signatures, unknown counters and transactions,
+foreign eIM ids, bad certificates), which get past the decoder into the eIM's logic.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gateway.spec import codec, es9p, signed
@@ -216,3 +218,85 @@ def test_peers_still_serve_valid_requests_after_the_fuzzing(peers: Peers, tls: s
         "EsipaMessageFromIpaToEim", ("getEimPackageRequest", {"eidValue": bytes(16)})), "application/x-gsma-rsp-asn1")
     assert status == 200
     assert codec.decode("EsipaMessageFromEimToIpa", reply) == ("getEimPackageResponse", ("eimPackageError", 2))
+
+
+# --- well-formed ESipa messages with wrong contents: the eIM's logic, not its decoder ---------
+
+small_bytes = st.binary(max_size=70)
+transaction_ids = st.binary(min_size=1, max_size=16)
+metadata = st.fixed_dictionaries({"seqNumber": st.integers(0, 9), "profileManagementOperation": st.just((b"\x80", 1)),
+                                  "notificationAddress": st.text(max_size=10)})
+pir_values = st.fixed_dictionaries({
+    "profileInstallationResultData": st.fixed_dictionaries({
+        "transactionId": transaction_ids, "notificationMetadata": metadata, "smdpOid": st.just("1.2.3"),
+        "finalResult": st.one_of(
+            st.just(("successResult", {"aid": bytes(16), "simaResponse": b"\x30\x00"})),
+            st.just(("errorResult", {"bppCommandId": 1, "errorReason": 8})))}),
+    "euiccSignPIR": small_bytes})
+epr_values = st.one_of(
+    st.fixed_dictionaries({
+        "euiccPackageResultDataSigned": st.fixed_dictionaries({
+            "eimId": st.sampled_from(["ipae-test-eim", "someone-else"]), "counterValue": st.integers(0, 5),
+            "eimTransactionId": transaction_ids, "seqNumber": st.integers(0, 9),
+            "euiccResult": st.lists(st.sampled_from([("getRATResult", []), ("enableResult", 1),
+                                                     ("processingTerminated", 2)]), max_size=3)}),
+        "euiccSignEPR": small_bytes}).map(lambda v: ("euiccPackageResultSigned", v)),
+    st.fixed_dictionaries({
+        "euiccPackageErrorDataSigned": st.fixed_dictionaries({
+            "eimId": st.just("ipae-test-eim"), "counterValue": st.integers(0, 5),
+            "euiccPackageErrorCode": st.sampled_from([3, 4, 6, 127])}),
+        "euiccSignEPE": small_bytes}).map(lambda v: ("euiccPackageErrorSigned", v)),
+    st.fixed_dictionaries({"eimId": st.just("ipae-test-eim"), "eimTransactionId": transaction_ids}).map(
+        lambda v: ("euiccPackageErrorUnsigned", v)))
+
+
+def provide(eid: bytes, result: tuple[str, Any]) -> bytes:
+    return codec.encode("EsipaMessageFromIpaToEim", ("provideEimPackageResult", {"eidValue": eid,
+                                                                                  "eimPackageResult": result}))
+
+
+@st.composite
+def eim_results(draw: st.DrawFn, eid: bytes, certificate: bytes) -> bytes:
+    kind = draw(st.sampled_from(["epr", "epr+notes", "data", "trigger", "error", "notification"]))
+    if kind == "notification":
+        note = draw(st.one_of(pir_values.map(lambda v: ("profileInstallationResult", v)),
+                              small_bytes.map(lambda b: ("compactOtherSignedNotification", {
+                                  "tbsOtherNotification": {"seqNumber": 1, "profileManagementOperation": (b"\x40", 2),
+                                                           "notificationAddress": "x"},
+                                  "euiccNotificationSignature": b}))))
+        return codec.encode("EsipaMessageFromIpaToEim", ("handleNotificationEsipa", ("pendingNotification", note)))
+    if kind == "epr":
+        return provide(eid, ("euiccPackageResult", draw(epr_values)))
+    if kind == "epr+notes":
+        notes = draw(st.lists(pir_values.map(lambda v: ("profileInstallationResult", v)), max_size=2))
+        return provide(eid, ("ePRAndNotifications", {"euiccPackageResult": draw(epr_values),
+                                                     "notificationList": notes}))
+    if kind == "data":
+        data: dict[str, Any] = {"eimTransactionId": draw(transaction_ids)}
+        if draw(st.booleans()):
+            data["euiccCertificate"] = draw(st.sampled_from([certificate, certificate[:-1] + b"\x00"]))
+        data["euiccPackageResultList"] = draw(st.lists(epr_values, max_size=2))
+        return provide(eid, ("ipaEuiccDataResponse", ("ipaEuiccData", data)))
+    if kind == "trigger":
+        return provide(eid, ("profileDownloadTriggerResult", {
+            "eimTransactionId": draw(transaction_ids),
+            "profileDownloadTriggerResultData": ("profileInstallationResult", draw(pir_values))}))
+    return provide(eid, ("eimPackageResultResponseError", {"eimTransactionId": draw(transaction_ids),
+                                                           "eimPackageResultErrorCode": 2}))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_well_formed_results_with_wrong_contents_are_answered_without_crashing(
+        peers: Peers, tls: ssl.SSLContext, pki: RspPki, data: st.DataObject) -> None:
+    assert peers.eim is not None
+    eid = data.draw(st.sampled_from([pki.eid_bytes, bytes(16)]))
+    peers.eim.service.device(pki.eid_bytes)
+    body = data.draw(eim_results(eid, pki.euicc.cert_der))
+    status, reply = post(tls, peers.eim.url, "/gsma/rsp2/asn1", body, "application/x-gsma-rsp-asn1")
+    event(f"HTTP {status}")
+    assert status in (200, 204, 400), (status, reply)
+    if status == 200:
+        alternative, (kind, _) = codec.decode("EsipaMessageFromEimToIpa", reply)
+        assert alternative == "provideEimPackageResultResponse"
+        assert kind in ("provideEimPackageResultError", "eimAcknowledgements", "emptyResponse")
