@@ -61,6 +61,10 @@ def add_initial_eim(eim_configuration_data: list[dict[str, Any]]) -> bytes:  # S
     return codec.encode("AddInitialEimRequest", {"eimConfigurationDataList": eim_configuration_data})
 
 
+def ipa_euicc_data_request(tag_list: bytes) -> bytes:  # SGP.32 §5.9.x, IpaEuiccDataRequest
+    return codec.encode("IpaEuiccDataRequest", {"tagList": tag_list})
+
+
 def retrieve_notifications_list(*, euicc_package_results: bool = False,
                                 seq_number: int | None = None) -> bytes:  # SGP.22 §5.7.10, SGP.32
     value: dict[str, Any] = {}
@@ -287,3 +291,15 @@ def eim_configurations(data: bytes) -> list[dict[str, Any]]:
 
 def remove_status(data: bytes) -> int:
     return int(codec.decode("NotificationSentResponse", data)["deleteNotificationStatus"])
+
+
+def default_smdp_address(data: bytes) -> str | None:
+    """defaultSmdpAddress of an IpaEuiccDataResponse, if the eUICC has one."""
+    try:
+        kind, value = codec.decode("IpaEuiccDataResponse", data)
+    except DecodeError:
+        return None
+    if kind != "ipaEuiccData":
+        return None
+    address = value.get("defaultSmdpAddress")
+    return str(address) if address else None

@@ -146,3 +146,17 @@ async def test_contact_smds_without_an_event_ends_with_one_error_result(pki: Rsp
     assert card.profiles == [] and (card.session is None or not card.session.transaction_id)
     (result,) = rig.eim.results_of()
     assert result[1]["profileDownloadTriggerResultData"][0] == "profileDownloadError"
+
+
+async def test_contact_default_smdp_uses_the_address_set_on_the_euicc(pki: RspPki) -> None:
+    rig, link, card = setup(pki, default_smdp="gateway-default.example")
+    rig.eim.queue_package(card.eid, rig.eim.euicc_package_request(
+        card.eid, [("setDefaultDpAddress", {"defaultDpAddress": "smdp.example"})], b"\x0c"))
+    value = {"profileDownloadData": ("contactDefaultSmdp", None), "eimTransactionId": b"\x0d"}
+    from gateway.spec import esipa
+    rig.eim.packages[card.eid].append(
+        esipa.encode_from_eim("getEimPackageResponse", ("profileDownloadTriggerRequest", value)))
+    agent, _ = make_agent(link, card)
+    await agent.run_session()
+    assert [p.iccid for p in card.profiles] == [ICCID]
+    assert {a.smdp_address for a in rig.of(A.PostEs9) if isinstance(a, A.PostEs9)} == {"smdp.example"}

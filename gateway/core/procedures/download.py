@@ -170,6 +170,7 @@ class Download(Procedure):
         matching: str | None = None
         self.ctx["phase"] = SMDP
         if data is None or data[0] == "contactDefaultSmdp":
+            self.ctx["read_default"] = True     # the eUICC's default SM-DP+ wins over the gateway's
             smdp = env.config.default_smdp
         elif data[0] == "activationCode":
             smdp, matching = parse_activation_code(data[1])
@@ -180,17 +181,24 @@ class Download(Procedure):
             self.ctx["phase"], self.ctx["smds"] = SMDS, smds
         else:
             raise FunctionFailed(f"unknown profileDownloadData {data[0]}")
-        if not smdp and self.ctx["phase"] == SMDP:
-            raise FunctionFailed("no SM-DP+ address: no activation code and no default SM-DP+")
         self.ctx["smdp"] = smdp
         self.ctx["matching_id"] = matching
-        calls = (Call("GetEuiccChallenge", es10.get_euicc_challenge()),
-                 Call("GetEUICCInfo1", es10.get_euicc_info1()))
+        calls: tuple[Call, ...] = (Call("GetEuiccChallenge", es10.get_euicc_challenge()),
+                                   Call("GetEUICCInfo1", es10.get_euicc_info1()))
+        if self.ctx.get("read_default"):
+            calls += (Call("IpaEuiccData", es10.ipa_euicc_data_request(b"\x81")),)
         return CHALLENGE, [DeviceWork(calls)]
 
     def _challenged(self, env: Env, answer: object) -> tuple[str, list[Output]]:
         challenge_raw, info1 = _replies(answer, 2, "GetEuiccChallenge/GetEUICCInfo1")
         challenge = es10.euicc_challenge(challenge_raw)
+        if self.ctx.pop("read_default", False):
+            assert isinstance(answer, DeviceAnswer)
+            reply = answer.replies[2] if len(answer.replies) > 2 else None
+            default = es10.default_smdp_address(reply.data) if reply is not None and reply.sw == 0x9000 else None
+            self.ctx["smdp"] = default or self.ctx.get("smdp")
+        if self.ctx["phase"] == SMDP and not self.ctx.get("smdp"):
+            raise FunctionFailed("no SM-DP+ address: no activation code and no default SM-DP+")
         # decided now, not at start: the eIM configuration may have been read in this batch
         eim = next((e for e in env.eims if e.get("eimId") == self.ctx.get("eim_id")), None)
         self.ctx["indirect"] = bool(eim is not None and eim.get("indirectProfileDownload"))
