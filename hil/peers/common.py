@@ -197,12 +197,6 @@ def verify_euicc_signed(cert: x509.Certificate, signed: bytes, signature: bytes)
     rspcrypto.verify_rs_with_certificate(cert, signed, signature)
 
 
-def raw_children(der: bytes) -> list[tuple[int, bytes]]:
-    """(tag, exact TLV bytes) of each child of the single TLV `der`."""
-    outer = tlv.read_single(der)
-    return [(c.tag, c.raw_of(der)) for c in tlv.children(der, outer)]
-
-
 def raw_child(der: bytes, *path: int) -> bytes:
     """Exact bytes of the TLV reached by child indexes from the outer TLV of `der`."""
     node = tlv.read_single(der)
@@ -212,16 +206,6 @@ def raw_child(der: bytes, *path: int) -> bytes:
             raise DecodeError(f"no child {index} under tag {node.tag:X}", offset=node.start)
         node = kids[index]
     return node.raw_of(der)
-
-
-def value_bytes(der_tlv: bytes) -> bytes:
-    return tlv.read_single(der_tlv).value_of(der_tlv)
-
-
-def with_tag(tag: int, der_tlv: bytes) -> bytes:
-    """The same value under another tag (an IMPLICIT re-tagging, the value octets untouched)."""
-    value = value_bytes(der_tlv)
-    return tlv.header(tag, len(value)) + value
 
 
 # --- serving -----------------------------------------------------------------------------------
