@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 INBOX_KIND_EIM_PACKAGE = "eim-package"
-DOWNLOAD_OPERATIONS = ("ProfileDownload", "LoadBoundProfilePackage", "ProfileInstallation")
+DOWNLOAD_OPERATIONS = ("download", "profiledownload")   # the engine's audit name of a finished download
 
 
 class Engine(Protocol):
@@ -253,7 +253,7 @@ class Runtime:
                  extra=log_fields(eid=a.eid, iccid=None if a.iccid is None else iccid_digits(a.iccid),
                                   operation=a.operation, transaction=_origin(a.origin)[1]))
         self.metrics.audit.inc(operation=a.operation, result=a.result)
-        if any(op in a.operation for op in DOWNLOAD_OPERATIONS):
+        if a.operation.lower() in DOWNLOAD_OPERATIONS:
             self.metrics.downloads.inc(result=a.result)
 
     def _perform(self, action: Action) -> None:

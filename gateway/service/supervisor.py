@@ -34,7 +34,7 @@ from typing import Any
 
 from gateway.backhaul.http import BackhaulHttp, HttpLimits, TlsTrust
 from gateway.backhaul.inject_server import InjectServer, server_ssl_context
-from gateway.config import Config, load_config
+from gateway.config import Config, Device, load_config
 from gateway.core.actions import PostEs9, PostEsipa, from_bytes
 from gateway.core.engine import EimEndpoint, Engine, EngineConfig
 from gateway.core.events import BackhaulAnswered
@@ -43,8 +43,10 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.links.base import DeviceCredential, DeviceRegistry
 from gateway.links.coap import CoapServer, CoapServerConfig
 from gateway.links.mqtt import MqttConfig, MqttGateway
+from gateway.links.serial import AsyncModemEuicc, ModemConfig, ModemEuicc
+from gateway.links.serial.local import LocalModemDevice
 from gateway.service.api import ApiServer
-from gateway.service.logging import RedactingFilter, setup_logging
+from gateway.service.logging import RedactingFilter, log_fields, setup_logging
 from gateway.service.metrics import GatewayMetrics
 from gateway.service.notify import Notifier
 from gateway.service.runtime import Clock, HttpBackhaul, Runtime, RuntimeOptions
@@ -219,6 +221,9 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 loops = [tg.create_task(self._watchdog_loop(), name="watchdog"),
                          tg.create_task(self._drain_loop(), name="outbox drainer")]
+                if cfg.links.serial.enabled:
+                    loops += [tg.create_task(self._serial_loop(d), name=f"serial {d.identity}")
+                              for d in cfg.devices if d.link == "serial"]
                 await self.stop_event.wait()
                 self.notifier.stopping("draining in-flight work")
                 log.info("stopping: draining in-flight work (up to %.0f s)", cfg.gateway.shutdown_grace_s)
@@ -276,7 +281,7 @@ class Daemon:
             stack.push_async_callback(gateway.close)
             self._links["mqtt"] = f"{'mqtts' if mqtt.tls else 'mqtt'}://{mqtt.broker_host}:{mqtt.broker_port}"
         if links.serial.enabled:
-            raise ConfigError("the serial modem link is not wired into the daemon yet", key="links.serial.enabled")
+            self._links["serial"] = ", ".join(d.identity for d in self.config.devices if d.link == "serial")
 
     async def _start_inject(self, stack: contextlib.AsyncExitStack) -> None:
         inject = self.config.northbound.inject
@@ -321,6 +326,37 @@ class Daemon:
             self._drain_wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drain_wakeup.wait(), delay)
+
+    async def _serial_loop(self, device: Device) -> None:
+        """A modem on the gateway's own serial port: the gateway plays its device agent."""
+        serial = self.config.links.serial
+        modem_config = ModemConfig(segment_size=min(serial.segment_size, device.segment_size),
+                                   timeout_s=serial.response_timeout_s)
+        retry_s = 1.0
+        while True:
+            try:
+                modem = await asyncio.to_thread(ModemEuicc.open, device.identity, modem_config,
+                                                baudrate=serial.baudrate)
+            except GatewayError as exc:
+                log.error("modem on %s unavailable (%s); retrying in %.0f s", device.identity, exc, retry_s,
+                          extra=log_fields(eid=device.eid))
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, 300.0)
+                continue
+            retry_s = 1.0
+            local = LocalModemDevice(AsyncModemEuicc(modem), self.runtime, device.eid)
+            try:
+                while not self.runtime.draining:
+                    session = await local.run_session()
+                    wait = device.poll_interval_s if session.idle_after_s is None else min(
+                        float(session.idle_after_s), device.poll_interval_s)
+                    await asyncio.sleep(wait)
+            except GatewayError as exc:
+                log.error("modem session on %s failed: %s", device.identity, exc, extra=log_fields(eid=device.eid))
+                local.attach_failures += 1
+            finally:
+                await asyncio.to_thread(modem.close)
+            await asyncio.sleep(retry_s)
 
     async def _send_queued(self, entry: OutboxEntry) -> Outcome:
         action = from_bytes(entry.payload)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from gateway.store import Store
 from hil.agent.agent import Agent
 from hil.agent.coap_transport import CoapAgentTransport
 from hil.euicc import SoftEuicc
+from hil.modem_emulator import EmulatorThread, ModemEmulator, Quirks
 from hil.pki import RspPki, generate_pki
 
 
@@ -144,3 +147,50 @@ async def test_a_device_agent_with_a_soft_euicc_exchanges_with_the_daemon_over_c
         assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (1,)
     finally:
         conn.close()
+
+
+@pytest.fixture
+def pty_pair() -> Iterator[tuple[str, str]]:
+    """Two linked pseudo-terminals under /dev/pts (socat): (gateway end, modem end)."""
+    proc = subprocess.Popen(["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    paths: list[str] = []
+    try:
+        while len(paths) < 2:
+            line = proc.stderr.readline()
+            if not line:
+                raise RuntimeError("socat did not create the pty pair")
+            found = re.search(r"PTY is (/dev/pts/\d+)", line)
+            if found:
+                paths.append(found.group(1))
+        yield paths[0], paths[1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stderr.close()
+
+
+async def test_a_modem_on_a_serial_port_is_driven_by_the_daemon_as_its_own_device(
+        workdir: Path, pki: RspPki, pty_pair: tuple[str, str]) -> None:
+    eid = make_eid(7)
+    lay = layout(workdir, [1], extra=f'[links.serial]\nenabled = true\nports = ["{pty_pair[0]}"]\n')
+    fleet = lay.directory / "devices.d" / "fleet.toml"
+    fleet.write_text(fleet.read_text() + f'[[device]]\neid = "{eid.hex()}"\nlink = "serial"\n'
+                     f'identity = "{pty_pair[0]}"\npoll_interval_s = 1.0\n')
+    card = SoftEuicc(pki, eid)
+    with EmulatorThread(ModemEmulator(card, Quirks.parse("")), pty_pair[1], idle_urc_s=0.05):
+        daemon = start_daemon(lay)
+        try:
+            daemon.wait_notify("READY=1")
+            await wait_for_socket(lay.socket_path)
+            for _ in range(200):
+                status, device = await daemon.get(f"/v1/devices/{eid.hex()}")
+                if device.get("last_contact") is not None and device.get("session") is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert device["link"] == "serial" and device["last_contact"] is not None, device
+            status, body = await daemon.get("/v1/status")
+            assert body["links"]["serial"] == pty_pair[0]
+        finally:
+            assert stop_daemon(daemon) == 0
