@@ -4,7 +4,8 @@ Theory of operation. Round trips to a sleeping device are the scarce resource. E
 in a device session (the running procedure, the delivery track) offers a `Part`: ES10b calls
 whose results the owner only needs all together. `plan` puts parts into one batch in the
 order given, each call one Step (its STORE DATA blocks, `gateway.spec.apdu`), until the
-device's `max_batch_bytes` budget is used. The first part may be cut (a BPP too big for the
+device's `max_batch_bytes` budget (and the device link's own limits on a message's size
+and step count) is used. The first part may be cut (a BPP too big for the
 device's budget then takes several exchanges, as the device asked); later parts are added
 whole or left for a later batch, so they never delay the first. A batch always carries at
 least one call. BPP segments other than the last get `stop_if_data`: an early
@@ -20,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.core.procedures.base import Call
-from gateway.links.protocol import Batch, Step
+from gateway.links.protocol import MAX_MESSAGE, MAX_STEPS, Batch, Step
 from gateway.spec import apdu
 from gateway.spec.apdu import ISD_R_AID
 
@@ -53,7 +54,8 @@ def step_size(step: Step) -> int:
 
 def plan(parts: list[Part], batch_id: int, *, segment_size: int = 255,
          max_batch_bytes: int | None = None) -> Planned:
-    budget = max_batch_bytes if max_batch_bytes is not None else 1 << 62
+    # the device's budget, and in any case what one device-link message may carry
+    budget = min(max_batch_bytes if max_batch_bytes is not None else MAX_MESSAGE, MAX_MESSAGE - 1024)
     used = BATCH_OVERHEAD
     steps: list[Step] = []
     owners: list[tuple[str, int]] = []
@@ -64,7 +66,7 @@ def plan(parts: list[Part], batch_id: int, *, segment_size: int = 255,
         sizes = [step_size(s) for s in built]
         if index == 0 or not steps:
             taken = 0
-            while taken < len(built) and (not steps or used + sizes[taken] <= budget):
+            while taken < len(built) and len(steps) < MAX_STEPS and (not steps or used + sizes[taken] <= budget):
                 steps.append(built[taken])
                 used += sizes[taken]
                 taken += 1
@@ -75,7 +77,7 @@ def plan(parts: list[Part], batch_id: int, *, segment_size: int = 255,
             elif part.refresh is not None:
                 refresh = part.refresh
             continue
-        if used + sum(sizes) <= budget:
+        if used + sum(sizes) <= budget and len(steps) + len(built) <= MAX_STEPS:
             steps.extend(built)
             used += sum(sizes)
             owners.append((part.owner, len(built)))

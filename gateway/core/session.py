@@ -4,7 +4,7 @@ Theory of operation. A device wakes and sends an uplink; the runtime must answer
 exactly one downlink. The session keeps that uplink *pending* while the decisions the next
 batch depends on are in flight on the backhaul (a procedure's ES9+/ESipa call, a
 GetEimPackage poll, a delivery whose acknowledgement lets a notification be removed), and
-answers it (`_settle`) as soon as nothing it waits for is outstanding: with one batch that
+answers it (`settle`) as soon as nothing it waits for is outstanding: with one batch that
 folds the running procedure's ES10b calls and the delivery track's removals/retrieval
 (gateway.core.planner), or Idle.
 

@@ -145,3 +145,14 @@ def test_cancel_session_request_encodes_the_reason() -> None:
     raw = es10.cancel_session(b"\x01" * 16, "loadBppExecutionError")
     from gateway.spec import codec
     assert codec.decode("CancelSessionRequest", raw)["reason"] == 5
+
+
+def test_plan_never_exceeds_the_device_link_limits() -> None:
+    from gateway.links.protocol import MAX_MESSAGE, MAX_STEPS, encode_downlink, BatchMsg
+    calls = tuple(_call(i, 100, segment=True) for i in range(MAX_STEPS + 10))
+    planned = plan([Part("proc", calls)], 1)
+    assert len(planned.batch.steps) <= MAX_STEPS and planned.leftover
+    assert len(encode_downlink(BatchMsg(planned.batch))) <= MAX_MESSAGE
+    big = tuple(Call(f"b{i}", b"\x04\x82\x3b\xc0" + bytes(0x3BC0)) for i in range(200))   # 60 blocks each
+    planned = plan([Part("proc", big)], 2)
+    assert len(encode_downlink(BatchMsg(planned.batch))) <= MAX_MESSAGE
