@@ -158,6 +158,7 @@ def short_dir() -> Iterator[Path]:
 
 def start_daemon(layout: Layout, environ: dict[str, str] | None = None) -> Daemon:
     notify_path = layout.directory / "notify.sock"
+    notify_path.unlink(missing_ok=True)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1", **(environ or {})}

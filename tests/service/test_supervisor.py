@@ -9,13 +9,16 @@ import json
 import re
 import signal
 import sqlite3
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from daemon_support import (
     Layout,
+    free_tcp_port,
     free_udp_port,
     make_eid,
     psk_of,
@@ -25,6 +28,7 @@ from daemon_support import (
     wait_for_socket,
 )
 
+from gateway.spec import codec
 from gateway.store import Store
 from hil.agent.agent import Agent
 from hil.agent.coap_transport import CoapAgentTransport
@@ -138,9 +142,28 @@ async def test_a_device_agent_with_a_soft_euicc_exchanges_with_the_daemon_over_c
         assert json.loads(shown.stdout)["eid"] == eid.hex()
         table = daemon.cli("devices")
         assert table.returncode == 0 and eid.hex() in table.stdout and "sensor 1" in table.stdout
+
+        state = device["state"]
+        daemon.signal(signal.SIGHUP)
+        for _ in range(100):
+            status, body = await daemon.get("/v1/status")
+            if body["reloads"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert body["reloads"] == 1 and body["engine_sessions"] == 1     # the reload kept the session
+        assert (await daemon.get(f"/v1/devices/{eid.hex()}"))[1]["state"] == state
     finally:
         await transport.close()
         assert stop_daemon(daemon) == 0
+
+    again = start_daemon(lay)                                              # a restart resumes it
+    try:
+        again.wait_notify("READY=1")
+        await wait_for_socket(lay.socket_path)
+        status, device = await again.get(f"/v1/devices/{eid.hex()}")
+        assert device["state"] == state and device["session"] is not None
+    finally:
+        assert stop_daemon(again) == 0
     conn = sqlite3.connect(lay.db)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -194,3 +217,37 @@ async def test_a_modem_on_a_serial_port_is_driven_by_the_daemon_as_its_own_devic
             assert body["links"]["serial"] == pty_pair[0]
         finally:
             assert stop_daemon(daemon) == 0
+
+
+async def test_an_eim_push_is_persisted_before_it_is_acknowledged_and_waits_for_the_device(
+        workdir: Path, pki: RspPki) -> None:
+    inject_port = free_tcp_port()
+    # the gateway's inject endpoint borrows a TLS server credential of the test PKI (127.0.0.1)
+    lay = layout(workdir, [1], extra=f'[northbound.inject]\nlisten = "127.0.0.1"\nport = {inject_port}\n'
+                                     f'tls_cert_file = "{pki.eim_tls.cert_path}"\n',
+                 credentials_extra=f'[tls]\ninject_key_file = "{pki.eim_tls.key_path}"\n')
+    eid = make_eid(1)
+    package = {"euiccPackageSigned": {"eimId": "eim.test", "eidValue": eid, "counterValue": 1,
+                                      "eimTransactionId": b"\x0a\x0b",
+                                      "euiccPackage": ("psmoList", [("listProfileInfo", {})])},
+               "eimSignature": bytes(64)}
+    body = codec.encode("TransferEimPackageRequest", ("euiccPackageRequest", package))
+    daemon = start_daemon(lay)
+    try:
+        daemon.wait_notify("READY=1")
+        await wait_for_socket(lay.socket_path)
+        ctx = ssl.create_default_context(cafile=str(pki.tls_trust_path))
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"https://127.0.0.1:{inject_port}/gsma/rsp2/asn1", data=body, ssl=ctx,
+                                    headers={"Content-Type": "application/x-gsma-rsp-asn1",
+                                             "X-Admin-Protocol": "gsma/rsp/v2.1.0"}) as resp:
+                assert resp.status == 200
+                answer = await resp.read()
+        assert codec.decode("TransferEimPackageResponse", answer) == ("eimPackageReceived", None)
+        status, queue = await daemon.get("/v1/queue")
+        assert [(e["eid"], e["key"]) for e in queue["inbox"]] == [(eid.hex(), "eim:eim.test/tx:0a0b")]
+    finally:
+        assert stop_daemon(daemon) == 0
+    with Store.open(lay.db) as store:
+        entry = store.inbox.find(eid, "eim:eim.test/tx:0a0b")
+        assert entry is not None and entry.payload == body
