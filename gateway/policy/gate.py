@@ -1,0 +1,138 @@
+"""`PolicyGate`: the edge policies in front of the runtime, as a device-link `UplinkHandler`.
+
+Theory of operation. The gate wraps the runtime's handler (`inner`) and sees every uplink
+first. For each status a device reports it asks `Policies.on_status` and hands the decisions
+to its backend (`GateBackend.apply_decisions`: store, alarms, webhooks, state-change reports).
+
+- Quarantined device: the runtime never sees the uplink; the device gets
+  ErrorMsg(FORBIDDEN, "device quarantined ...") and no eUICC operation runs.
+- A `RunEs10` decision (ExecuteFallbackMechanism / ReturnFromFallback): the gate answers the
+  Hello itself with a one-step batch (STORE DATA of the request on the ISD-R channel, then the
+  policy's refresh), under a batch id of its own range (`POLICY_BATCH_BASE` and up, never
+  used by the engine, whose ids count up from 1). The Result of that batch goes to
+  `Policies.on_es10_result` (the response bytes on SW 9000, else None) and the wake-up then
+  continues with the runtime as if the device had just said Hello (with the status of the
+  Result), so the IPA's own work (eIM poll, packages, notifications) still happens in the
+  same wake-up. The policy call costs one extra round trip, only when a switch happens.
+
+The engine needs no change for fallback and return this way; the eIM report of the switch
+(`ReportStateChange`) is the backend's: `state_change_request` builds the GetEimPackage
+request it posts (notifyStateChange, stateChangeCause, rPLMN), and the eIM's answer is fed to
+the engine as an eIM package received by poll.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from gateway.links.base import UplinkHandler
+from gateway.links.protocol import (
+    Batch,
+    BatchMsg,
+    BatchResult,
+    DeviceStatus,
+    Downlink,
+    ErrorCode,
+    ErrorMsg,
+    Hello,
+    Result,
+    Step,
+    Uplink,
+)
+from gateway.policy.decisions import PolicyDecision, RunEs10
+from gateway.policy.groups import DeviceFacts, group_of
+from gateway.policy.policies import Policies
+from gateway.spec import apdu, esipa
+
+POLICY_BATCH_BASE: Final = 0xFFF0_0000
+POLICY_BATCH_SPAN: Final = 0x000F_FFFF
+SW_OK: Final = 0x9000
+
+
+def state_change_request(eid: bytes, cause: int, rplmn: bytes | None) -> bytes:
+    """ESipa GetEimPackage (SGP.32 §6.3.2.x) reporting a state change: DER of EsipaMessageFromIpaToEim."""
+    value: dict[str, Any] = {"eidValue": eid, "notifyStateChange": None, "stateChangeCause": cause}
+    if rplmn is not None:
+        value["rPLMN"] = rplmn
+    return esipa.encode_from_ipa("getEimPackageRequest", value)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryView:
+    """What the gate needs from the store registry about one device."""
+
+    imei: str | None
+    quarantined: bool
+    tags: tuple[str, ...] = ()
+
+
+class GateBackend(Protocol):
+    async def registry(self, eid: bytes) -> RegistryView: ...
+
+    async def apply_decisions(self, eid: bytes, decisions: list[PolicyDecision], now: float) -> None: ...
+
+
+@dataclass(slots=True)
+class _Pending:
+    batch_id: int
+    token: str
+    status: DeviceStatus
+
+
+class PolicyGate:
+    def __init__(self, inner: UplinkHandler, policies: Policies, backend: GateBackend, *,
+                 clock: Callable[[], float] = time.time, segment_size: int = apdu.DEFAULT_SEGMENT_SIZE) -> None:
+        self.inner = inner
+        self.policies = policies
+        self.backend = backend
+        self.clock = clock
+        self.segment_size = segment_size
+        self._pending: dict[bytes, _Pending] = {}
+        self._next_id = 0
+
+    async def exchange(self, eid: bytes, uplink: Uplink) -> Downlink:
+        now = self.clock()
+        pending = self._pending.get(eid)
+        if isinstance(uplink, Result) and pending is not None and uplink.result.batch_id == pending.batch_id:
+            del self._pending[eid]
+            decisions = self.policies.on_es10_result(eid, pending.token, _response(uplink.result), now)
+            await self.backend.apply_decisions(eid, decisions, now)
+            uplink = Hello(uplink.status or pending.status)
+            return await self._through(eid, uplink, now, wake=False)
+        if isinstance(uplink, Hello) and pending is not None:
+            # the device lost the policy batch (or its result): the call did not run, as far as we know
+            del self._pending[eid]
+            decisions = self.policies.on_es10_result(eid, pending.token, None, now)
+            await self.backend.apply_decisions(eid, decisions, now)
+        return await self._through(eid, uplink, now, wake=isinstance(uplink, Hello))
+
+    async def _through(self, eid: bytes, uplink: Uplink, now: float, *, wake: bool) -> Downlink:
+        status = uplink.status
+        if status is None:
+            return await self.inner.exchange(eid, uplink)
+        view = await self.backend.registry(eid)
+        group = group_of(self.policies.config.groups, DeviceFacts.from_tags(eid, view.tags))
+        verdict = self.policies.on_status(eid, status, now, group=group, wake=wake, bound_imei=view.imei,
+                                          quarantined=view.quarantined)
+        decisions = list(verdict.decisions)
+        if decisions:
+            await self.backend.apply_decisions(eid, decisions, now)
+        if not verdict.allowed:
+            return ErrorMsg(int(ErrorCode.FORBIDDEN), "device quarantined: an operator must release it")
+        run = next((d for d in decisions if isinstance(d, RunEs10)), None)
+        if run is not None and isinstance(uplink, Hello):
+            batch_id = POLICY_BATCH_BASE + (self._next_id % POLICY_BATCH_SPAN)
+            self._next_id += 1
+            self._pending[eid] = _Pending(batch_id, run.token, status)
+            step = Step(tuple(apdu.store_data(run.request, self.segment_size)))
+            return BatchMsg(Batch(batch_id, (step,), aid=apdu.ISD_R_AID, refresh=run.refresh))
+        return await self.inner.exchange(eid, uplink)
+
+
+def _response(result: BatchResult) -> bytes | None:
+    if len(result.results) != 1 or result.results[0].sw != SW_OK or not result.results[0].data:
+        return None
+    return result.results[0].data

@@ -1,0 +1,190 @@
+"""End to end: fallback, return and IMEI quarantine driven by a device agent on a software eUICC.
+
+Real parts: the reference agent (hil.agent) and the software eUICC (hil.euicc) with two
+profiles, one carrying the fallback attribute; the device-link encoding (in-memory link,
+gateway.links.memory); the real engine (gateway.core) behind the gate; a real SQLite store
+for the registry, audit log and webhook outbox. The eIM is the engine tests' in-test
+responder (tests/core/peers.MiniEim) and the runtime is the engine tests' in-test rig
+(tests/core/rig.EngineRig), because the service runtime is not wired to the policies yet:
+`Backend` below does what gateway/policy/__init__.py asks the runtime to do.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gateway.config.policies import FallbackPolicy, FallbackWaveSection, PoliciesSection, WebhooksPolicy
+from gateway.core.engine import EimEndpoint, Engine, EngineConfig
+from gateway.core.events import EimPackageReceived
+from gateway.links.memory import MemoryLink
+from gateway.policy import (
+    AuditPolicy,
+    BindImei,
+    EmitEvent,
+    Policies,
+    PolicyDecision,
+    ReportStateChange,
+    SavePolicyState,
+    SetQuarantine,
+)
+from gateway.policy import imei as imei_policy
+from gateway.policy.gate import PolicyGate, RegistryView, state_change_request
+from gateway.policy.webhooks import enqueue_event
+from gateway.spec import esipa
+from gateway.store import Store
+from hil.euicc import SoftEuicc
+from hil.euicc.eim import eim_config_from
+from hil.euicc.state import Profile
+from hil.pki import RspPki
+from tests.core.peers import MiniEim, MiniSmdp
+from tests.core.rig import EngineRig, make_agent
+
+HOME = bytes.fromhex("98001032547698103214")
+FALLBACK = bytes.fromhex("98001032547698103215")
+IMEI = "353290611234567"
+HOOKS = WebhooksPolicy(urls=("https://hooks.example/ipae",))
+
+
+class Backend:
+    """The runtime's side of the gate: registry, decisions, state-change reports to the eIM."""
+
+    def __init__(self, store: Store, rig: EngineRig) -> None:
+        self.store = store
+        self.rig = rig
+        self.states: dict[tuple[bytes, str], bytes] = {}
+        self.reports: list[ReportStateChange] = []
+        self.decisions: list[PolicyDecision] = []
+
+    async def registry(self, eid: bytes) -> RegistryView:
+        d = self.store.devices.require(eid)
+        return RegistryView(d.imei, d.quarantined, d.tags)
+
+    async def apply_decisions(self, eid: bytes, decisions: list[PolicyDecision], now: float) -> None:
+        self.decisions += decisions
+        with self.store.transaction():
+            for d in decisions:
+                if isinstance(d, SetQuarantine):
+                    self.store.devices.set_quarantine(d.eid, d.quarantined, reason=d.reason, now=now)
+                elif isinstance(d, BindImei):
+                    self.store.devices.bind_imei(d.eid, d.imei, now=now)
+                elif isinstance(d, AuditPolicy):
+                    self.store.audit.append(time=now, eid=d.eid, operation=d.operation, result=d.result,
+                                            detail=dict(d.detail), iccid=d.iccid)
+                elif isinstance(d, EmitEvent):
+                    enqueue_event(self.store, d, HOOKS, gateway_id="gw-test", now=now)
+                elif isinstance(d, SavePolicyState):
+                    self.states[(d.eid, d.kind)] = d.blob
+        self.reports += [d for d in decisions if isinstance(d, ReportStateChange)]
+
+    def send_due_reports(self) -> None:
+        """The runtime's timer: each report at its time, to the device's eIM; the answer to the engine."""
+        for report in sorted(self.reports, key=lambda r: r.at):
+            self.rig.now = max(self.rig.now, report.at)
+            body = self.rig.eim.handle(state_change_request(report.eid, report.cause, report.rplmn))
+            kind, _ = esipa.decode_response("GetEimPackage", body)
+            if kind != "eimPackageError":
+                self.rig.run([EimPackageReceived(report.eid, self.rig.now, self.rig.eim.eim_id, body, "poll")])
+        self.reports.clear()
+
+
+def card_with_fallback_profile(pki: RspPki, eim: MiniEim) -> SoftEuicc:
+    card = SoftEuicc(pki, pki.eid_bytes)
+    card.state.eims.append(eim_config_from(card, eim.initial_eim()))
+    card.state.profiles += [
+        Profile(HOME, card.new_isdp_aid(), state="enabled", install_state="installed"),
+        Profile(FALLBACK, card.new_isdp_aid(), install_state="installed", fallback=True, fallback_allowed=True),
+    ]
+    card.commit()
+    return card
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    with Store.open(tmp_path / "gateway.sqlite3") as s:
+        yield s  # type: ignore[misc]
+
+
+def setup(pki: RspPki, store: Store) -> tuple[EngineRig, Backend, PolicyGate, SoftEuicc]:
+    eim = MiniEim(pki)
+    card = card_with_fallback_profile(pki, eim)
+    rig = EngineRig(Engine(EngineConfig(eims=(EimEndpoint(eim.eim_id, eim.fqdn),), seed=7)),
+                    MiniSmdp(pki, address="smdp.example"), eim)
+    config = PoliciesSection(fallback=FallbackPolicy(enabled=True, attach_failures=3, return_after_s=3600.0),
+                             fallback_wave=FallbackWaveSection(report_spread_s=60.0))
+    policies = Policies(config, rand=random.Random(5).random)
+    backend = Backend(store, rig)
+    store.devices.register(card.eid, "coap", "meter-1", now=rig.now, tags=["water-meter"])
+    return rig, backend, PolicyGate(rig, policies, backend, clock=lambda: rig.now), card
+
+
+def state_changes(eim: MiniEim) -> list[dict[str, object]]:
+    return [p for p in eim.polls if "notifyStateChange" in p]
+
+
+async def test_fallback_and_return_run_on_the_euicc_and_the_eim_hears_each_once(pki: RspPki, store: Store) -> None:
+    rig, backend, gate, card = setup(pki, store)
+    agent, device = make_agent(MemoryLink(gate), card, imei=IMEI)
+    for failures in (1, 2):
+        agent.status = replace(agent.status, attach_failures=failures)
+        report = await agent.run_session()
+        assert report.error is None and report.idle_after_s is not None
+        rig.now += 600
+    assert card.state.enabled_profile().iccid == HOME  # type: ignore[union-attr]
+
+    agent.status = replace(agent.status, attach_failures=3)
+    report = await agent.run_session()
+    assert report.error is None and report.idle_after_s is not None
+    assert card.state.enabled_profile().iccid == FALLBACK  # type: ignore[union-attr]
+    assert device.refreshes == ["uicc-reset"]
+    assert report.batches >= 1 and report.exchanges == 2      # the policy batch, then the IPA's Idle
+    backend.send_due_reports()
+    [change] = state_changes(rig.eim)
+    assert change["stateChangeCause"] in (1, "fallback")
+
+    # the network is back; after return_after_s the next wake-up returns from fallback. (The
+    # serving PLMN is kept: the engine adds a report of its own when it changes, see the report.)
+    agent.status = replace(agent.status, attach_failures=0)
+    rig.now += 1800
+    await agent.run_session()
+    assert card.state.enabled_profile().iccid == FALLBACK  # type: ignore[union-attr]
+    rig.now += 1900
+    await agent.run_session()
+    assert card.state.enabled_profile().iccid == HOME  # type: ignore[union-attr]
+    assert device.refreshes == ["uicc-reset", "uicc-reset"]
+    backend.send_due_reports()
+    assert len(state_changes(rig.eim)) == 2
+    audit = [(r.operation, r.result) for r in store.audit.query(eid=card.eid)]
+    assert ("ExecuteFallbackMechanism", "ok") in audit and ("ReturnFromFallback", "ok") in audit
+    assert [e.kind for e in store.outbox.pending()] == ["webhook:fallback.executed", "webhook:fallback.returned"]
+
+
+async def test_an_imei_change_quarantines_the_device_and_no_euicc_operation_runs(pki: RspPki, store: Store) -> None:
+    rig, backend, gate, card = setup(pki, store)
+    link = MemoryLink(gate)
+    agent, _ = make_agent(link, card, imei=IMEI)
+    assert (await agent.run_session()).error is None
+    assert store.devices.require(card.eid).imei == IMEI
+    apdus_before = link.counters(card.eid).apdus
+
+    moved, _ = make_agent(link, card, imei="353290619999999")
+    moved.status = replace(moved.status, attach_failures=5)
+    report = await moved.run_session()
+    assert report.error is not None and "quarantined" in report.error.text
+    assert link.counters(card.eid).apdus == apdus_before
+    row = store.devices.require(card.eid)
+    assert row.quarantined and row.imei == IMEI
+    assert [r.operation for r in store.audit.query(eid=card.eid, operation="quarantine")] == ["quarantine"]
+    assert list(gate.policies.alarms.active) == [imei_policy.alarm_key(card.eid)]
+    assert (await moved.run_session()).error is not None          # still refused, no second alarm
+    assert len([d for d in backend.decisions if isinstance(d, SetQuarantine)]) == 1
+
+    await backend.apply_decisions(card.eid, imei_policy.release(card.eid, rebind="353290619999999",
+                                                                keep_binding=False, now=rig.now), rig.now)
+    gate.policies.record_alarms(backend.decisions, rig.now)
+    report = await moved.run_session()
+    assert report.error is None and report.idle_after_s is not None
+    assert gate.policies.alarms.active == {}
