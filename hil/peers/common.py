@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.errors import DecodeError
 from gateway.spec import tlv
@@ -180,6 +181,20 @@ class EuiccCertificates:
     eid: bytes
     certificate: x509.Certificate
     eum_certificate: x509.Certificate
+
+
+def smdp_oid(cert: x509.Certificate) -> str:
+    """The SM-DP+ OID: the registeredID in the subjectAltName of CERT.DPauth (§4.5.2.1)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return "0.0"
+    ids = san.get_values_for_type(x509.RegisteredID)
+    return ids[0].dotted_string if ids else "0.0"
+
+
+def certificate_der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
 
 
 def verify_euicc_certificates(euicc_der: bytes, eum_der: bytes,

@@ -185,3 +185,69 @@ async def test_one_queue_per_eid_hands_out_the_same_package_to_a_retrying_ipa_un
     assert [p.counter for p in (first, second)] == [1, 2]
     assert codec.decode("EuiccPackageRequest", child(again[0] or b"", 0))["euiccPackageSigned"]["counterValue"] == 1
 
+
+
+def compact_authenticate_server_response(full: bytes) -> bytes:
+    """What an IPA minimizing ESipa bytes sends: euiccSigned1 and its signature, no certificates."""
+    return signed.wrap(0xBF38, signed.wrap(0xA2, child(full, 0, 0), child(full, 0, 1)))
+
+
+def compact_prepare_download_response(full: bytes) -> bytes:
+    """CompactPrepareDownloadResponseOk: only otPK.EUICC.ECKA of euiccSigned2, and the signature."""
+    otpk = codec.decode("PrepareDownloadResponse", full)[1]["euiccSigned2"]["euiccOtpk"]
+    return signed.wrap(0xBF21, signed.wrap(0xA2, signed.wrap(0x30, signed.wrap(0x5F49, otpk)), child(full, 0, 1)))
+
+
+def compact_cancel_session_response(full: bytes) -> bytes:
+    reason = codec.decode("CancelSessionResponse", full)[1]["euiccCancelSessionSigned"]["reason"]
+    return signed.wrap(0xBF41, signed.wrap(0xA2, signed.wrap(0x30, signed.wrap(0x80, bytes([reason]))),
+                                           child(full, 0, 1)))
+
+
+async def relayed_authentication(card: Card, http: BackhaulHttp, server: Any, eim: EimServer, smdpp: SmdppServer,
+                                 eid: bytes) -> tuple[Any, bytes, bytes]:
+    """Queue a download, relay InitiateAuthentication and a compact AuthenticateClient; (order, tid, answer)."""
+    order = smdpp.service.order_profile(size=6000)
+    eim.service.queue_profile_download(eid, {"activationCode": order.to_json(smdpp.address)["activationCode"]})
+    body = await esipa_raw(http, server, codec.encode("EsipaMessageFromIpaToEim",
+                                                      ("getEimPackageRequest", {"eidValue": eid})))
+    _, (_, trigger) = codec.decode("EsipaMessageFromEimToIpa", body or b"")
+    challenge, info1 = card.challenge_and_info1()
+    init_body = await esipa_raw(http, server, codec.encode("EsipaMessageFromIpaToEim", (
+        "initiateAuthenticationRequestEsipa", {"euiccChallenge": challenge,
+                                               "eimTransactionId": trigger["eimTransactionId"]})))
+    _, (_, ok) = codec.decode("EsipaMessageFromEimToIpa", init_body or b"")
+    asr = card.authenticate_server(child(init_body or b"", 0, 1), ok["serverSignature1"],
+                                   ok["euiccCiPKIdentifierToBeUsed"], ok["serverCertificate"], ok["matchingId"])
+    auth_body = await esipa_raw(http, server, signed.authenticate_client_request(
+        ok["transactionId"], compact_authenticate_server_response(asr)))
+    _, (kind, auth) = codec.decode("EsipaMessageFromEimToIpa", auth_body or b"")
+    assert kind == "authenticateClientOkDPEsipa", (kind, auth)
+    return order, ok["transactionId"], auth_body or b""
+
+
+async def test_compact_euicc_responses_are_rebuilt_byte_exact_for_the_smdpp(
+        pki: RspPki, smdpp: SmdppServer, eim: EimServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
+    card = Card(euicc)
+    server = server_for(pki, eim.url)
+    order, tid, auth_body = await relayed_authentication(card, http, server, eim, smdpp, euicc.eid)
+    _, (_, auth) = codec.decode("EsipaMessageFromEimToIpa", auth_body)
+    prepare = card.prepare_download(child(auth_body, 0, 2), auth["smdpSignature2"], auth["smdpCertificate"])
+    bpp_body = await esipa_raw(http, server, signed.get_bound_profile_package_request(
+        tid, compact_prepare_download_response(prepare)))
+    assert codec.decode("EsipaMessageFromEimToIpa", bpp_body or b"")[1][0] == "getBoundProfilePackageOkEsipa"
+    pir = card.load_bpp(child(bpp_body or b"", 0, 1))
+    assert await esipa_raw(http, server, signed.handle_notification(pir)) is None
+    assert order.state == "installed"
+
+
+async def test_a_compact_cancel_session_is_rebuilt_and_accepted_by_the_smdpp(
+        pki: RspPki, smdpp: SmdppServer, eim: EimServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
+    card = Card(euicc)
+    server = server_for(pki, eim.url)
+    order, tid, _ = await relayed_authentication(card, http, server, eim, smdpp, euicc.eid)
+    cancel = compact_cancel_session_response(card.cancel_session(tid, 1))
+    answer = await esipa_raw(http, server, signed.cancel_session_request(tid, cancel))
+    assert codec.decode("EsipaMessageFromEimToIpa", answer or b"") == \
+        ("cancelSessionResponseEsipa", ("cancelSessionOk", {}))
+    assert order.state == "released"

@@ -95,6 +95,7 @@ class ProxiedSession:
     server: Server
     eim_transaction_id: bytes | None
     expires_at: float
+    smdp_oid: str = "0.0"
     eid: bytes | None = None
     package: Package | None = None
 

@@ -6,7 +6,8 @@ IPA are sent on to the SM-DP+ over ES9+ with the gateway's own client
 exact bytes received (`wire.Embedded`). The SM-DP+ is the one named by the IPA, else the one
 of the download trigger's activation code, else the eIM's default. ES9+ refusals become the
 ESipa error values below; a relayed session expires like the SM-DP+'s own. Along the way
-the eIM learns (after verifying the chain) the eUICC certificate of the device.
+the eIM learns (after verifying the chain) the eUICC certificate of the device. Compact
+eUICC responses (minimizeEsipaBytes) are rebuilt to their full form first (`compact`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gateway.errors import DecodeError, FunctionFailed, GatewayError, LocalProto
 from gateway.spec import codec, es9p
 from hil import rspcrypto
 from hil.peers import common
+from hil.peers.eim import compact
 from hil.peers.eim.model import Package, ProxiedSession
 from hil.peers.eim.wire import Embedded
 
@@ -43,6 +45,13 @@ GET_BPP_ERRORS = {("8.1", "6.1"): 1, ("8.2.7", "2.2"): 2, ("8.2.7", "3.8"): 3, (
 CANCEL_SESSION_ERRORS = {("8.10.1", "3.9"): 1, ("8.1", "6.1"): 2}
 
 
+def _oid_of(certificate: bytes) -> str:
+    try:
+        return common.smdp_oid(rspcrypto.load_certificate_der(certificate))
+    except rspcrypto.RspCryptoError:
+        return "0.0"
+
+
 def _session(eim: Eim, transaction_id: bytes) -> ProxiedSession | None:
     """The relayed download with this transactionId, unless unknown or expired."""
     session = eim.sessions.get(transaction_id)
@@ -51,6 +60,7 @@ def _session(eim: Eim, transaction_id: bytes) -> ProxiedSession | None:
         return None
     return session
 
+
 def _smdp_server(eim: Eim, address: str | None) -> Server:
     if address:
         return Server.from_fqdn(address, eim.server_trust)
@@ -58,10 +68,12 @@ def _smdp_server(eim: Eim, address: str | None) -> Server:
         raise LocalProtocolError("no SM-DP+ address and no default SM-DP+")
     return Server(eim.smdp_url, eim.server_trust)
 
+
 def _default_euicc_info1(eim: Eim) -> bytes:
     pkids = [eim.pki.ci_pkid]
     return codec.encode("EUICCInfo1", {"svn": SVN, "euiccCiPKIdListForVerification": pkids,
                                        "euiccCiPKIdListForSigning": pkids})
+
 
 def _trigger(eim: Eim, eim_transaction_id: bytes | None) -> Package | None:
     if eim_transaction_id is None:
@@ -71,6 +83,7 @@ def _trigger(eim: Eim, eim_transaction_id: bytes | None) -> Package | None:
         if package is not None and package.kind == "profileDownloadTriggerRequest":
             return package
     return None
+
 
 async def initiate_authentication(eim: Eim, value: dict[str, Any]) -> tuple[str, Any]:
     trigger = _trigger(eim, value.get("eimTransactionId"))
@@ -100,7 +113,8 @@ async def initiate_authentication(eim: Eim, value: dict[str, Any]) -> tuple[str,
         return ("initiateAuthenticationErrorEsipa", UNDEFINED)
     eim.sessions[reply.transaction_id] = ProxiedSession(
         reply.transaction_id, server, value.get("eimTransactionId"),
-        expires_at=eim.clock() + eim.session_ttl_s, eid=trigger.eid if trigger is not None else None, package=trigger)
+        expires_at=eim.clock() + eim.session_ttl_s, smdp_oid=_oid_of(reply.server_certificate),
+        eid=trigger.eid if trigger is not None else None, package=trigger)
     ok: dict[str, Any] = {"transactionId": reply.transaction_id,
                           "serverSigned1": Embedded("ServerSigned1", reply.server_signed1),
                           "serverSignature1": reply.server_signature1,
@@ -109,6 +123,7 @@ async def initiate_authentication(eim: Eim, value: dict[str, Any]) -> tuple[str,
     if matching_id is not None:
         ok["matchingId"] = matching_id
     return ("initiateAuthenticationOkEsipa", ok)
+
 
 async def authenticate_client(eim: Eim, value: dict[str, Any]) -> tuple[str, Any]:
     session = _session(eim, value["transactionId"])
@@ -120,7 +135,12 @@ async def authenticate_client(eim: Eim, value: dict[str, Any]) -> tuple[str, Any
     except DecodeError:
         return ("authenticateClientErrorEsipa", UNDEFINED)
     if kind == "compactAuthenticateResponseOk":
-        return ("authenticateClientErrorEsipa", UNDEFINED)   # needs a full response on ES9+
+        device = eim.devices.get(session.eid) if session.eid is not None else None
+        full = compact.authenticate_server_response(raw, device.certs if device is not None else None)
+        if full is None:
+            return ("authenticateClientErrorEsipa", UNDEFINED)
+        raw = full
+        kind, response = codec.decode("AuthenticateServerResponse", raw)
     if kind == "authenticateResponseOk":
         try:
             certs = common.verify_euicc_certificates(response["euiccCertificate"],
@@ -148,14 +168,24 @@ async def authenticate_client(eim: Eim, value: dict[str, Any]) -> tuple[str, Any
         "smdpSignature2": reply.smdp_signature2,
         "smdpCertificate": reply.smdp_certificate})
 
+
 async def get_bound_profile_package(eim: Eim, value: dict[str, Any]) -> tuple[str, Any]:
     session = _session(eim, value["transactionId"])
     if session is None:
         return ("getBoundProfilePackageErrorEsipa", 95)    # invalidTransactionId
+    raw = value["prepareDownloadResponse"]
+    try:
+        kind, response = codec.decode("PrepareDownloadResponse", raw)
+    except DecodeError:
+        return ("getBoundProfilePackageErrorEsipa", UNDEFINED)
+    if kind == "compactDownloadResponseOk":
+        full = compact.prepare_download_response(raw, response, session.transaction_id)
+        if full is None:
+            return ("getBoundProfilePackageErrorEsipa", UNDEFINED)
+        raw = full
     try:
         reply = await es9p_client.get_bound_profile_package(
-            eim.client(), session.server,
-            es9p.GetBoundProfilePackageRequest(session.transaction_id, value["prepareDownloadResponse"]))
+            eim.client(), session.server, es9p.GetBoundProfilePackageRequest(session.transaction_id, raw))
     except FunctionFailed as exc:
         return ("getBoundProfilePackageErrorEsipa",
                 GET_BPP_ERRORS.get((exc.subject_code or "", exc.reason_code or ""), UNDEFINED))
@@ -166,14 +196,24 @@ async def get_bound_profile_package(eim: Eim, value: dict[str, Any]) -> tuple[st
         "transactionId": reply.transaction_id,
         "boundProfilePackage": Embedded("BoundProfilePackage", reply.bound_profile_package)})
 
+
 async def cancel_session(eim: Eim, value: dict[str, Any]) -> tuple[str, Any]:
     session = _session(eim, value["transactionId"])
     if session is None:
         return ("cancelSessionError", 1)    # invalidTransactionId
+    raw = value["cancelSessionResponse"]
+    try:
+        kind, response = codec.decode("CancelSessionResponse", raw)
+    except DecodeError:
+        return ("cancelSessionError", UNDEFINED)
+    if kind == "compactCancelSessionResponseOk":
+        full = compact.cancel_session_response(raw, response, session.transaction_id, session.smdp_oid)
+        if full is None:
+            return ("cancelSessionError", UNDEFINED)
+        raw = full
     try:
         await es9p_client.cancel_session(
-            eim.client(), session.server,
-            es9p.CancelSessionRequest(session.transaction_id, value["cancelSessionResponse"]))
+            eim.client(), session.server, es9p.CancelSessionRequest(session.transaction_id, raw))
     except FunctionFailed as exc:
         return ("cancelSessionError",
                 CANCEL_SESSION_ERRORS.get((exc.subject_code or "", exc.reason_code or ""), UNDEFINED))

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.errors import DecodeError
 from gateway.spec import codec, es9p, tlv
@@ -58,16 +57,6 @@ ORDER_INSTALLED = "installed"
 ORDER_FAILED = "failed"
 ORDER_CANCELLED = "cancelled"
 ORDER_DELETED = "deleted"
-
-
-def smdp_oid(cert: x509.Certificate) -> str:
-    """The SM-DP+ OID: the registeredID in the subjectAltName of CERT.DPauth (§4.5.2.1)."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return "0.0"
-    ids = san.get_values_for_type(x509.RegisteredID)
-    return ids[0].dotted_string if ids else "0.0"
 
 
 @dataclass
@@ -163,7 +152,7 @@ class SmdpPlus:
         self.session_ttl_s = session_ttl_s
         self.clock = clock
         self.state_file = state_file
-        self.oid = smdp_oid(pki.dpauth.cert)
+        self.oid = common.smdp_oid(pki.dpauth.cert)
         # asn1tools 0.169 decodes an OID whose first arc is 2 and second >= 40 wrongly
         # (2.999.10 comes back as 26.39.10); compare with the value as the codec returns it.
         self.oid_as_decoded = codec.decode("DpProprietaryData", codec.encode(
@@ -310,7 +299,7 @@ class SmdpPlus:
         session.order = order
         session.state = "authenticated"
         order.transaction_id = session.transaction_id
-        order.euicc_certificate = certificate_der(euicc.certificate)
+        order.euicc_certificate = common.certificate_der(euicc.certificate)
         order.attempts += 1
         self._set_order_state(order, ORDER_DOWNLOADING)
         smdp_signed2 = codec.encode("SmdpSigned2", {"transactionId": session.transaction_id,
@@ -539,10 +528,6 @@ def _slice(raw: bytes, *path: int) -> bytes:
 
 def _signature_tlv(signature: bytes) -> bytes:
     return tlv.header(0x5F37, len(signature)) + signature
-
-
-def certificate_der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(Encoding.DER)
 
 
 def _iccid(meta: dict[str, Any]) -> str | None:
