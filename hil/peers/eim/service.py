@@ -447,13 +447,13 @@ class Eim:
                 self._forwarded.discard(raw)
         return why is None, why or "ok"
 
-    async def _notification(self, raw: bytes, device: Device | None, acks: list[int]) -> Record:
+    async def _notification(self, raw: bytes, device: Device | None, acks: list[int]) -> Device | None:
+        """Verify and store one PendingNotification once; the device it belongs to, if known."""
         try:
             kind, value = codec.decode("PendingNotification", raw)
         except DecodeError as exc:
-            record = Record(self.clock(), "undecodable", False, str(exc), None, None, raw)
-            self.unassigned.append(record)
-            return record
+            self.unassigned.append(Record(self.clock(), "undecodable", False, str(exc), None, None, raw))
+            return device
         seq: int | None = None
         verified, detail = False, "ok"
         if kind == "profileInstallationResult":
@@ -488,20 +488,19 @@ class Eim:
             if digest not in self._seen_unassigned:
                 self._seen_unassigned.add(digest)
                 self.unassigned.append(record)
-            return record
+            return None
         if ("n:" + digest) not in device.seen:
             device.seen["n:" + digest] = []
             device.notifications.append(record)
         if verified and seq is not None:
             acks.append(seq)
-        return record
+        return device
 
     async def handle_notification(self, value: tuple[str, Any]) -> None:  # §5.14.4
         kind, inner = value
         if kind == "pendingNotification":
             acks: list[int] = []
-            record = await self._notification(inner, None, acks)
-            device = self._device_of(record)
+            device = await self._notification(inner, None, acks)
             if device is not None and acks:
                 device.pending_acks.extend(a for a in acks if a not in device.pending_acks)
                 push.push_acknowledgements_later(self, device)
@@ -514,13 +513,6 @@ class Eim:
         if result_acks:
             device.pending_acks.extend(a for a in result_acks if a not in device.pending_acks)
             push.push_acknowledgements_later(self, device)
-
-    def _device_of(self, record: Record) -> Device | None:
-        for device in self.devices.values():
-            if any(n is record for n in device.notifications) or any(
-                    n.der == record.der for n in device.notifications):
-                return device
-        return None
 
     async def push(self, package: Package) -> str:
         """Push one package with TransferEimPackage (see `push`); what happened, in words."""
