@@ -1,0 +1,189 @@
+"""The backhaul side of a turn: requests out, answers and failures in, retries on timers.
+
+Theory of operation. Every backhaul request is recorded in the session (owner, tag, target,
+body, attempt) under a fresh request id before its PostEsipa/PostEs9/PostEs11 action is
+emitted, so a restart re-sends it. An answer goes back to its owner: the procedure, a poll
+(a package to queue), or a delivery (acknowledged: ACKED, or refused). A retryable failure
+(gateway.errors.is_retryable, decided by the adapter) is retried after the owner's
+BackoffPolicy delay (gateway/core/retry.py: full jitter, Retry-After as a floor) while
+attempts remain; a definitive one goes to the owner at once. Scheduled polls run on the
+"poll" timer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.core import actions as A
+from gateway.core import packages as P
+from gateway.core.events import BackhaulFailed
+from gateway.core.procedures import notifications as N
+from gateway.core.procedures.base import ANSWER, FAILED, Answer, Failure, Request
+from gateway.core.turn import DELIVERY, POLL, POLL_TIMER, PROC, RETRY_PREFIX, Turn, post_action
+from gateway.errors import GatewayError
+from gateway.spec import esipa
+
+
+class BackhaulSide(Turn):
+    def send(self, owner: str, request: Request, max_attempts: int | None, attempt: int = 0) -> None:
+        s = self.s
+        s.counter += 1
+        rid = str(s.counter)
+        rec = {"owner": owner, "tag": request.tag, "target": request.target, "server": request.server,
+               "function": request.function, "body": request.body, "attempt": attempt,
+               "max_attempts": max_attempts}
+        s.requests[rid] = rec
+        self.out.append(post_action(s, rid, rec))
+
+    def send_delivery(self, d: dict[str, Any]) -> None:
+        N.move(d, "send", N.SENDING)
+        self.send(DELIVERY, N.request_of(d), self.config.delivery_backoff.max_attempts, int(d["attempt"]))
+
+    def poll(self, eim_id: str, state_changed: bool) -> None:
+        s = self.s
+        if any(r["owner"] == POLL and r["server"] == eim_id for r in s.requests.values()):
+            return
+        body = P.get_eim_package_request(s.eid, s.plmn, state_changed)
+        self.send(POLL, Request("poll", "esipa", eim_id, "GetEimPackage", body),
+                  self.config.poll_backoff.max_attempts)
+
+    def drop_requests(self, owner: str) -> None:
+        s = self.s
+        for rid in [r for r, rec in s.requests.items() if rec["owner"] == owner]:
+            del s.requests[rid]
+        for name in [n for n, rec in s.retries.items() if rec["owner"] == owner]:
+            del s.retries[name]
+            s.timers.pop(name, None)
+            self.out.append(A.CancelTimer(s.eid, name))
+
+    def on_answer(self, rid: str, body: bytes) -> None:
+        rec = self.s.requests.pop(rid, None)
+        if rec is None:
+            self.audit("backhaul", "ignored", f"answer to unknown request {rid}")
+            return
+        owner = rec["owner"]
+        if owner == PROC and self.s.proc is not None:
+            self.last_request = rec
+            self.feed(ANSWER, Answer(rec["tag"], body))
+        elif owner == POLL:
+            self.polled(rec["server"], body)
+        elif owner == DELIVERY:
+            self.delivered(rec["tag"], body)
+
+    def schedule_poll(self) -> None:
+        s = self.s
+        interval = self.config.poll_interval_s
+        if interval is not None and POLL_TIMER not in s.timers:
+            s.timers[POLL_TIMER] = self.now + interval
+            self.out.append(A.StartTimer(s.eid, POLL_TIMER, self.now + interval))
+
+    def polled(self, eim_id: str, body: bytes) -> None:
+        self.schedule_poll()
+        try:
+            kind, value = esipa.decode_response("GetEimPackage", body)
+        except GatewayError as exc:
+            self.audit("getEimPackage", "failed", str(exc), origin=eim_id)
+            return
+        if kind == "eimPackageError":
+            return
+        self.on_package(eim_id, body, "poll", "")
+
+    def delivered(self, key: str, body: bytes) -> None:
+        s = self.s
+        d = s.deliveries.get(key)
+        if d is None:
+            return
+        acked_seqs: list[int] = []
+        if d["kind"] == N.RESULT:
+            try:
+                accepted, acked_seqs = N.acknowledged_seqs(body)
+            except GatewayError as exc:
+                accepted = False
+                self.audit("provideEimPackageResult", "failed", str(exc), origin=d["server"])
+            if not accepted:
+                N.move(d, "fail", N.FAILED)
+                self.audit("provideEimPackageResult", "refused", "", origin=d["server"])
+                return
+        else:
+            try:
+                if d["target"] == "es9" and body:
+                    from gateway.spec import es9p
+                    es9p.parse_header_only(body, es9p.HANDLE_NOTIFICATION)
+            except GatewayError as exc:
+                self.delivery_failed(d, type(exc).__name__, str(exc), getattr(exc, "retryable", False), None)
+                return
+        N.move(d, "ack", N.ACKED if d["remove_seqs"] else N.DONE)
+        self.audit("deliver" + d["kind"].capitalize(), "ok", f"{d['event']} to {d['server']}", d.get("iccid"))
+        if d["state"] == N.DONE:
+            del s.deliveries[key]
+        self.acknowledged(acked_seqs)
+        if d["kind"] == N.RESULT and s.uplink_pending:
+            self.poll(d["server"], False)   # the eIM may have the next package ready
+
+    def on_failed(self, event: BackhaulFailed) -> None:
+        s = self.s
+        rec = s.requests.pop(event.request_id, None)
+        if rec is None:
+            return
+        if self.retry(rec, event.retryable, event.error_class, event.detail, event.retry_after_s):
+            return
+        failure = Failure(rec["tag"], event.error_class, event.detail, event.retryable, event.reason_code)
+        if rec["owner"] == PROC and s.proc is not None:
+            self.feed(FAILED, failure)
+        elif rec["owner"] == DELIVERY and rec["tag"] in s.deliveries:
+            self.delivery_failed(s.deliveries[rec["tag"]], event.error_class, event.detail, False, None)
+        elif rec["owner"] == POLL:
+            self.audit("getEimPackage", "failed", f"{event.error_class}: {event.detail}", origin=rec["server"])
+            self.schedule_poll()
+
+    def retry(self, rec: dict[str, Any], retryable: bool, error_class: str, detail: str,
+              retry_after_s: float | None) -> bool:
+        """Schedule `rec` again if its error allows and attempts remain (gateway/core/retry.py)."""
+        s = self.s
+        attempt = int(rec["attempt"])
+        limit = rec["max_attempts"]
+        if not retryable or (limit is not None and attempt >= limit):
+            return False
+        policy = {PROC: self.config.request_backoff, POLL: self.config.poll_backoff}.get(
+            rec["owner"], self.config.delivery_backoff)
+        wait = policy.delay(attempt, self.rand)
+        if retry_after_s is not None:
+            wait = max(wait, min(retry_after_s, policy.cap_s))
+        name = f"{RETRY_PREFIX}{rec['owner']}:{rec['tag']}"
+        rec["attempt"] = attempt + 1
+        s.retries[name] = rec
+        s.timers[name] = self.now + wait
+        self.out.append(A.StartTimer(s.eid, name, self.now + wait))
+        self.audit("backhaul", "retry", f"{rec['function']} to {rec['server']}: {error_class} "
+                                        f"{detail} (attempt {attempt + 1} in {wait:.1f} s)")
+        if rec["owner"] == DELIVERY and rec["tag"] in s.deliveries:
+            d = s.deliveries[rec["tag"]]
+            d["attempt"] = attempt + 1
+            N.move(d, "retry", N.WAITING)
+        return True
+
+    def delivery_failed(self, d: dict[str, Any], error_class: str, detail: str, retryable: bool,
+                        _: object) -> None:
+        if d["state"] == N.SENDING:
+            N.move(d, "fail", N.FAILED)
+        self.audit("deliver" + d["kind"].capitalize(), "failed", f"{error_class}: {detail}", d.get("iccid"))
+
+    def on_timer(self, name: str) -> None:
+        s = self.s
+        s.timers.pop(name, None)
+        if name == POLL_TIMER:
+            for eim in s.eims or []:
+                self.poll(str(eim["eimId"]), False)
+            return
+        rec = s.retries.pop(name, None)
+        if rec is None:
+            return
+        if rec["owner"] == DELIVERY:
+            d = s.deliveries.get(rec["tag"])
+            if d is None or d["state"] != N.WAITING:
+                return
+            N.move(d, "send", N.SENDING)
+        elif rec["owner"] == PROC and s.proc is None:
+            return
+        request = Request(rec["tag"], rec["target"], rec["server"], rec["function"], rec["body"])
+        self.send(rec["owner"], request, rec["max_attempts"], int(rec["attempt"]))

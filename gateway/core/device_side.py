@@ -1,0 +1,256 @@
+"""The device side of a turn: uplinks in, results shared out, the next downlink planned.
+
+Theory of operation. A Hello or a Result makes the device's uplink *pending*. A Result's
+replies are cut along the batch's owners: the delivery track's part first (removals done,
+notifications retrieved, the eIM configuration read), then the procedure's, which gets its
+replies once its whole part has come back (a part split over exchanges by the device's
+byte budget is gathered first) or as soon as the batch stopped inside it. A Hello while a
+batch is in flight means the device lost that batch: its owners are told so. `settle`
+answers the pending uplink once nothing the next batch depends on is outstanding on the
+backhaul: one batch folding the procedure's calls and the delivery track's (planner), or
+Idle until the next timer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from gateway.core import actions as A
+from gateway.core import es10
+from gateway.core.events import DeviceResult
+from gateway.core.planner import Part, plan
+from gateway.core.procedures import notifications as N
+from gateway.core.procedures.base import DEVICE, FAILED, Call, DeviceAnswer, Failure, Reply
+from gateway.core.procedures.discovery import Discovery, eim_summary
+from gateway.core.procedures.eim_package import EimPackage
+from gateway.core.turn import NOTIF, PROC, Turn, removed_ok
+from gateway.errors import GatewayError
+from gateway.links.protocol import STOPPED_CARD, DeviceStatus, ErrorCode
+
+
+class DeviceSide(Turn):
+    def on_hello(self, status: DeviceStatus) -> None:
+        s = self.s
+        if s.uplink_pending:
+            self.audit("deviceLink", "superseded", "a new uplink replaced the pending one")
+        if s.in_flight is not None:
+            self.audit("deviceLink", "lost", f"batch {s.in_flight['batch_id']} not answered")
+            self.apply_results((), "lost")
+        s.uplink_pending = True
+        due = self.config.notification_check_s
+        if s.retrieved_at is None or (due is not None and self.now - s.retrieved_at >= due):
+            s.want_retrieve = True       # notifications left by anything else (first contact, daily)
+        changed = s.plmn is not None and status.plmn is not None and status.plmn != s.plmn
+        self.note_status(status)
+        if s.eims is None:
+            if self.config.eims:
+                s.eims = [e.summary() for e in self.config.eims]
+                s.want_discover = True
+            else:
+                self.start_internal(Discovery())
+        for eim in s.eims or []:
+            self.poll(str(eim["eimId"]), changed)
+
+    def note_status(self, status: DeviceStatus | None) -> None:
+        if status is None:
+            return
+        s = self.s
+        s.plmn = status.plmn if status.plmn is not None else s.plmn
+        s.imei = status.imei if status.imei is not None else s.imei
+        s.max_batch_bytes = status.max_batch_bytes
+
+    def on_result(self, event: DeviceResult) -> None:
+        s = self.s
+        self.note_status(event.status)
+        if s.in_flight is None or event.result.batch_id != s.in_flight["batch_id"]:
+            self.out.append(A.ReplyError(s.eid, int(ErrorCode.UNEXPECTED),
+                                         f"no batch {event.result.batch_id} in flight"))
+            return
+        s.uplink_pending = True
+        self.apply_results(tuple(Reply(r.data, r.sw) for r in event.result.results), event.result.stopped)
+
+    def apply_results(self, replies: tuple[Reply, ...], stopped: str | None) -> None:
+        s = self.s
+        flight = s.in_flight
+        assert flight is not None
+        s.in_flight = None
+        index = 0
+        slices: dict[str, tuple[tuple[Reply, ...], int]] = {}
+        ends: dict[str, int] = {}
+        for owner, count in flight["owners"]:
+            slices[owner] = (replies[index:index + count], count)
+            index += count
+            ends[owner] = index
+        # the delivery track first: what it learnt (the eIM configuration, new notifications)
+        # is then known to the procedure reacting to the same batch
+        if NOTIF in slices:
+            self.notif_results(flight["notif"], slices[NOTIF][0])
+        if PROC in slices:
+            got, count = slices[PROC]
+            if not replies and stopped == STOPPED_CARD and flight.get("proc_part") and not flight.get("resent"):
+                # the agent could not reach the ISD-R (channel, SELECT): nothing ran; send it again once
+                name_req_seg, refresh = flight["proc_part"]
+                again = Part(PROC, tuple(Call(n, r, g) for n, r, g in name_req_seg), refresh)
+                s.work = again if s.work is None else Part(PROC, again.calls + s.work.calls, s.work.refresh)
+                s.resend_once = True
+                self.audit("deviceLink", "resend", "the eUICC was not reached; batch sent again")
+                return
+            s.replies.extend(got)
+            # the batch stopped inside (or right after the last call of) the procedure's part
+            stopped_here = stopped is not None and len(replies) <= ends[PROC]
+            if len(got) < count or s.work is None or stopped_here:
+                answer = DeviceAnswer(tuple(s.replies), stopped if stopped_here or len(got) < count else None)
+                s.replies, s.work = [], None
+                self.feed(DEVICE, answer)
+        self.release_held()
+        if PROC in slices:
+            if s.cancel_requested and s.proc is not None:
+                s.cancel_requested = False
+                self.feed(FAILED, Failure("operator", "OperatorCancel", "cancelled by the operator"))
+
+    def notif_results(self, items: list[list[Any]], got: tuple[Reply, ...]) -> None:
+        s = self.s
+        removing: set[str] = set()
+        for i, item in enumerate(items):
+            reply = got[i] if i < len(got) else None
+            ok = reply is not None and reply.sw == 0x9000
+            if item[0] == "remove":
+                d = s.deliveries.get(item[1])
+                if d is None:
+                    continue
+                removing.add(item[1])
+                if ok and reply is not None and removed_ok(reply.data):
+                    seq = int(item[2])
+                    d["remove_seqs"] = [q for q in d["remove_seqs"] if q != seq]
+                    self.audit("removeNotification", "ok", f"seq {seq} ({d['event']})", d.get("iccid"))
+            elif item[0] == "retrieve":
+                if ok and reply is not None:
+                    s.want_retrieve = False
+                    s.retrieved_at = self.now
+                    self.retrieved(reply.data)
+            elif item[0] == "discover":
+                if ok and reply is not None:
+                    s.want_discover = False
+                    try:
+                        found = [eim_summary(c) for c in es10.eim_configurations(reply.data)]
+                    except GatewayError as exc:
+                        self.audit("eimDiscovery", "failed", str(exc))
+                        continue
+                    self.discovered(found, may_add=True)
+        for key in removing:
+            d = s.deliveries[key]
+            if d["remove_seqs"]:
+                N.move(d, "not_run", N.ACKED)
+            else:
+                N.move(d, "removed", N.DONE)
+                del s.deliveries[key]
+
+    def retrieved(self, data: bytes) -> None:
+        s = self.s
+        try:
+            notes, _ = es10.retrieved_list(data)
+        except GatewayError as exc:
+            self.audit("retrieveNotifications", "failed", str(exc))
+            return
+        known = {q for d in s.deliveries.values() for q in d["remove_seqs"]}
+        hold = self.config.epr_and_notifications and isinstance(s.proc, EimPackage)
+        for note in notes:
+            if note.seq_number in known:
+                continue
+            d = N.notification_delivery(note, tuple(s.eims or ()))
+            s.deliveries[d["key"]] = d
+            if hold:
+                d["held"] = True    # may travel with the package's result (ePRAndNotifications)
+            else:
+                self.send_delivery(d)
+
+    def release_held(self) -> None:
+        for d in self.s.deliveries.values():
+            if d.pop("held", False) and d["state"] == N.PENDING:
+                self.send_delivery(d)
+
+    def discovered(self, eims: list[dict[str, Any]], *, may_add: bool = False) -> None:
+        """The eIMs the eUICC holds. An eUICC without any gets the configured initial eIM
+        (the Discovery procedure adds it) unless this is what that procedure found."""
+        s = self.s
+        s.eims_read = True
+        if not eims and may_add and self.config.initial_eim is not None:
+            self.start_internal(Discovery())
+            return
+        before = {e["eimId"] for e in s.eims or []}
+        s.eims = eims
+        for eim in eims:
+            if eim["eimId"] not in before:
+                self.poll(eim["eimId"], False)
+
+    def blocked(self) -> bool:
+        return bool(self.s.requests)
+
+    def notif_part(self) -> tuple[Part | None, list[list[Any]]]:
+        s = self.s
+        calls: list[Call] = []
+        items: list[list[Any]] = []
+        for key, d in s.deliveries.items():
+            if d["state"] == N.ACKED:
+                for seq, call in N.removal_calls(d):
+                    calls.append(call)
+                    items.append(["remove", key, seq])
+        if s.want_retrieve:
+            calls.append(Call("RetrieveNotificationsList", es10.retrieve_notifications_list()))
+            items.append(["retrieve"])
+        if s.want_discover:
+            calls.append(Call("GetEimConfigurationData", es10.get_eim_configuration_data()))
+            items.append(["discover"])
+        return (Part(NOTIF, tuple(calls)) if calls else None), items
+
+    def settle(self) -> None:
+        s = self.s
+        self.start_next()
+        if not s.uplink_pending or self.blocked():
+            return
+        parts: list[Part] = []
+        if s.work is not None:
+            parts.append(s.work)
+        notif, items = self.notif_part()
+        if notif is not None:
+            parts.append(notif)
+        if not parts:
+            self.out.append(A.ReplyIdle(s.eid, self.idle_for()))
+            s.uplink_pending = False
+            return
+        s.counter += 1
+        planned = plan(parts, s.counter & 0xFFFFFFFF, segment_size=self.config.segment_size,
+                       max_batch_bytes=s.max_batch_bytes or self.config.max_batch_bytes)
+        owners = [[o, n] for o, n in planned.owners]
+        if s.work is not None:
+            rest = next((p for p in planned.leftover if p.owner == PROC), None)
+            s.work = rest
+        sent_notif = any(o == NOTIF for o, _ in planned.owners)
+        if sent_notif:
+            for item in items:
+                if item[0] == "remove" and s.deliveries[item[1]]["state"] == N.ACKED:
+                    N.move(s.deliveries[item[1]], "remove", N.REMOVING)
+        proc_count = next((n for o, n in planned.owners if o == PROC), 0)
+        proc_part = None
+        if proc_count and parts[0].owner == PROC:
+            sent = parts[0].calls[:proc_count]
+            proc_part = [[[c.name, c.request, c.segment] for c in sent],
+                         parts[0].refresh if proc_count == len(parts[0].calls) else None]
+        batch = planned.batch
+        if s.proc is not None and proc_count and not s.work:
+            hint = s.proc.next_downlink_hint(self.config)
+            if hint is not None:
+                batch = dataclasses.replace(batch, next_size_hint=hint)
+        s.in_flight = {"batch_id": planned.batch.batch_id, "owners": owners,
+                       "notif": items if sent_notif else [], "proc_part": proc_part,
+                       "resent": s.resend_once}
+        s.resend_once = False
+        s.uplink_pending = False
+        self.out.append(A.SendBatch(s.eid, batch))
+
+    def idle_for(self) -> int:
+        due = [at - self.now for at in self.s.timers.values()]
+        wait = min([float(self.config.idle_retry_s)] + [d for d in due if d > 0])
+        return max(1, math.ceil(wait))
