@@ -43,8 +43,13 @@ class BackhaulSide(Turn):
         s = self.s
         if any(r["owner"] == POLL and r["server"] == eim_id for r in s.requests.values()):
             return
+        tag = f"poll:{eim_id}"
+        waiting = f"{RETRY_PREFIX}{POLL}:{tag}"
+        if s.retries.pop(waiting, None) is not None:     # polling now replaces the retry
+            s.timers.pop(waiting, None)
+            self.out.append(A.CancelTimer(s.eid, waiting))
         body = P.get_eim_package_request(s.eid, s.plmn, state_changed)
-        self.send(POLL, Request("poll", "esipa", eim_id, "GetEimPackage", body),
+        self.send(POLL, Request(tag, "esipa", eim_id, "GetEimPackage", body),
                   self.config.poll_backoff.max_attempts)
 
     def drop_requests(self, owner: str) -> None:
@@ -68,7 +73,7 @@ class BackhaulSide(Turn):
         elif owner == POLL:
             self.polled(rec["server"], body)
         elif owner == DELIVERY:
-            self.delivered(rec["tag"], body)
+            self.delivered(rec, body)
 
     def schedule_poll(self) -> None:
         s = self.s
@@ -88,10 +93,11 @@ class BackhaulSide(Turn):
             return
         self.on_package(eim_id, body, "poll", "")
 
-    def delivered(self, key: str, body: bytes) -> None:
+    def delivered(self, rec: dict[str, Any], body: bytes) -> None:
         s = self.s
+        key = rec["tag"]
         d = s.deliveries.get(key)
-        if d is None:
+        if d is None or d["state"] != N.SENDING:
             return
         acked_seqs: list[int] = []
         if d["kind"] == N.RESULT:
@@ -110,7 +116,9 @@ class BackhaulSide(Turn):
                     from gateway.spec import es9p
                     es9p.parse_header_only(body, es9p.HANDLE_NOTIFICATION)
             except GatewayError as exc:
-                self.delivery_failed(d, type(exc).__name__, str(exc), getattr(exc, "retryable", False), None)
+                # a Failed header: a transient reason is retried like a network error
+                if not self.retry(rec, exc.retryable, type(exc).__name__, str(exc), None):
+                    self.delivery_failed(d, type(exc).__name__, str(exc))
                 return
         N.move(d, "ack", N.ACKED if d["remove_seqs"] else N.DONE)
         self.audit("deliver" + d["kind"].capitalize(), "ok", f"{d['event']} to {d['server']}", d.get("iccid"))
@@ -131,7 +139,7 @@ class BackhaulSide(Turn):
         if rec["owner"] == PROC and s.proc is not None:
             self.feed(FAILED, failure)
         elif rec["owner"] == DELIVERY and rec["tag"] in s.deliveries:
-            self.delivery_failed(s.deliveries[rec["tag"]], event.error_class, event.detail, False, None)
+            self.delivery_failed(s.deliveries[rec["tag"]], event.error_class, event.detail)
         elif rec["owner"] == POLL:
             self.audit("getEimPackage", "failed", f"{event.error_class}: {event.detail}", origin=rec["server"])
             self.schedule_poll()
@@ -162,8 +170,8 @@ class BackhaulSide(Turn):
             N.move(d, "retry", N.WAITING)
         return True
 
-    def delivery_failed(self, d: dict[str, Any], error_class: str, detail: str, retryable: bool,
-                        _: object) -> None:
+    def delivery_failed(self, d: dict[str, Any], error_class: str, detail: str) -> None:
+        """Definitive: the delivery stays (FAILED) with its notification kept on the eUICC."""
         if d["state"] == N.SENDING:
             N.move(d, "fail", N.FAILED)
         self.audit("deliver" + d["kind"].capitalize(), "failed", f"{error_class}: {detail}", d.get("iccid"))

@@ -148,9 +148,11 @@ class PackageSide(Turn):
         if isinstance(proc, Download):
             pir = finish.result.get("pir")
             if isinstance(pir, bytes):
-                d = N.notification_delivery(es10.notification_of(pir), tuple(s.eims or ()))
-                s.deliveries[d["key"]] = d
-                self.send_delivery(d)
+                note = es10.notification_of(pir)
+                if not any(note.seq_number in d["remove_seqs"] for d in s.deliveries.values()):
+                    d = N.notification_delivery(note, tuple(s.eims or ()))
+                    s.deliveries[d["key"]] = d
+                    self.send_delivery(d)
             s.want_retrieve = True
         if isinstance(proc, EimPackage):
             s.want_retrieve = True

@@ -222,3 +222,17 @@ def test_serial_refuses_unknown_classes_and_garbage() -> None:
     except DecodeError:
         return
     raise AssertionError("an action was read as an event")
+
+
+def test_each_eim_poll_retries_on_its_own_timer_and_a_wake_polls_at_once() -> None:
+    eng = Engine(EngineConfig(eims=(EIM, EimEndpoint("eim-2", "two.example")), seed=1))
+    polls = posts(eng.handle(hello()))
+    assert sorted(p.eim_id for p in polls) == ["eim-1", "eim-2"]
+    timers: list[A.StartTimer] = []
+    for p in polls:
+        out = eng.handle(E.BackhaulFailed(EID, 1.0, p.request_id, "TransportTimeout", True, "slow"))
+        timers += [a for a in out if isinstance(a, A.StartTimer)]
+    assert len({t.name for t in timers}) == 2
+    out = eng.handle(hello(now=1.5))                    # the device wakes before the retries
+    assert sorted(p.eim_id for p in posts(out)) == ["eim-1", "eim-2"]
+    assert len([a for a in out if isinstance(a, A.CancelTimer)]) == 2
