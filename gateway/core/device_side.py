@@ -25,7 +25,7 @@ from gateway.core.procedures import notifications as N
 from gateway.core.procedures.base import DEVICE, FAILED, Call, DeviceAnswer, Failure, Reply
 from gateway.core.procedures.discovery import Discovery, eim_summary
 from gateway.core.procedures.eim_package import EimPackage
-from gateway.core.turn import NOTIF, PROC, Turn, removed_ok
+from gateway.core.turn import NOTIF, PROC, RETRY_PREFIX, Turn, removed_ok
 from gateway.errors import GatewayError
 from gateway.links.protocol import STOPPED_CARD, DeviceStatus, ErrorCode
 
@@ -251,6 +251,9 @@ class DeviceSide(Turn):
         self.out.append(A.SendBatch(s.eid, batch))
 
     def idle_for(self) -> int:
-        due = [at - self.now for at in self.s.timers.values()]
+        """Seconds until the device should come back: the configured idle time, or sooner when a
+        procedure waits to retry a server (its eUICC session should not wait for the next
+        ordinary wake). Polls and deliveries retry without the device."""
+        due = [at - self.now for name, at in self.s.timers.items() if name.startswith(f"{RETRY_PREFIX}{PROC}:")]
         wait = min([float(self.config.idle_retry_s)] + [d for d in due if d > 0])
         return max(1, math.ceil(wait))

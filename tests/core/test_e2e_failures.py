@@ -65,7 +65,8 @@ async def test_smdp_transient_error_is_retried_with_backoff_then_succeeds(pki: R
     rig.smdp.refuse["getBoundProfilePackage"] = ("8.1", "4.1")     # execution error: transient
     rig.eim.queue_trigger(card.eid, "1$smdp.example$M", b"\x02")
     agent, _ = make_agent(link, card)
-    await agent.run_session()                  # the device is told to come back later
+    first = await agent.run_session()          # told to come back when the retry is due
+    assert first.idle_after_s is not None and first.idle_after_s <= 60
     assert rig.smdp.calls.count("getBoundProfilePackage") == 1 and card.profiles == []
     del rig.smdp.refuse["getBoundProfilePackage"]
     rig.advance(120)                           # the retry timer fires: the BPP is fetched
