@@ -3,6 +3,7 @@ software eUICC, driven by a minimal IPA script over the ESipa ASN.1 binding."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from gateway.backhaul.http import BackhaulHttp
@@ -251,3 +252,23 @@ async def test_a_compact_cancel_session_is_rebuilt_and_accepted_by_the_smdpp(
     assert codec.decode("EsipaMessageFromEimToIpa", answer or b"") == \
         ("cancelSessionResponseEsipa", ("cancelSessionOk", {}))
     assert order.state == "released"
+
+
+async def test_a_restarted_eim_keeps_its_counters_queues_and_results_in_its_state_file(
+        pki: RspPki, http: BackhaulHttp, euicc: SoftEuicc, tmp_path: Path) -> None:
+    state = tmp_path / "eim.json"
+    card = Card(euicc)
+    async with EimServer(pki, state_file=state) as eim:
+        add_initial_eim(card, eim)
+        eim.service.queue_euicc_package(euicc.eid, {"psmo": [{"op": "getRAT"}]})
+        await run_one_package(card, http, server_for(pki, eim.url), euicc.eid)
+        eim.service.queue_ipa_euicc_data_request(euicc.eid, {"tags": ["euiccInfo2"]})
+    async with EimServer(pki, state_file=state) as eim:
+        device = eim.service.devices[euicc.eid]
+        assert device.counter == 1 and device.results[0].verified
+        assert [p.state for p in device.packages] == ["done", "queued"]
+        package = eim.service.queue_euicc_package(euicc.eid, {"psmo": [{"op": "listProfileInfo"}]})
+        assert package.counter == 2
+        device.packages[1].state = "done"          # skip the data request in this test
+        await run_one_package(card, http, server_for(pki, eim.url), euicc.eid)
+        assert package.state == "done" and device.results[-1].verified

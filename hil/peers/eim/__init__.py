@@ -5,17 +5,19 @@
         eim.url        # https://127.0.0.1:<port>
         eim.fqdn       # 127.0.0.1:<port>, the eimFqdn of its EimConfigurationData
 
-    python -m hil.peers.eim --pki DIR --host 127.0.0.1 --port P [--smdpp URL] [--inject URL]
+    python -m hil.peers.eim --pki DIR --host 127.0.0.1 --port P [--smdpp URL] [--inject URL] [--state FILE]
 
 Modules: service (the eIM logic, no HTTP), server (ESipa and admin routes), wire (both
 bindings to one value form), signing (what the eIM signs and verifies), packages (admin JSON
-to PSMOs, eCOs, data requests and download triggers).
+to PSMOs, eCOs, data requests and download triggers), model (what it keeps), relay (indirect
+download), compact (minimized eUICC responses), push (TransferEimPackage), persist (--state).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from hil.peers.common import HttpsPeer, server_ssl_context
 from hil.peers.eim.server import make_app
@@ -33,10 +35,10 @@ class EimServer:
                  eim_id: str = DEFAULT_EIM_ID, smdp_url: str | None = None,
                  inject_url: str | None = None, inject_ca_file: str | None = None,
                  inject_binding: str = "asn1",
-                 session_ttl_s: float = DEFAULT_SESSION_TTL_S,
+                 session_ttl_s: float = DEFAULT_SESSION_TTL_S, state_file: Path | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.service = Eim(pki, eim_id=eim_id, smdp_url=smdp_url, inject_url=inject_url,
-                           inject_ca_file=inject_ca_file, inject_binding=inject_binding, session_ttl_s=session_ttl_s, clock=clock)
+                           inject_ca_file=inject_ca_file, inject_binding=inject_binding, session_ttl_s=session_ttl_s, state_file=state_file, clock=clock)
         self.peer = HttpsPeer(make_app(self.service), server_ssl_context(pki.eim_tls), host=host, port=port)
 
     @property

@@ -1,4 +1,4 @@
-"""python -m hil.peers.eim --pki DIR --host 127.0.0.1 --port P [--smdpp URL] [--inject URL]"""
+"""python -m hil.peers.eim --pki DIR --host 127.0.0.1 --port P [--smdpp URL] [--inject URL] [--state FILE]"""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smdpp", help="default SM-DP+ for indirect downloads, https://host:port")
     parser.add_argument("--inject", help="the IPA's TransferEimPackage endpoint, https://host:port")
     parser.add_argument("--inject-ca", help="CA file the inject endpoint's certificate chains to")
+    parser.add_argument("--state", type=Path, help="JSON file keeping counters, queues and results")
     parser.add_argument("--inject-binding", choices=("asn1", "json"), default="asn1",
                         help="ESipa binding of the TransferEimPackage push")
     args = parser.parse_args(argv)
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pki = generate_pki(args.pki)
     server = EimServer(pki, host=args.host, port=args.port, eim_id=args.eim_id, smdp_url=args.smdpp,
                        inject_url=args.inject, inject_ca_file=args.inject_ca,
-                       inject_binding=args.inject_binding)
+                       inject_binding=args.inject_binding, state_file=args.state)
     asyncio.run(run_until_sigterm(server))
     return 0
 

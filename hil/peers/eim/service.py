@@ -47,7 +47,7 @@ from gateway.errors import DecodeError, GatewayError, LocalProtocolError
 from gateway.spec import codec, es9p
 from hil import rspcrypto
 from hil.peers import common
-from hil.peers.eim import packages, push, relay, signing
+from hil.peers.eim import packages, persist, push, relay, signing
 from hil.peers.eim.model import Device, Package, ProxiedSession, Record, readable, stable_digest
 from hil.peers.eim.wire import Embedded
 from hil.pki import RspPki
@@ -64,7 +64,7 @@ class Eim:
     def __init__(self, pki: RspPki, *, eim_id: str = DEFAULT_EIM_ID, fqdn: str = "",
                  smdp_url: str | None = None, inject_url: str | None = None,
                  inject_ca_file: str | None = None, inject_binding: str = "asn1",
-                 session_ttl_s: float = DEFAULT_SESSION_TTL_S,
+                 session_ttl_s: float = DEFAULT_SESSION_TTL_S, state_file: Path | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.pki = pki
         self.session_ttl_s = session_ttl_s
@@ -84,9 +84,17 @@ class Eim:
         self.unassigned: list[Record] = []
         self._seen_unassigned: set[str] = set()
         self._forwarded: set[bytes] = set()
-        self._next_package = 1
+        self.next_package = 1
         self.background: set[asyncio.Task[None]] = set()
         self.http: BackhaulHttp | None = None
+        self.state_file = state_file
+        if state_file is not None and state_file.exists():
+            persist.load(self, state_file)
+
+    def save(self) -> None:
+        """Write the state file (when there is one) after a change."""
+        if self.state_file is not None:
+            persist.save(self, self.state_file)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -168,17 +176,19 @@ class Eim:
             if certs.eid != eid:
                 raise common.AdminError("the certificate is for another EID")
             device.certs = certs
+        self.save()
         return device
 
     def _new_package(self, device: Device, kind: str, request: dict[str, Any], payload: Any,
                      transaction_id: bytes, counter: int | None = None) -> Package:
-        package = Package(self._next_package, device.eid, kind, transaction_id, request, payload, counter)
-        self._next_package += 1
+        package = Package(self.next_package, device.eid, kind, transaction_id, request, payload, counter)
+        self.next_package += 1
         device.packages.append(package)
+        self.save()
         return package
 
     def _transaction_id(self) -> bytes:
-        return self._next_package.to_bytes(4, "big") + os.urandom(4)
+        return self.next_package.to_bytes(4, "big") + os.urandom(4)
 
     def queue_euicc_package(self, eid: bytes, request: dict[str, Any]) -> Package:
         """{"psmo": [...]} or {"eco": [...]} -> one signed EuiccPackageRequest."""
@@ -231,6 +241,11 @@ class Eim:
 
     async def handle(self, alternative: str, value: Any) -> tuple[str, Any] | None:
         """One normalized IPA message -> the eIM's answer (alternative, value), None for no body."""
+        answer = await self._dispatch(alternative, value)
+        self.save()
+        return answer
+
+    async def _dispatch(self, alternative: str, value: Any) -> tuple[str, Any] | None:
         if alternative == "getEimPackageRequest":
             return "getEimPackageResponse", self.get_eim_package(value)
         if alternative == "provideEimPackageResult":
@@ -517,4 +532,6 @@ class Eim:
     async def push(self, package: Package) -> str:
         """Push one package with TransferEimPackage (see `push`); what happened, in words."""
         device = self.devices[package.eid]
-        return await push.push(self, device, package)
+        outcome = await push.push(self, device, package)
+        self.save()
+        return outcome
