@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
+from gateway.core.config import EngineConfig
 from gateway.errors import GatewayError, LocalProtocolError, is_retryable
 
 START = "start"
@@ -131,7 +132,7 @@ class Env:
 
     eid: bytes
     now: float
-    config: Any                       # gateway.core.engine.EngineConfig (Any: no import cycle)
+    config: EngineConfig
     eims: tuple[Mapping[str, Any], ...] = ()
     imei: str | None = None
 
@@ -164,7 +165,7 @@ class Procedure:
             found.update(t.targets)
         return frozenset(found)
 
-    def next_downlink_hint(self, config: Any) -> int | None:
+    def next_downlink_hint(self, config: EngineConfig) -> int | None:
         """The expected size of the downlink after the batch now being sent, when it will be
         large (the device link may fetch it faster knowing: Batch.next_size_hint)."""
         return None

@@ -81,8 +81,8 @@ class Discovery(Procedure):
         kind, value = codec.decode("AddInitialEimResponse", answer.replies[0].data)
         if kind != "addInitialEimOk":
             raise RemoteProtocolError(f"AddInitialEim refused: {value}")
-        return DONE, [Note("addInitialEim", "ok", str(env.config.initial_eim.get("eimId")))] + self._done(
-            _configs(answer, 1))
+        added = str((env.config.initial_eim or {}).get("eimId"))
+        return DONE, [Note("addInitialEim", "ok", added)] + self._done(_configs(answer, 1))
 
     def _done(self, eims: list[dict[str, Any]]) -> list[Output]:
         summary = [eim_summary(e) for e in eims]

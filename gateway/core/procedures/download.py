@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.core import es10
+from gateway.core.config import EngineConfig
 from gateway.core.procedures.base import (
     ANSWER,
     DEVICE,
@@ -154,10 +155,9 @@ class Download(Procedure):
             return Request(tag, "esipa", self.ctx["eim_id"], esipa_function, esipa_body)
         return Request(tag, "es9", self.ctx["smdp"], es9_function, es9_body)
 
-    def next_downlink_hint(self, config: Any) -> int | None:
+    def next_downlink_hint(self, config: EngineConfig) -> int | None:
         # the answer to PrepareDownload is followed by the whole Bound Profile Package
-        hint: int | None = config.bpp_size_hint
-        return hint if self.state == PREPARING else None
+        return config.bpp_size_hint if self.state == PREPARING else None
 
     # -- transitions -----------------------------------------------------------------------
 
