@@ -6,6 +6,14 @@ them out (DESIGN principle 1). Pure modules: decisions, plmn, groups, fallback, 
 roaming, events, alarms, policies. I/O modules: webhooks (aiohttp + the store's outbox),
 bulk (group operations through the runtime).
 
+The shortest wiring needs no engine change: `gate.PolicyGate` is an `UplinkHandler` the
+runtime puts in front of its own (links -> gate -> runtime). It runs steps 1 and the RunEs10
+part of 2 below itself (quarantine refusal; the fallback/return call as a batch of its own,
+then the wake-up continues with the runtime) and hands every decision to a `GateBackend`
+the runtime implements (`registry(eid)`, `apply_decisions(eid, decisions, now)`); for a
+`ReportStateChange` the runtime posts `gate.report_request(d)` to the device's eIM at `d.at`
+and feeds the answer to the engine as EimPackageReceived(via="poll").
+
 How the runtime and the engine take the decisions (the wiring contract):
 
 1. On every uplink, BEFORE `engine.handle`, the runtime reads the device's registry row

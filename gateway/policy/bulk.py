@@ -39,7 +39,7 @@ OPERATOR_REREAD_EIM = "reread-eim"  # gateway.core.events.OPERATOR_REREAD_EIM
 class GroupBackend(Protocol):
     async def operator(self, eid: bytes, kind: str, args: Iterable[tuple[str, str]] = ()) -> None: ...
 
-    async def apply_decisions(self, decisions: list[PolicyDecision], now: float) -> None: ...
+    async def apply_decisions(self, eid: bytes | None, decisions: list[PolicyDecision], now: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -96,7 +96,8 @@ class GroupOperations:
                          operator: str = "operator") -> Progress:
         async def one(eid: bytes) -> None:
             now = self._clock()
-            await self._backend.apply_decisions(imei.quarantine(eid, reason=reason, now=now, operator=operator), now)
+            await self._backend.apply_decisions(
+                eid, imei.quarantine(eid, reason=reason, now=now, operator=operator), now)
         return await self._each(group, "quarantine", progress, one)
 
     async def release(self, group: str, progress: ProgressFn | None = None, *, keep_binding: bool = True,
@@ -104,7 +105,7 @@ class GroupOperations:
         async def one(eid: bytes) -> None:
             now = self._clock()
             decisions = imei.release(eid, rebind=None, keep_binding=keep_binding, now=now, operator=operator)
-            await self._backend.apply_decisions(decisions, now)
+            await self._backend.apply_decisions(eid, decisions, now)
         return await self._each(group, "release", progress, one)
 
     async def export_audit(self, group: str, out: TextIO, progress: ProgressFn | None = None, *,

@@ -42,7 +42,8 @@ from gateway.links.protocol import (
     Step,
     Uplink,
 )
-from gateway.policy.decisions import PolicyDecision, RunEs10
+from gateway.policy import plmn
+from gateway.policy.decisions import PolicyDecision, ReportStateChange, RunEs10
 from gateway.policy.groups import DeviceFacts, group_of
 from gateway.policy.policies import Policies
 from gateway.spec import apdu, esipa
@@ -72,7 +73,7 @@ class RegistryView:
 class GateBackend(Protocol):
     async def registry(self, eid: bytes) -> RegistryView: ...
 
-    async def apply_decisions(self, eid: bytes, decisions: list[PolicyDecision], now: float) -> None: ...
+    async def apply_decisions(self, eid: bytes | None, decisions: list[PolicyDecision], now: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -92,6 +93,17 @@ class PolicyGate:
         self.segment_size = segment_size
         self._pending: dict[bytes, _Pending] = {}
         self._next_id = 0
+        self.last_status: dict[bytes, DeviceStatus] = {}
+
+    def report_request(self, report: ReportStateChange) -> bytes:
+        """The GetEimPackage body for a `ReportStateChange`; rPLMN, when the decision leaves it
+        open, is the serving network the device reported last."""
+        rplmn = report.rplmn
+        if rplmn is None:
+            last = self.last_status.get(report.eid)
+            if last is not None and plmn.valid(last.plmn):
+                rplmn = plmn.to_bytes(last.plmn or "")
+        return state_change_request(report.eid, report.cause, rplmn)
 
     async def exchange(self, eid: bytes, uplink: Uplink) -> Downlink:
         now = self.clock()
@@ -113,6 +125,7 @@ class PolicyGate:
         status = uplink.status
         if status is None:
             return await self.inner.exchange(eid, uplink)
+        self.last_status[eid] = status
         view = await self.backend.registry(eid)
         group = group_of(self.policies.config.groups, DeviceFacts.from_tags(eid, view.tags))
         verdict = self.policies.on_status(eid, status, now, group=group, wake=wake, bound_imei=view.imei,

@@ -72,6 +72,16 @@ class Policies:
     def tick(self, now: float) -> list[PolicyDecision]:
         return self.fallbacks.tick(now)
 
+    def gauges(self) -> dict[str, dict[str, int]]:
+        """For the metrics endpoint: devices per fallback state, switches in flight, alarms
+        by kind, devices with a roaming-exposure alarm."""
+        states: dict[str, int] = {}
+        for device in self.fallbacks.devices.values():
+            states[device.state] = states.get(device.state, 0) + 1
+        roaming = sum(1 for d in self.roaming.devices.values() if d.alarmed)
+        return {"fallback_devices": states, "fallback_inflight": {"": len(self.fallbacks.wave.inflight)},
+                "alarms": self.alarms.by_kind(), "roaming_alarmed_devices": {"": roaming}}
+
     def record_alarms(self, decisions: Iterable[PolicyDecision], now: float) -> None:
         for d in decisions:
             if isinstance(d, (RaiseAlarm, ClearAlarm)):

@@ -32,7 +32,7 @@ from gateway.policy import (
     SetQuarantine,
 )
 from gateway.policy import imei as imei_policy
-from gateway.policy.gate import PolicyGate, RegistryView, state_change_request
+from gateway.policy.gate import PolicyGate, RegistryView
 from gateway.policy.webhooks import enqueue_event
 from gateway.spec import esipa
 from gateway.store import Store
@@ -55,6 +55,7 @@ class Backend:
     def __init__(self, store: Store, rig: EngineRig) -> None:
         self.store = store
         self.rig = rig
+        self.gate: PolicyGate | None = None
         self.states: dict[tuple[bytes, str], bytes] = {}
         self.reports: list[ReportStateChange] = []
         self.decisions: list[PolicyDecision] = []
@@ -63,7 +64,7 @@ class Backend:
         d = self.store.devices.require(eid)
         return RegistryView(d.imei, d.quarantined, d.tags)
 
-    async def apply_decisions(self, eid: bytes, decisions: list[PolicyDecision], now: float) -> None:
+    async def apply_decisions(self, eid: bytes | None, decisions: list[PolicyDecision], now: float) -> None:
         self.decisions += decisions
         with self.store.transaction():
             for d in decisions:
@@ -84,7 +85,8 @@ class Backend:
         """The runtime's timer: each report at its time, to the device's eIM; the answer to the engine."""
         for report in sorted(self.reports, key=lambda r: r.at):
             self.rig.now = max(self.rig.now, report.at)
-            body = self.rig.eim.handle(state_change_request(report.eid, report.cause, report.rplmn))
+            assert self.gate is not None
+            body = self.rig.eim.handle(self.gate.report_request(report))
             kind, _ = esipa.decode_response("GetEimPackage", body)
             if kind != "eimPackageError":
                 self.rig.run([EimPackageReceived(report.eid, self.rig.now, self.rig.eim.eim_id, body, "poll")])
@@ -118,7 +120,8 @@ def setup(pki: RspPki, store: Store) -> tuple[EngineRig, Backend, PolicyGate, So
     policies = Policies(config, rand=random.Random(5).random)
     backend = Backend(store, rig)
     store.devices.register(card.eid, "coap", "meter-1", now=rig.now, tags=["water-meter"])
-    return rig, backend, PolicyGate(rig, policies, backend, clock=lambda: rig.now), card
+    backend.gate = PolicyGate(rig, policies, backend, clock=lambda: rig.now)
+    return rig, backend, backend.gate, card
 
 
 def state_changes(eim: MiniEim) -> list[dict[str, object]]:
@@ -143,7 +146,7 @@ async def test_fallback_and_return_run_on_the_euicc_and_the_eim_hears_each_once(
     assert report.batches >= 1 and report.exchanges == 2      # the policy batch, then the IPA's Idle
     backend.send_due_reports()
     [change] = state_changes(rig.eim)
-    assert change["stateChangeCause"] in (1, "fallback")
+    assert change["stateChangeCause"] == 1 and change["rPLMN"] == bytes.fromhex("62f210")   # 26201
 
     # the network is back; after return_after_s the next wake-up returns from fallback. (The
     # serving PLMN is kept: the engine adds a report of its own when it changes, see the report.)
@@ -188,3 +191,36 @@ async def test_an_imei_change_quarantines_the_device_and_no_euicc_operation_runs
     report = await moved.run_session()
     assert report.error is None and report.idle_after_s is not None
     assert gate.policies.alarms.active == {}
+
+
+async def test_fallback_over_coap_dtls_with_the_reference_agent(pki: RspPki, store: Store) -> None:
+    """The same fallback over the real CoAP/DTLS link (aiocoap + tinydtls on loopback)."""
+    from gateway.links.base import DeviceCredential, DeviceRegistry
+    from gateway.links.coap import CoapServer, CoapServerConfig
+    from hil.agent import Agent
+    from hil.agent.coap_transport import CoapAgentTransport
+    from tests.core.rig import CardBackend
+    from tests.links.conftest import free_udp_pair
+
+    rig, backend, gate, card = setup(pki, store)
+    psk = b"psk-of-meter-1"
+    server = CoapServer(gate, DeviceRegistry([DeviceCredential("meter-1", card.eid, psk)]),
+                        CoapServerConfig(dtls_port=free_udp_pair()))
+    await server.start()
+    device = CardBackend(card)
+    transport = CoapAgentTransport("127.0.0.1", server._config.dtls_port, card.eid, identity="meter-1", psk=psk,
+                                   block_timeout=2.0, request_timeout=20.0)
+    agent = Agent(Agent.make_status(card.eid, imei=IMEI, plmn="26201"), device, transport)
+    try:
+        for failures in (1, 2, 3):
+            agent.status = replace(agent.status, attach_failures=failures)
+            report = await agent.run_session()
+            assert report.error is None and report.transport_error is None
+            rig.now += 600
+    finally:
+        await transport.close()
+        await server.close()
+    assert card.state.enabled_profile().iccid == FALLBACK  # type: ignore[union-attr]
+    assert device.refreshes == ["uicc-reset"]
+    backend.send_due_reports()
+    assert [p.get("stateChangeCause") for p in state_changes(rig.eim)] == [1]

@@ -43,7 +43,7 @@ class Backend:
             raise UnknownDevice(f"EID {eid.hex()} is not registered")
         self.operator_calls.append((eid, kind))
 
-    async def apply_decisions(self, decisions: list[PolicyDecision], now: float) -> None:
+    async def apply_decisions(self, eid: bytes | None, decisions: list[PolicyDecision], now: float) -> None:
         def apply(s: Store) -> None:
             for d in decisions:
                 if isinstance(d, SetQuarantine):
