@@ -150,10 +150,13 @@ class DeviceSide(Turn):
     def retrieved(self, data: bytes) -> None:
         s = self.s
         try:
-            notes, _ = es10.retrieved_list(data)
+            found = es10.retrieved_list(data)
         except GatewayError as exc:
             self.audit("retrieveNotifications", "failed", str(exc))
             return
+        for item in found.unreadable:
+            self.audit("retrieveNotifications", "unreadable", item[:64].hex())
+        notes = found.notifications
         known = {q for d in s.deliveries.values() for q in d["remove_seqs"]}
         hold = self.config.epr_and_notifications and isinstance(s.proc, EimPackage)
         for note in notes:

@@ -104,7 +104,7 @@ def prepare_download(smdp_signed2: bytes, smdp_signature2: bytes, smdp_certifica
                  hash_cc if hash_cc is not None else b"", smdp_certificate)
 
 
-def ensure_tlv(data: bytes, tag: int, what: str) -> bytes:
+def ensure_tlv(data: bytes, tag: int) -> bytes:
     """`data` as a full TLV with `tag`: ES9+ JSON carries full TLVs, some servers only values."""
     try:
         if data and tlv.read_single(data).tag == tag:
@@ -212,11 +212,15 @@ def _event_name(bits: tuple[bytes, int]) -> str:
 
 
 def notification_of(raw: bytes) -> Notification:
-    """Read a PendingNotification (BF37 or 30 SEQUENCE) given as exact bytes."""
-    kind, inner = codec.decode("RSPDefinitions.PendingNotification", raw)
+    """Read a PendingNotification given as exact bytes: BF37 or 30, or the SGP.32 compact
+    forms (A0/A1) an eUICC makes for an eIM that asked for fewer bytes. A compact installation
+    result carries no address: it goes to the eIM (address "")."""
+    kind, inner = codec.decode("PendingNotification", raw)
     if kind == "profileInstallationResult":
         pir = profile_installation_result(raw)
         return Notification(pir.seq_number, pir.notification_address, raw, "install", pir.iccid)
+    if kind == "compactProfileInstallationResult":
+        return Notification(int(inner["compactProfileInstallationResultData"]["seqNumber"]), "", raw, "install")
     meta = inner["tbsOtherNotification"]
     return Notification(int(meta["seqNumber"]), str(meta["notificationAddress"]), raw,
                         _event_name(meta["profileManagementOperation"]),
@@ -261,20 +265,32 @@ def _opt_bytes(d: dict[str, Any], key: str) -> bytes | None:
     return bytes(d[key]) if key in d else None
 
 
-def retrieved_list(data: bytes) -> tuple[list[Notification], list[PackageResult]]:
-    """RetrieveNotificationsListResponse: the notifications and package results, exact bytes."""
+@dataclass(frozen=True, slots=True)
+class Retrieved:
+    """A RetrieveNotificationsListResponse: notifications and package results (exact bytes),
+    and the items that could not be read (kept out, reported, never dropped from the eUICC)."""
+
+    notifications: list[Notification]
+    package_results: list[PackageResult]
+    unreadable: list[bytes]
+
+
+def retrieved_list(data: bytes) -> Retrieved:
     node = outer(data, TAG_RETRIEVE_NOTIFICATIONS_LIST, "RetrieveNotificationsListResponse")
-    notes: list[Notification] = []
-    results: list[PackageResult] = []
+    out = Retrieved([], [], [])
     for alt in tlv.children(data, node):
-        if alt.tag == 0xA0:
-            notes.extend(notification_of(c.raw_of(data)) for c in tlv.children(data, alt))
-        elif alt.tag == 0xA2:
-            results.extend(euicc_package_result(_retag(c.raw_of(data), 0xBF51))
-                           for c in tlv.children(data, alt))
-        elif alt.tag == 0x81:
+        if alt.tag == 0x81:
             raise DecodeError("notificationsListResultError", type_name="RetrieveNotificationsListResponse")
-    return notes, results
+        for c in tlv.children(data, alt) if alt.tag in (0xA0, 0xA2) else []:
+            item = c.raw_of(data)
+            try:
+                if alt.tag == 0xA0:
+                    out.notifications.append(notification_of(item))
+                else:
+                    out.package_results.append(euicc_package_result(_retag(item, 0xBF51)))
+            except (DecodeError, KeyError, TypeError, ValueError):
+                out.unreadable.append(item)
+    return out
 
 
 def _retag(raw: bytes, tag: int) -> bytes:

@@ -15,6 +15,7 @@ from gateway.core.procedures.eim_package import EimPackage
 from gateway.core.packages import package_key, plmn_bytes
 from gateway.errors import DecodeError, LocalProtocolError
 from gateway.spec.apdu import ISD_R_AID
+from hil.pki import RspPki
 
 PROCEDURES: list[type[Procedure]] = [Download, EimPackage, EimData, Discovery]
 
@@ -156,3 +157,20 @@ def test_plan_never_exceeds_the_device_link_limits() -> None:
     big = tuple(Call(f"b{i}", b"\x04\x82\x3b\xc0" + bytes(0x3BC0)) for i in range(200))   # 60 blocks each
     planned = plan([Part("proc", big)], 2)
     assert len(encode_downlink(BatchMsg(planned.batch))) <= MAX_MESSAGE
+
+
+def test_an_unreadable_notification_does_not_hide_the_others(pki: RspPki) -> None:
+    from gateway.spec import codec, signed
+
+    def note(seq: int) -> bytes:
+        tbs = {"seqNumber": seq, "profileManagementOperation": (b"\x40", 4),
+               "notificationAddress": "smdp.example", "iccid": bytes.fromhex("98001032547698103214")}
+        return codec.encode("OtherSignedNotification", {
+            "tbsOtherNotification": tbs, "euiccNotificationSignature": bytes(64),
+            "euiccCertificate": pki.euicc.cert_der, "eumCertificate": pki.eum.cert_der})
+
+    data = signed.wrap(0xBF2B, signed.wrap(0xA0, note(5), b"\x30\x03\x02\x01\x00", note(6)))
+    found = es10.retrieved_list(data)
+    assert [(n.seq_number, n.event, n.address) for n in found.notifications] == [
+        (5, "enable", "smdp.example"), (6, "enable", "smdp.example")]
+    assert found.unreadable == [b"\x30\x03\x02\x01\x00"]

@@ -220,9 +220,9 @@ class Download(Procedure):
         matching: str | None = self.ctx.get("matching_id")
         if self.ctx["phase"] == SMDS:
             r11 = es11.InitiateAuthenticationResponse.from_json(answer.body)
-            ss1 = es10.ensure_tlv(r11.server_signed1, 0x30, "serverSigned1")
-            sig1 = es10.ensure_tlv(r11.server_signature1, 0x5F37, "serverSignature1")
-            pkid = es10.ensure_tlv(r11.euicc_ci_pkid_to_be_used, 0x04, "euiccCiPKIdToBeUsed")
+            ss1 = es10.ensure_tlv(r11.server_signed1, 0x30)
+            sig1 = es10.ensure_tlv(r11.server_signature1, 0x5F37)
+            pkid = es10.ensure_tlv(r11.euicc_ci_pkid_to_be_used, 0x04)
             cert = r11.server_certificate
             tid = r11.transaction_id
         elif self.indirect:
@@ -238,9 +238,9 @@ class Download(Procedure):
                 matching = tlv.read_single(by_tag[0x0C][0]).value_of(by_tag[0x0C][0]).decode()
         else:
             r = es9p.InitiateAuthenticationResponse.from_json(answer.body)
-            ss1 = es10.ensure_tlv(r.server_signed1, 0x30, "serverSigned1")
-            sig1 = es10.ensure_tlv(r.server_signature1, 0x5F37, "serverSignature1")
-            pkid = es10.ensure_tlv(r.euicc_ci_pkid_to_be_used, 0x04, "euiccCiPKIdToBeUsed")
+            ss1 = es10.ensure_tlv(r.server_signed1, 0x30)
+            sig1 = es10.ensure_tlv(r.server_signature1, 0x5F37)
+            pkid = es10.ensure_tlv(r.euicc_ci_pkid_to_be_used, 0x04)
             cert = r.server_certificate
             tid = r.transaction_id
         self.ctx["transaction_id"] = tid
@@ -291,8 +291,8 @@ class Download(Procedure):
             hash_cc = next((t.raw_of(body) for t in items if t.tag == 0x04), None)
         else:
             r = es9p.AuthenticateClientResponse.from_json(answer.body)
-            smdp_signed2 = es10.ensure_tlv(r.smdp_signed2, 0x30, "smdpSigned2")
-            sig2 = es10.ensure_tlv(r.smdp_signature2, 0x5F37, "smdpSignature2")
+            smdp_signed2 = es10.ensure_tlv(r.smdp_signed2, 0x30)
+            sig2 = es10.ensure_tlv(r.smdp_signature2, 0x5F37)
             cert = r.smdp_certificate
         if codec.decode("SmdpSigned2", smdp_signed2).get("ccRequiredFlag") and hash_cc is None:
             raise FunctionFailed("the profile needs a confirmation code; this IPA has no end user to ask")
@@ -388,8 +388,7 @@ class Download(Procedure):
 
     def _recovered(self, env: Env, answer: object) -> tuple[str, list[Output]]:
         (raw,) = _replies(answer, 1, "RetrieveNotificationsList")
-        notes, _ = es10.retrieved_list(raw)
-        for note in notes:
+        for note in es10.retrieved_list(raw).notifications:
             if note.event == "install":
                 pir = es10.profile_installation_result(note.raw)
                 if pir.transaction_id == self.ctx["transaction_id"]:

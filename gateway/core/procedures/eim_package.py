@@ -97,8 +97,7 @@ class EimPackage(Procedure):
         assert isinstance(answer, DeviceAnswer)
         if not answer.replies or answer.replies[0].sw != 0x9000:
             raise DecodeError("RetrieveNotificationsList failed during recovery", type_name="EuiccPackageResult")
-        _, results = es10.retrieved_list(answer.replies[0].data)
-        for r in results:
+        for r in es10.retrieved_list(answer.replies[0].data).package_results:
             if r.eim_id == self.ctx["eim_id"] and r.counter == self.ctx["counter"]:
                 return DONE, self._result(r.raw)
         return DONE, [Note("euiccPackage", "not-run", "the eUICC holds no result for the package"),

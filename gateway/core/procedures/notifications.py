@@ -75,6 +75,8 @@ def move(item: dict[str, Any], event: str, target: str) -> None:
 def notification_delivery(note: es10.Notification, eims: tuple[Mapping[str, Any], ...]) -> dict[str, Any]:
     """A delivery for one pending notification, routed by its notificationAddress."""
     eim = next((e for e in eims if e.get("eimFqdn") and e["eimFqdn"] == note.address), None)
+    if eim is None and not note.address and eims:
+        eim = eims[0]   # a compact notification (no address) is for the eIM that asked for it
     if eim is not None:
         target, server, function = "esipa", str(eim["eimId"]), "HandleNotification"
         body = signed.handle_notification(note.raw)
