@@ -8,6 +8,12 @@ the engine is about to do, so a crash after the commit re-sends (the engine re-e
 outstanding requests on `Engine.restore`) and a crash before it loses nothing the servers
 or the eUICC saw.
 
+The device's uplink is answered by exactly one downlink action (SendBatch, ReplyIdle or
+ReplyError) for that EID. A list may hold none: the engine is waiting for the backhaul, and
+the downlink comes in the list of a later event for the same device. When a device sends a
+new uplink while one is pending, the engine answers the newest; the runtime answers the
+older one with an error or drops it.
+
 Backhaul requests carry a `request_id` unique per device and attempt; the answer comes back
 as BackhaulAnswered/BackhaulFailed with the same id. Bodies are exact bytes: DER of
 EsipaMessageFromIpaToEim for ESipa (ASN.1 binding), the JSON body for ES9+ (SGP.22 §6.5).
