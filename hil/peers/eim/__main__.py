@@ -30,11 +30,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="ESipa binding of the TransferEimPackage push")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    pki = generate_pki(args.pki)
-    server = EimServer(pki, host=args.host, port=args.port, eim_id=args.eim_id, smdp_url=args.smdpp,
-                       inject_url=args.inject, inject_ca_file=args.inject_ca,
-                       inject_binding=args.inject_binding, state_file=args.state)
-    asyncio.run(run_until_sigterm(server))
+    try:
+        pki = generate_pki(args.pki)
+        server = EimServer(pki, host=args.host, port=args.port, eim_id=args.eim_id, smdp_url=args.smdpp,
+                           inject_url=args.inject, inject_ca_file=args.inject_ca,
+                           inject_binding=args.inject_binding, state_file=args.state)
+    except (ValueError, OSError) as exc:
+        print(f"hil.peers.eim: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run_until_sigterm(server))
+    except OSError as exc:
+        print(f"hil.peers.eim: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -80,8 +80,11 @@ def _load_record(obj: dict[str, Any]) -> Record:
 
 def load(eim: Eim, path: Path) -> None:
     """Restore what `save` wrote; a file of another version or shape is a ValueError."""
-    state = json.loads(path.read_text())
-    if state.get("version") != VERSION:
+    try:
+        state = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not JSON: {exc}") from exc
+    if not isinstance(state, dict) or state.get("version") != VERSION:
         raise ValueError(f"{path}: not an eIM state file of version {VERSION}")
     try:
         eim.next_package = state["nextPackage"]

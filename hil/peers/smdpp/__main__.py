@@ -25,10 +25,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--session-ttl", type=float, default=300.0, help="RSP session lifetime, seconds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    pki = generate_pki(args.pki)
-    server = SmdppServer(pki, host=args.host, port=args.port, address=args.address,
-                         state_file=args.state, session_ttl_s=args.session_ttl)
-    asyncio.run(run_until_sigterm(server))
+    try:
+        pki = generate_pki(args.pki)
+        server = SmdppServer(pki, host=args.host, port=args.port, address=args.address,
+                             state_file=args.state, session_ttl_s=args.session_ttl)
+    except (ValueError, OSError) as exc:
+        print(f"hil.peers.smdpp: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run_until_sigterm(server))
+    except OSError as exc:
+        print(f"hil.peers.smdpp: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

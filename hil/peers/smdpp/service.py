@@ -497,7 +497,12 @@ class SmdpPlus:
         os.replace(tmp, self.state_file)
 
     def _load(self, path: Path) -> None:
-        state = json.loads(path.read_text())
+        try:
+            self._load_state(json.loads(path.read_text()))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: unusable SM-DP+ state: {exc!r}") from exc
+
+    def _load_state(self, state: dict[str, Any]) -> None:
         self._next_order = state["next_order"]
         for obj in state["orders"]:
             order = Order.from_state(obj)
