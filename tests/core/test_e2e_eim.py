@@ -160,6 +160,8 @@ async def test_indirect_download_goes_through_the_eim_when_the_euicc_says_so(pki
                            "getBoundProfilePackageRequestEsipa"]
     assert [k for k, _ in eim.results_of()] == ["profileDownloadTriggerResult"]
     assert card.notifications == []
+    assert rig.smdp.notifications == [] and len(eim.notifications) == 1   # relayed by the eIM
+    assert rig.of(A.PostEs9) == []                                        # never the SM-DP+ directly
 
 
 async def test_epr_and_notifications_carries_the_enable_notification_with_the_result(pki: RspPki) -> None:

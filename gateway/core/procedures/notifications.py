@@ -21,7 +21,9 @@ exchange. Each delivery is one small state machine with this one table:
 ACKED is written to the session blob in the same store transaction that follows the
 acknowledgement, before any RemoveNotificationFromList is sent: "acknowledged and recorded".
 Routing (SGP.32 §3.6): a notification whose address is one of the device's eIMs goes over
-ESipa HandleNotification, any other to that SM-DP+ with ES9+ handleNotification; results go
+ESipa HandleNotification, and so does every notification of a device whose eIM does its
+downloads indirectly (it may have no route to SM-DP+s); any other goes to its SM-DP+ with
+ES9+ handleNotification; results go
 to their eIM with ProvideEimPackageResult, whose EimAcknowledgements are honoured.
 """
 
@@ -77,6 +79,9 @@ def notification_delivery(note: es10.Notification, eims: tuple[Mapping[str, Any]
     eim = next((e for e in eims if e.get("eimFqdn") and e["eimFqdn"] == note.address), None)
     if eim is None and not note.address and eims:
         eim = eims[0]   # a compact notification (no address) is for the eIM that asked for it
+    if eim is None:
+        # a device that downloads indirectly may not reach SM-DP+s at all: its eIM relays
+        eim = next((e for e in eims if e.get("indirectProfileDownload")), None)
     if eim is not None:
         target, server, function = "esipa", str(eim["eimId"]), "HandleNotification"
         body = signed.handle_notification(note.raw)
