@@ -131,6 +131,8 @@ class GatewayMetrics:
         self.backhaul_state = r.gauge("backhaul_circuit_open",
                                       "1 when the circuit breaker toward a server is open or half-open",
                                       ["server", "state"])
+        self.policy = r.gauge("policy", "Policy state: fallback devices by state, switches in flight, alarms by kind,"
+                                        " roaming-alarmed devices", ["family", "key"])
         self.db_bytes = r.gauge("store_bytes", "Size of the SQLite database and its WAL")
         self.up = r.gauge("uptime_seconds", "Seconds since the daemon started")
 

@@ -41,6 +41,7 @@ from gateway.core.actions import (
     CancelTimer,
     MarkInbox,
     PostEs9,
+    PostEs11,
     PostEsipa,
     ReplyError,
     ReplyIdle,
@@ -72,7 +73,7 @@ from gateway.links.protocol import (
 )
 from gateway.service.logging import log_fields
 from gateway.service.metrics import GatewayMetrics
-from gateway.spec import codec, es9p, esipa, tlv
+from gateway.spec import codec, es9p, es11, esipa, tlv
 from gateway.store import AsyncStore, Store, package_key, transaction_key
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class Backhaul(Protocol):
     async def post_esipa(self, action: PostEsipa) -> bytes: ...
 
     async def post_es9(self, action: PostEs9) -> bytes: ...
+
+    async def post_es11(self, action: PostEs11) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +268,9 @@ class Runtime:
         elif isinstance(action, PostEs9):
             self.spawn(self._post(action.eid, action.request_id, "es9", action.function,
                                   self.backhaul.post_es9(action)), f"ES9+ {action.function}")
+        elif isinstance(action, PostEs11):
+            self.spawn(self._post(action.eid, action.request_id, "es11", action.function,
+                                  self.backhaul.post_es11(action)), f"ES11 {action.function}")
         elif isinstance(action, StartTimer):
             self._start_timer(action)
         elif isinstance(action, CancelTimer):
@@ -406,12 +412,14 @@ class HttpBackhaul:
     """`Backhaul` over the one HTTPS client (gateway.backhaul): ESipa to the eIM, ES9+ to SM-DP+s."""
 
     def __init__(self, http: BackhaulHttp, *, trust: TlsTrust, esipa_binding: str = "asn1",
-                 esipa_timeout_s: float | None = None, es9_timeout_s: float | None = None) -> None:
+                 esipa_timeout_s: float | None = None, es9_timeout_s: float | None = None,
+                 es11_timeout_s: float | None = None) -> None:
         self.http = http
         self.trust = trust
         self.esipa_binding = esipa_binding
         self.esipa_timeout_s = esipa_timeout_s
         self.es9_timeout_s = es9_timeout_s
+        self.es11_timeout_s = es11_timeout_s
         self.servers: dict[str, Server] = {}   # every server posted to (for its breaker state)
 
     def _server(self, fqdn: str) -> Server:
@@ -436,6 +444,15 @@ class HttpBackhaul:
         if reply.status == 204 or not reply.body:
             return b""
         require_content_type(reply, "application/json", f"ES9+ {action.function}")
+        return reply.body
+
+    async def post_es11(self, action: PostEs11) -> bytes:
+        server = self._server(action.smds_address)
+        reply = await self.http.post_json(server, es11.es11_path(action.function), action.body,
+                                          timeout_s=self.es11_timeout_s)
+        if reply.status == 204 or not reply.body:
+            return b""
+        require_content_type(reply, "application/json", f"ES11 {action.function}")
         return reply.body
 
 

@@ -35,16 +35,29 @@ from typing import Any
 from gateway.backhaul.http import BackhaulHttp, HttpLimits, TlsTrust
 from gateway.backhaul.inject_server import InjectServer, server_ssl_context
 from gateway.config import Config, Device, load_config
-from gateway.core.actions import PostEs9, PostEsipa, from_bytes
+from gateway.core.actions import PostEs9, PostEs11, PostEsipa, from_bytes
 from gateway.core.engine import EimEndpoint, Engine, EngineConfig
-from gateway.core.events import BackhaulAnswered
+from gateway.core.events import BackhaulAnswered, EimPackageReceived
 from gateway.core.retry import BreakerState, CircuitBreaker
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, DecodeError, GatewayError
+from gateway.spec import esipa
 from gateway.links.base import DeviceCredential, DeviceRegistry
 from gateway.links.coap import CoapServer, CoapServerConfig
 from gateway.links.mqtt import MqttConfig, MqttGateway
 from gateway.links.serial import AsyncModemEuicc, ModemConfig, ModemEuicc
 from gateway.links.serial.local import LocalModemDevice
+from gateway.policy import (
+    AuditPolicy,
+    BindImei,
+    EmitEvent,
+    Policies,
+    PolicyDecision,
+    ReportStateChange,
+    SavePolicyState,
+    SetQuarantine,
+)
+from gateway.policy import webhooks
+from gateway.policy.gate import PolicyGate, RegistryView
 from gateway.service.api import ApiServer
 from gateway.service.logging import RedactingFilter, log_fields, setup_logging
 from gateway.service.metrics import GatewayMetrics
@@ -129,7 +142,7 @@ class Daemon:
         self._make_engine = make_engine or (lambda c: Engine(engine_config(c)))
         self._runtime_options = runtime_options
         self.metrics = GatewayMetrics()
-        self.registry = LiveRegistry()
+        self.link_registry = LiveRegistry()
         self.stop_event = asyncio.Event()
         self.reloads = 0
         self.started_at = clock()
@@ -142,6 +155,10 @@ class Daemon:
         self.runtime: Runtime
         self.http: BackhaulHttp
         self.backhaul: HttpBackhaul
+        self.policies: Policies
+        self.gate: PolicyGate
+        self.webhooks: webhooks.WebhookDispatcher | None = None
+        self._policy_state: dict[tuple[bytes, str], bytes] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -193,11 +210,16 @@ class Daemon:
             stack.push_async_callback(self.http.close)
             trust = TlsTrust(ca_file=str(nb.eim_ca_file) if nb.eim_ca_file is not None else None)
             self.backhaul = backhaul = HttpBackhaul(self.http, trust=trust, esipa_binding=nb.esipa_binding,
-                                    esipa_timeout_s=nb.esipa_timeout_s, es9_timeout_s=nb.es9_timeout_s)
+                                    esipa_timeout_s=nb.esipa_timeout_s, es9_timeout_s=nb.es9_timeout_s,
+                                    es11_timeout_s=nb.es11_timeout_s)
             self.runtime = Runtime(self.engine, self.astore, backhaul, clock=self.clock,
                                    options=self._runtime_options, metrics=self.metrics)
             stack.push_async_callback(self.runtime.close)
-            self.registry.replace(link_credentials(cfg))
+            self.policies = Policies(cfg.policies)
+            self.gate = PolicyGate(self.runtime, self.policies, self, clock=self.clock,
+                                   segment_size=cfg.device_defaults.segment_size)
+            self.webhooks = await self._start_webhooks(stack)
+            self.link_registry.replace(link_credentials(cfg))
             await self._start_links(stack)
             await self._start_inject(stack)
             api = ApiServer(self, cfg.api.socket_path,
@@ -221,6 +243,9 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 loops = [tg.create_task(self._watchdog_loop(), name="watchdog"),
                          tg.create_task(self._drain_loop(), name="outbox drainer")]
+                loops.append(tg.create_task(self._policy_tick_loop(), name="policy tick"))
+                if self.webhooks is not None:
+                    loops.append(tg.create_task(self.webhooks.run(self.stop_event), name="webhooks"))
                 if cfg.links.serial.enabled:
                     loops += [tg.create_task(self._serial_loop(d), name=f"serial {d.identity}")
                               for d in cfg.devices if d.link == "serial"]
@@ -259,7 +284,7 @@ class Daemon:
         if links.coap.enabled:
             if not links.coap.dtls:
                 raise ConfigError("the daemon serves CoAP over DTLS only", key="links.coap.dtls")
-            coap = CoapServer(self.runtime, self.registry, CoapServerConfig(
+            coap = CoapServer(self.gate, self.link_registry, CoapServerConfig(
                 host=links.coap.listen, dtls_port=links.coap.port))
             await coap.start()
             stack.push_async_callback(coap.close)
@@ -272,7 +297,7 @@ class Daemon:
             password = self.config.credentials.mqtt.password
             if mqtt.tls and mqtt.ca_file is None:
                 raise ConfigError("MQTT over TLS needs the broker's CA bundle in this build", key="links.mqtt.ca_file")
-            gateway = MqttGateway(self.runtime, self.registry, MqttConfig(
+            gateway = MqttGateway(self.gate, self.link_registry, MqttConfig(
                 host=mqtt.broker_host, port=mqtt.broker_port, username=mqtt.username or "",
                 password=password.reveal() if password is not None else "",
                 client_id=self.config.mqtt_client_id, ca_file=str(mqtt.ca_file) if mqtt.tls and mqtt.ca_file else None,
@@ -313,7 +338,8 @@ class Daemon:
         policy = BreakerPolicy(self.config.northbound.circuit_breaker.failure_threshold,
                                self.config.northbound.circuit_breaker.open_s)
         while True:
-            servers = await self.astore.run(lambda s: s.outbox.servers())
+            servers = [server for server in await self.astore.run(lambda s: s.outbox.servers())
+                       if not server.startswith(webhooks.SERVER_PREFIX)]   # the webhook dispatcher's
             wakeups: list[float] = []
             for server in servers:
                 drainer = drainers.get(server)
@@ -344,7 +370,7 @@ class Daemon:
                 retry_s = min(retry_s * 2, 300.0)
                 continue
             retry_s = 1.0
-            local = LocalModemDevice(AsyncModemEuicc(modem), self.runtime, device.eid)
+            local = LocalModemDevice(AsyncModemEuicc(modem), self.gate, device.eid)
             try:
                 while not self.runtime.draining:
                     session = await local.run_session()
@@ -364,6 +390,8 @@ class Daemon:
             body = await self.runtime.backhaul.post_esipa(action)
         elif isinstance(action, PostEs9):
             body = await self.runtime.backhaul.post_es9(action)
+        elif isinstance(action, PostEs11):
+            body = await self.runtime.backhaul.post_es11(action)
         else:
             log.error("outbox entry %s holds a %s, not a backhaul request", entry.key, type(action).__name__)
             return "rejected"
@@ -371,6 +399,85 @@ class Daemon:
                                                               request_id=action.request_id, body=body)),
                            f"queued {action.function}")
         return "delivered"
+
+    # --- policies (gateway.policy.gate.GateBackend) ----------------------------------------
+
+    async def _start_webhooks(self, stack: contextlib.AsyncExitStack) -> webhooks.WebhookDispatcher | None:
+        policy = self.config.policies.webhooks
+        secret = self.config.credentials.webhooks.hmac_secret
+        if not policy.urls or secret is None:
+            return None
+        sender = webhooks.WebhookSender(policy, secret.reveal().encode(), clock=self.clock)
+        stack.push_async_callback(sender.close)
+        return webhooks.WebhookDispatcher(self.astore, sender, clock=self.clock)
+
+    async def registry(self, eid: bytes) -> RegistryView:
+        device = await self.astore.run(lambda s: s.devices.get(eid))
+        if device is None:
+            return RegistryView(imei=None, quarantined=False)
+        return RegistryView(imei=device.imei, quarantined=device.quarantined, tags=device.tags)
+
+    async def apply_decisions(self, eid: bytes | None, decisions: list[PolicyDecision], now: float) -> None:
+        """Store decisions in one transaction; then timers for state-change reports."""
+        stored = [d for d in decisions if isinstance(d, (SetQuarantine, BindImei, AuditPolicy, EmitEvent))]
+        policy, gateway_id = self.config.policies.webhooks, self.config.gateway_id
+
+        def write(s: Store) -> int:
+            queued = 0
+            for d in stored:
+                if isinstance(d, SetQuarantine):
+                    s.devices.set_quarantine(d.eid, d.quarantined, reason=d.reason, now=now)
+                elif isinstance(d, BindImei):
+                    s.devices.bind_imei(d.eid, d.imei, now=now)
+                elif isinstance(d, AuditPolicy):
+                    s.audit.append(time=now, eid=d.eid, iccid=d.iccid, operation=d.operation, result=d.result,
+                                   detail=dict(d.detail))
+                else:
+                    queued += webhooks.enqueue_event(s, d, policy, gateway_id=gateway_id, now=now)
+            return queued
+
+        if stored:
+            queued = await self.astore.atomic(write)
+            if queued and self.webhooks is not None:
+                self.webhooks.kick()
+        for d in decisions:
+            if isinstance(d, SavePolicyState):
+                self._policy_state[(d.eid, d.kind)] = d.blob     # no store table yet: kept in memory
+            elif isinstance(d, ReportStateChange):
+                delay = max(0.0, d.at - self.clock())
+                asyncio.get_running_loop().call_later(delay, self._spawn_report, d)
+
+    def _spawn_report(self, report: ReportStateChange) -> None:
+        self.runtime.spawn(self._report_state_change(report), "state-change report")
+
+    async def _report_state_change(self, report: ReportStateChange) -> None:
+        """GetEimPackage with notifyStateChange to the device's eIM; a package in the answer goes to
+        the engine as one received by poll."""
+        eims = self.engine.config.eims
+        if not eims:
+            log.warning("state change of %s not reported: no eIM configured", report.eid.hex(),
+                        extra=log_fields(eid=report.eid))
+            return
+        eim = eims[0]
+        body = self.gate.report_request(report)
+        answer = await self.runtime.backhaul.post_esipa(PostEsipa(report.eid, f"policy-{report.token}", eim.eim_id,
+                                                                  eim.fqdn, "GetEimPackage", body))
+        try:
+            package = esipa.decode_response("GetEimPackage", answer)
+        except (DecodeError, GatewayError) as exc:
+            log.warning("state-change report of %s: unusable answer (%s)", report.eid.hex(), exc)
+            return
+        if isinstance(package, tuple) and package[0] == "eimPackageError":
+            return
+        await self.runtime.feed(EimPackageReceived(eid=report.eid, now=self.clock(), eim_id=eim.eim_id, raw=answer,
+                                                   via="poll"))
+
+    async def _policy_tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(60.0)
+            decisions = self.policies.tick(self.clock())
+            if decisions:
+                await self.apply_decisions(None, decisions, self.clock())
 
     # --- reload ------------------------------------------------------------------------------
 
@@ -400,7 +507,10 @@ class Daemon:
         if self._redactor is not None:
             self._redactor.set_secrets(new.credentials.secret_values())
         logging.getLogger().setLevel(new.gateway.log_level.upper())
-        self.registry.replace(credentials)
+        self.link_registry.replace(credentials)
+        self.policies.reload(new.policies)
+        if old.policies.webhooks != new.policies.webhooks or old.credentials.webhooks != new.credentials.webhooks:
+            restart_needed.append("policies.webhooks")
         await self._register_fleet()
         base = engine_config(new)
         self.engine.config = dataclasses.replace(self.engine.config, **{
@@ -447,6 +557,7 @@ class Daemon:
             "pending_exchanges": self.runtime.pending_exchanges,
             "inflight": self.runtime.inflight,
             "timers": self.runtime.timers,
+            "alarms": [a.to_json() for a in self.policies.alarms.active.values()],
             "counters": {
                 "round_trips": sum(self.metrics.round_trips.values.values()),
                 "apdus": self.metrics.apdus.get(),
@@ -477,6 +588,10 @@ class Daemon:
             states[state] = states.get(state, 0) + 1
         for state, n in states.items():
             m.sessions.set(n, state=state)
+        m.policy.clear()
+        for family, values in self.policies.gauges().items():
+            for key, value in values.items():
+                m.policy.set(value, family=family, key=key)
         m.backhaul_state.clear()
         for server, state in self.backhaul_states().items():
             m.backhaul_state.set(0 if state == BreakerState.CLOSED.value else 1, server=server, state=state)

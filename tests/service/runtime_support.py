@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.core.actions import Action, PostEs9, PostEsipa
+from gateway.core.actions import Action, PostEs9, PostEs11, PostEsipa
 from gateway.core.events import Event
 from gateway.links.protocol import Batch, Step
 
@@ -34,10 +34,10 @@ class ScriptedEngine:
 class RecordingBackhaul:
     answer: bytes = b""
     error: BaseException | None = None
-    on_post: Callable[[PostEsipa | PostEs9], None] | None = None
-    posts: list[PostEsipa | PostEs9] = field(default_factory=list)
+    on_post: Callable[[PostEsipa | PostEs9 | PostEs11], None] | None = None
+    posts: list[PostEsipa | PostEs9 | PostEs11] = field(default_factory=list)
 
-    async def _post(self, action: PostEsipa | PostEs9) -> bytes:
+    async def _post(self, action: PostEsipa | PostEs9 | PostEs11) -> bytes:
         self.posts.append(action)
         if self.on_post is not None:
             self.on_post(action)
@@ -49,6 +49,9 @@ class RecordingBackhaul:
         return await self._post(action)
 
     async def post_es9(self, action: PostEs9) -> bytes:
+        return await self._post(action)
+
+    async def post_es11(self, action: PostEs11) -> bytes:
         return await self._post(action)
 
 

@@ -5,6 +5,7 @@ SQLite consistent, and a device agent with a software eUICC over real CoAP/DTLS.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import signal
@@ -251,3 +252,32 @@ async def test_an_eim_push_is_persisted_before_it_is_acknowledged_and_waits_for_
     with Store.open(lay.db) as store:
         entry = store.inbox.find(eid, "eim:eim.test/tx:0a0b")
         assert entry is not None and entry.payload == body
+
+
+async def test_policies_sit_in_front_of_the_runtime_a_moved_card_is_quarantined(workdir: Path, pki: RspPki) -> None:
+    lay = layout(workdir, [1])
+    daemon = start_daemon(lay)
+    eid = make_eid(1)
+    transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
+    try:
+        daemon.wait_notify("READY=1")
+        await wait_for_socket(lay.socket_path)
+        agent = Agent(Agent.make_status(eid, imei="356938035643809"), SoftEuicc(pki, eid), transport)
+        first = await agent.run_session()
+        assert first.error is None and first.idle_after_s is not None
+        status, device = await daemon.get(f"/v1/devices/{eid.hex()}")
+        assert device["imei"] == "356938035643809" and device["quarantined"] is False   # bound on first report
+
+        agent.status = dataclasses.replace(agent.status, imei="490154203237518")        # the card moved
+        second = await agent.run_session()
+        assert second.error is not None and "quarantined" in second.error.text
+        status, device = await daemon.get(f"/v1/devices/{eid.hex()}")
+        assert device["quarantined"] is True
+        assert ("quarantine", "imei-mismatch") in [(r["operation"], r["result"]) for r in device["audit"]]
+        status, body = await daemon.get("/v1/status")
+        assert [a["kind"] for a in body["alarms"]] == ["imei-mismatch"]
+        status, metrics = await daemon.get("/metrics")
+        assert 'ipae_gateway_policy{family="alarms",key="imei-mismatch"} 1' in metrics
+    finally:
+        await transport.close()
+        assert stop_daemon(daemon) == 0
