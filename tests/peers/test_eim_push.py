@@ -48,7 +48,7 @@ async def test_a_pushed_package_runs_on_the_euicc_and_its_result_is_verified_the
         package = eim.service.queue_euicc_package(euicc.eid, {"psmo": [{"op": "getRAT"}]})
         assert await eim.service.push(package) == "euiccPackageResult"
         assert package.state == "done" and eim.service.devices[euicc.eid].results[-1].verified
-        for _ in range(100):
+        for _ in range(500):                          # the acknowledgement push runs in the background
             if len(pushed) == 2:
                 break
             await asyncio.sleep(0.02)
