@@ -65,6 +65,9 @@ class PostEsipa:
     eim_fqdn: str
     function: str       # ESipa function name, e.g. "GetEimPackage"
     body: bytes         # DER of EsipaMessageFromIpaToEim
+    # how the eUICC says to trust the eIM's TLS (EimConfigurationData.trustedPublicKeyDataTls):
+    # ("certificate", DER) or ("publicKey", SubjectPublicKeyInfo DER); None: the configured trust
+    tls_trust: tuple[str, bytes] | None = None
 
 
 @serial.register

@@ -52,8 +52,10 @@ def post_action(s: DeviceSession, rid: str, rec: dict[str, Any]) -> A.Action:
         return A.PostEs9(s.eid, rid, rec["server"], rec["function"], rec["body"])
     if rec["target"] == "es11":
         return A.PostEs11(s.eid, rid, rec["server"], rec["function"], rec["body"])
-    fqdn = next((str(e.get("eimFqdn", "")) for e in (s.eims or []) if e.get("eimId") == rec["server"]), "")
-    return A.PostEsipa(s.eid, rid, rec["server"], fqdn, rec["function"], rec["body"])
+    eim = next((e for e in (s.eims or []) if e.get("eimId") == rec["server"]), {})
+    trust = eim.get("tlsTrust")
+    return A.PostEsipa(s.eid, rid, rec["server"], str(eim.get("eimFqdn", "")), rec["function"], rec["body"],
+                       (str(trust[0]), bytes(trust[1])) if trust else None)
 
 
 class Turn:

@@ -190,3 +190,18 @@ async def test_an_euicc_refusing_the_initial_eim_is_not_asked_again_in_the_same_
     assert report.idle_after_s is not None and report.batches == 2   # read, then add + read
     assert card.state.eims == [] and eim.polls == []
     assert any(a.operation == "eimDiscovery" and a.result == "failed" for a in audits(rig, "eimDiscovery"))
+
+
+async def test_eim_tls_trust_read_from_the_euicc_goes_with_every_esipa_request(pki: RspPki) -> None:
+    eim = MiniEim(pki)
+    card = SoftEuicc(pki, pki.eid_bytes)
+    data = eim.initial_eim()
+    data["trustedPublicKeyDataTls"] = ("trustedCertificateTls", pki.eim_tls.cert_der)
+    card.state.eims.append(eim_config_from(card, data))
+    card.commit()
+    rig = rig_for(pki, eim, eims=(EimEndpoint(eim.eim_id, eim.fqdn),))
+    agent, _ = make_agent(MemoryLink(rig), card)
+    await agent.run_session()                  # first contact: the configuration is read
+    await agent.run_session()
+    last = [a for a in rig.actions if isinstance(a, A.PostEsipa)][-1]
+    assert last.tls_trust == ("certificate", pki.eim_tls.cert_der)

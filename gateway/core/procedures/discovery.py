@@ -49,7 +49,10 @@ def eim_summary(config: dict[str, Any]) -> dict[str, Any]:
         out["indirectProfileDownload"] = True
     if "trustedPublicKeyDataTls" in config:
         kind, value = config["trustedPublicKeyDataTls"]
-        out["tlsTrust"] = [kind, bytes(value) if isinstance(value, (bytes, bytearray)) else b""]
+        if kind == "trustedCertificateTls":
+            out["tlsTrust"] = ["certificate", bytes(value)]
+        elif kind == "trustedEimPkTls":
+            out["tlsTrust"] = ["publicKey", codec.encode("SubjectPublicKeyInfo", value)]
     return out
 
 
