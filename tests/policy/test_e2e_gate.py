@@ -11,6 +11,7 @@ responder (tests/core/peers.MiniEim) and the runtime is the engine tests' in-tes
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from gateway.config.policies import FallbackPolicy, FallbackWaveSection, Policie
 from gateway.core.engine import EimEndpoint, Engine, EngineConfig
 from gateway.core.events import EimPackageReceived
 from gateway.links.memory import MemoryLink
+from gateway.links.protocol import Downlink, Uplink
 from gateway.policy import (
     AuditPolicy,
     BindImei,
@@ -59,6 +61,7 @@ class Backend:
         self.states: dict[tuple[bytes, str], bytes] = {}
         self.reports: list[ReportStateChange] = []
         self.decisions: list[PolicyDecision] = []
+        self.peak_inflight = 0
 
     async def registry(self, eid: bytes) -> RegistryView:
         d = self.store.devices.require(eid)
@@ -66,6 +69,8 @@ class Backend:
 
     async def apply_decisions(self, eid: bytes | None, decisions: list[PolicyDecision], now: float) -> None:
         self.decisions += decisions
+        if self.gate is not None:
+            self.peak_inflight = max(self.peak_inflight, len(self.gate.policies.fallbacks.wave.inflight))
         with self.store.transaction():
             for d in decisions:
                 if isinstance(d, SetQuarantine):
@@ -91,6 +96,17 @@ class Backend:
             if kind != "eimPackageError":
                 self.rig.run([EimPackageReceived(report.eid, self.rig.now, self.rig.eim.eim_id, body, "poll")])
         self.reports.clear()
+
+
+class Latency:
+    """Each uplink waits for the event loop once, as it would for the radio: devices interleave."""
+
+    def __init__(self, inner: PolicyGate) -> None:
+        self.inner = inner
+
+    async def exchange(self, eid: bytes, uplink: Uplink) -> Downlink:
+        await asyncio.sleep(0)
+        return await self.inner.exchange(eid, uplink)
 
 
 def card_with_fallback_profile(pki: RspPki, eim: MiniEim) -> SoftEuicc:
@@ -224,3 +240,42 @@ async def test_fallback_over_coap_dtls_with_the_reference_agent(pki: RspPki, sto
     assert device.refreshes == ["uicc-reset"]
     backend.send_due_reports()
     assert [p.get("stateChangeCause") for p in state_changes(rig.eim)] == [1]
+
+
+async def test_carrier_outage_500_agents_one_alarm_and_the_eim_hears_one_state_change_per_device(
+        pki: RspPki, store: Store) -> None:
+    """500 devices on one failing carrier, all waking together: the wave is bounded, one alarm."""
+    from gateway.policy import RaiseAlarm
+
+    eim = MiniEim(pki)
+    rig = EngineRig(Engine(EngineConfig(eims=(EimEndpoint(eim.eim_id, eim.fqdn),), seed=7)),
+                    MiniSmdp(pki, address="smdp.example"), eim)
+    config = PoliciesSection(fallback=FallbackPolicy(enabled=True, attach_failures=3),
+                             fallback_wave=FallbackWaveSection(max_concurrent=20, outage_devices=50))
+    backend = Backend(store, rig)
+    gate = backend.gate = PolicyGate(rig, Policies(config, rand=random.Random(11).random), backend,
+                                     clock=lambda: rig.now)
+    link = MemoryLink(Latency(gate))
+    cards, agents = [], []
+    for i in range(500):
+        card = SoftEuicc(pki, f"89049032{i:024d}")
+        card.state.eims.append(eim_config_from(card, eim.initial_eim()))
+        card.state.profiles += [
+            Profile(HOME, card.new_isdp_aid(), state="enabled", install_state="installed"),
+            Profile(FALLBACK, card.new_isdp_aid(), install_state="installed", fallback=True, fallback_allowed=True)]
+        store.devices.register(card.eid, "coap", f"meter-{i}", now=rig.now, tags=["water-meter"])
+        agent, _ = make_agent(link, card, imei=f"3532906{i:08d}")
+        agent.status = replace(agent.status, attach_failures=3)
+        cards.append(card)
+        agents.append(agent)
+    rounds = 0
+    while any(c.state.enabled_profile().iccid != FALLBACK for c in cards) and rounds < 60:  # type: ignore[union-attr]
+        await asyncio.gather(*(a.run_session() for a in agents))
+        rig.now += 300
+        rounds += 1
+    assert all(c.state.enabled_profile().iccid == FALLBACK for c in cards)  # type: ignore[union-attr]
+    assert backend.peak_inflight == 20 and rounds > 1     # bounded: 20 switches at a time, the rest wait
+    assert len([d for d in backend.decisions if isinstance(d, RaiseAlarm)]) == 1
+    backend.send_due_reports()
+    changes = state_changes(eim)
+    assert len(changes) == 500 and len({bytes(c["eidValue"]) for c in changes}) == 500  # type: ignore[arg-type]
