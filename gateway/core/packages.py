@@ -60,14 +60,16 @@ def transaction_id(package: bytes) -> bytes | None:
 
 
 def package_key(eim_id: str, package: bytes) -> str:
-    """Idempotency key of an eIM package: eimId + eimTransactionId, else a hash of its bytes."""
+    """Idempotency key of an eIM package: eimId + eimTransactionId, else a hash of its bytes.
+    The same strings as the store's inbox keys (gateway.store.inbox.transaction_key and
+    package_key), so a pushed package and its inbox entry are one key."""
     try:
         tid = transaction_id(package)
     except DecodeError:
         tid = None
     if tid is not None:
-        return f"{eim_id}:{tid.hex()}"
-    return f"{eim_id}:sha256:{hashlib.sha256(package).hexdigest()}"
+        return f"eim:{eim_id}/tx:{tid.hex()}"
+    return "sha256:" + hashlib.sha256(package).hexdigest()
 
 
 def result_message(eid: bytes, proc: Procedure, finish: Finish,

@@ -132,9 +132,10 @@ def test_rplmn_is_encoded_as_in_ts_24_008() -> None:
 def test_package_key_uses_the_transaction_id_else_a_hash_of_the_exact_bytes() -> None:
     from gateway.spec import codec
     trigger = codec.encode("ProfileDownloadTriggerRequest", {"eimTransactionId": b"\x01\x02"})
-    assert package_key("eim", trigger) == "eim:0102"
+    from gateway.store import inbox
+    assert package_key("eim", trigger) == inbox.transaction_key("eim", b"\x01\x02") == "eim:eim/tx:0102"
     bare = codec.encode("ProfileDownloadTriggerRequest", {})
-    assert package_key("eim", bare).startswith("eim:sha256:")
+    assert package_key("eim", bare) == inbox.package_key(bare)
     assert package_key("eim", b"\xff") != package_key("eim", b"\xfe")
 
 
