@@ -26,7 +26,7 @@ from gateway.errors import ConfigError
 EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 3
 DEFAULT_SOCKET = Path("/run/ipae-gateway/api.sock")
-ACTIONS = ("retry", "cancel", "forget", "reread-eim", "poll")
+ACTIONS = ("retry", "cancel", "forget", "reread-eim", "poll", "quarantine", "release")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     if command == "device":
         parser.add_argument("eid", help="the device's EID (32 digits)")
         parser.add_argument("--action", choices=ACTIONS, help="post this operator action to the device")
+        parser.add_argument("--reason", help="why (with --action quarantine)")
     if command == "audit":
         parser.add_argument("--eid", help="only this device")
         parser.add_argument("--operation", help="only this operation (e.g. EnableProfile)")
@@ -67,7 +68,8 @@ def _socket(args: argparse.Namespace) -> Path:
         return DEFAULT_SOCKET
 
 
-async def call(args: argparse.Namespace, method: str, path: str, params: dict[str, str] | None = None) -> bytes:
+async def call(args: argparse.Namespace, method: str, path: str, params: dict[str, str] | None = None,
+               json_body: dict[str, Any] | None = None) -> bytes:
     headers: dict[str, str] = {}
     if args.url:
         connector: aiohttp.BaseConnector = aiohttp.TCPConnector()
@@ -80,7 +82,7 @@ async def call(args: argparse.Namespace, method: str, path: str, params: dict[st
         base = "http://ipae-gateway"
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
-            async with session.request(method, base + path, params=params, headers=headers) as resp:
+            async with session.request(method, base + path, params=params, headers=headers, json=json_body) as resp:
                 body = await resp.read()
                 if resp.status >= 400:
                     try:
@@ -198,7 +200,8 @@ async def execute(args: argparse.Namespace) -> str:
         data = json.loads(await call(args, "GET", "/v1/audit", params))
         return json.dumps(data, indent=2, sort_keys=True) if args.json else show_audit(data)
     if command == "device" and args.action:
-        data = json.loads(await call(args, "POST", f"/v1/devices/{args.eid}/{args.action}"))
+        body = {"reason": args.reason} if args.reason else None
+        data = json.loads(await call(args, "POST", f"/v1/devices/{args.eid}/{args.action}", json_body=body))
         return json.dumps(data, indent=2, sort_keys=True) if args.json else \
             f"{args.action} accepted for {data['eid']} (state now {data['state']})"
     path, show = {

@@ -13,7 +13,11 @@ Routes (all under /v1 answer JSON; errors are {"error": "..."} with a 4xx/5xx st
     GET  /v1/status                      gateway id, uptime, links, backhaul, store, counters
     GET  /v1/devices                     every device with its session state and last contact
     GET  /v1/devices/{eid}               one device: registry, session, inbox, recent audit
-    POST /v1/devices/{eid}/{action}      retry | cancel | forget | reread-eim | poll
+    POST /v1/devices/{eid}/{action}      retry | cancel | forget | reread-eim | poll (engine),
+                                         quarantine {"reason"} | release {"rebind", "keep_binding"} (policy)
+    POST /v1/groups/{group}/{operation}  retry | reread-eim | quarantine | release on every member;
+                                         progress streamed as JSON lines, the last one final
+    GET  /v1/groups/{group}/audit        the members' audit records as JSON lines
     GET  /v1/sessions                    sessions not idle (procedures in flight)
     GET  /v1/queue                       inbox and outbox depth, pending entries, breakers
     GET  /v1/audit                       query: eid, operation, since, until, limit; format=jsonl
@@ -35,6 +39,7 @@ from aiohttp import web
 
 from gateway.core.events import OPERATOR_CANCEL, OPERATOR_FORGET, OPERATOR_POLL, OPERATOR_REREAD_EIM, OPERATOR_RETRY
 from gateway.errors import ConfigError, GatewayError, UnknownDevice
+from gateway.policy.bulk import GroupOperations, Progress
 from gateway.service.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.service.runtime import Runtime
 from gateway.store import AsyncStore, Store
@@ -42,6 +47,8 @@ from gateway.store import AsyncStore, Store
 log = logging.getLogger(__name__)
 
 OPERATOR_ACTIONS = (OPERATOR_RETRY, OPERATOR_CANCEL, OPERATOR_FORGET, OPERATOR_REREAD_EIM, OPERATOR_POLL)
+POLICY_ACTIONS = ("quarantine", "release")
+GROUP_OPERATIONS = ("retry", "reread-eim", "quarantine", "release")
 AUDIT_DEFAULT_LIMIT = 100
 AUDIT_MAX_LIMIT = 100_000
 
@@ -52,6 +59,7 @@ class ApiBackend(Protocol):
     runtime: Runtime
     astore: AsyncStore
     metrics: GatewayMetrics
+    groups: GroupOperations
 
     def status(self) -> dict[str, Any]: ...
 
@@ -62,6 +70,8 @@ class ApiBackend(Protocol):
     def refresh_gauges(self, stats: dict[str, int]) -> None: ...
 
     async def reload(self) -> dict[str, Any]: ...
+
+    async def device_policy(self, eid: bytes, action: str, args: dict[str, Any]) -> None: ...
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -175,18 +185,22 @@ def make_app(backend: ApiBackend, *, bearer_token: Callable[[], str | None] | No
     async def action(request: web.Request) -> web.Response:
         eid = parse_eid(request.match_info["eid"])
         kind = request.match_info["action"]
-        if kind not in OPERATOR_ACTIONS:
-            return _error(404, f"unknown action {kind!r}; one of {', '.join(OPERATOR_ACTIONS)}")
-        args: tuple[tuple[str, str], ...] = ()
+        if kind not in OPERATOR_ACTIONS + POLICY_ACTIONS:
+            return _error(404, f"unknown action {kind!r}; one of {', '.join(OPERATOR_ACTIONS + POLICY_ACTIONS)}")
+        body: dict[str, Any] = {}
         if request.can_read_body:
             try:
                 body = await request.json()
             except ValueError:
-                return _error(400, "the body must be a JSON object of string arguments")
-            if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
-                return _error(400, "the body must be a JSON object of string arguments")
-            args = tuple(sorted((str(k), v) for k, v in body.items()))
-        await backend.runtime.operator(eid, kind, args)
+                return _error(400, "the body must be a JSON object")
+            if not isinstance(body, dict):
+                return _error(400, "the body must be a JSON object")
+        if kind in POLICY_ACTIONS:
+            await backend.device_policy(eid, kind, body)
+        else:
+            if not all(isinstance(v, str) for v in body.values()):
+                return _error(400, "the arguments of an engine action are strings")
+            await backend.runtime.operator(eid, kind, tuple(sorted((str(k), v) for k, v in body.items())))
         log.info("operator action %s on %s", kind, eid.hex())
         return _json({"eid": eid.hex(), "action": kind, "accepted": True, "state": backend.session_state(eid)})
 
@@ -235,6 +249,50 @@ def make_app(backend: ApiBackend, *, bearer_token: Callable[[], str | None] | No
             return [r.to_json() for r in records[-limit:]]
         return _json({"records": await backend.astore.run(query)})
 
+    async def group_operation(request: web.Request) -> web.StreamResponse:
+        group, operation = request.match_info["group"], request.match_info["operation"]
+        if operation not in GROUP_OPERATIONS:
+            return _error(404, f"unknown group operation {operation!r}; one of {', '.join(GROUP_OPERATIONS)}")
+        body: dict[str, Any] = {}
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError:
+                return _error(400, "the body must be a JSON object")
+        try:
+            if not await backend.groups.members(group):
+                return _error(404, f"group {group!r} has no member")
+        except ConfigError as exc:
+            return _error(404, str(exc))
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        lines: list[bytes] = []
+
+        def progress(p: Progress) -> None:
+            lines.append((json.dumps(p.to_json(), sort_keys=True) + "\n").encode())
+
+        ops = backend.groups
+        if operation == "retry":
+            final = await ops.retry_failed(group, progress)
+        elif operation == "reread-eim":
+            final = await ops.reread_eim(group, progress)
+        elif operation == "quarantine":
+            final = await ops.quarantine(group, str(body.get("reason", "operator request")), progress)
+        else:
+            final = await ops.release(group, progress, keep_binding=bool(body.get("keep_binding", True)))
+        for line in lines:
+            await response.write(line)
+        log.info("group %s: %s on %d devices (%d failed)", group, operation, final.total, final.failed)
+        await response.write_eof()
+        return response
+
+    async def group_audit(request: web.Request) -> web.Response:
+        group = request.match_info["group"]
+        out = io.StringIO()
+        await backend.groups.export_audit(group, out, since=_float_param(request, "since"),
+                                          until=_float_param(request, "until"))
+        return web.Response(text=out.getvalue(), content_type="application/x-ndjson")
+
     async def reload(request: web.Request) -> web.Response:
         return _json(await backend.reload())
 
@@ -252,6 +310,8 @@ def make_app(backend: ApiBackend, *, bearer_token: Callable[[], str | None] | No
     app.router.add_get("/v1/sessions", sessions)
     app.router.add_get("/v1/queue", queue)
     app.router.add_get("/v1/audit", audit)
+    app.router.add_post("/v1/groups/{group}/{operation}", group_operation)
+    app.router.add_get("/v1/groups/{group}/audit", group_audit)
     app.router.add_post("/v1/reload", reload)
     app.router.add_get("/metrics", metrics)
     return app

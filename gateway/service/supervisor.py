@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ from gateway.policy import (
     SetQuarantine,
 )
 from gateway.policy import webhooks
+from gateway.policy import imei
+from gateway.policy.bulk import GroupOperations
 from gateway.policy.gate import PolicyGate, RegistryView
 from gateway.service.api import ApiServer
 from gateway.service.logging import RedactingFilter, log_fields, setup_logging
@@ -158,6 +160,7 @@ class Daemon:
         self.policies: Policies
         self.gate: PolicyGate
         self.webhooks: webhooks.WebhookDispatcher | None = None
+        self.groups: GroupOperations
         self._policy_state: dict[tuple[bytes, str], bytes] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -219,6 +222,7 @@ class Daemon:
             self.gate = PolicyGate(self.runtime, self.policies, self, clock=self.clock,
                                    segment_size=cfg.device_defaults.segment_size)
             self.webhooks = await self._start_webhooks(stack)
+            self.groups = GroupOperations(self, self.astore, lambda: self.config.policies.groups, clock=self.clock)
             self.link_registry.replace(link_credentials(cfg))
             await self._start_links(stack)
             await self._start_inject(stack)
@@ -411,6 +415,21 @@ class Daemon:
         stack.push_async_callback(sender.close)
         return webhooks.WebhookDispatcher(self.astore, sender, clock=self.clock)
 
+    async def operator(self, eid: bytes, kind: str, args: Iterable[tuple[str, str]] = ()) -> None:
+        await self.runtime.operator(eid, kind, args)
+
+    async def device_policy(self, eid: bytes, action: str, args: dict[str, Any]) -> None:
+        """Operator quarantine / release of one device (gateway.policy.imei decisions)."""
+        await self.astore.run(lambda s: s.devices.require(eid))
+        now = self.clock()
+        if action == "quarantine":
+            decisions = imei.quarantine(eid, reason=str(args.get("reason", "operator request")), now=now)
+        else:
+            rebind = args.get("rebind")
+            decisions = imei.release(eid, rebind=None if rebind is None else str(rebind),
+                                     keep_binding=bool(args.get("keep_binding", True)), now=now)
+        await self.apply_decisions(eid, decisions, now)
+
     async def registry(self, eid: bytes) -> RegistryView:
         device = await self.astore.run(lambda s: s.devices.get(eid))
         if device is None:
@@ -419,6 +438,7 @@ class Daemon:
 
     async def apply_decisions(self, eid: bytes | None, decisions: list[PolicyDecision], now: float) -> None:
         """Store decisions in one transaction; then timers for state-change reports."""
+        self.policies.record_alarms(decisions, now)   # idempotent: on_status recorded its own already
         stored = [d for d in decisions if isinstance(d, (SetQuarantine, BindImei, AuditPolicy, EmitEvent))]
         policy, gateway_id = self.config.policies.webhooks, self.config.gateway_id
 

@@ -137,10 +137,10 @@ class Daemon:
                               capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
-async def api_request(socket_path: Path, method: str, path: str,
-                      params: dict[str, str] | None = None) -> tuple[int, Any]:
+async def api_request(socket_path: Path, method: str, path: str, params: dict[str, str] | None = None,
+                      json_body: dict[str, Any] | None = None) -> tuple[int, Any]:
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket_path))) as session:
-        async with session.request(method, "http://gateway" + path, params=params) as resp:
+        async with session.request(method, "http://gateway" + path, params=params, json=json_body) as resp:
             body = await resp.read()
             if resp.content_type == "application/json":
                 return resp.status, json.loads(body)

@@ -38,7 +38,8 @@ def workdir() -> Iterator[Path]:
 async def daemon(workdir: Path) -> AsyncIterator[Daemon]:
     tcp_port = free_tcp_port()
     lay = Layout(workdir, free_udp_port(), workdir / "api.sock", [1, 2],
-                 extra=f'tcp_listen = "127.0.0.1"\ntcp_port = {tcp_port}\n',
+                 extra=f'tcp_listen = "127.0.0.1"\ntcp_port = {tcp_port}\n'
+                       f'[policies.groups.site-a]\neids = ["{make_eid(1).hex()}", "{make_eid(2).hex()}"]\n',
                  credentials_extra=f'[api]\nbearer_token = "{TOKEN}"\n')
     lay.write()
     # an audit trail from an earlier run, written through the store as the daemon would
@@ -141,3 +142,24 @@ def test_the_cli_says_when_the_daemon_is_not_running(workdir: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "gateway", "status", "--config", str(lay.config)],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 3 and "cannot reach the gateway API" in done.stderr
+
+
+async def test_group_operations_stream_progress_and_export_the_members_audit(daemon: Daemon) -> None:
+    path = daemon.layout.socket_path
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as session:
+        async with session.post("http://gateway/v1/groups/site-a/quarantine", json={"reason": "site audit"}) as resp:
+            assert resp.status == 200
+            lines = [json.loads(line) for line in (await resp.text()).splitlines()]
+        assert lines[-1]["finished"] is True and lines[-1]["done"] == 2 and lines[-1]["failed"] == 0
+        async with session.post("http://gateway/v1/groups/nowhere/retry") as resp:
+            assert resp.status == 404
+        async with session.get("http://gateway/v1/groups/site-a/audit") as resp:
+            records = [json.loads(line) for line in (await resp.text()).splitlines()]
+    assert {(r["eid"], r["operation"]) for r in records if r["operation"] == "quarantine"} == {
+        (make_eid(1).hex(), "quarantine"), (make_eid(2).hex(), "quarantine")}
+    status, body = await daemon.get("/v1/devices")
+    assert all(d["quarantined"] for d in body["devices"])
+    released = daemon.cli("device", make_eid(1).hex(), "--action", "release")
+    assert released.returncode == 0, released.stderr
+    status, device = await daemon.get(f"/v1/devices/{make_eid(1).hex()}")
+    assert device["quarantined"] is False

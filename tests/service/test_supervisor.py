@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from daemon_support import (
     Layout,
+    api_request,
     free_tcp_port,
     free_udp_port,
     make_eid,
@@ -278,6 +279,16 @@ async def test_policies_sit_in_front_of_the_runtime_a_moved_card_is_quarantined(
         assert [a["kind"] for a in body["alarms"]] == ["imei-mismatch"]
         status, metrics = await daemon.get("/metrics")
         assert 'ipae_gateway_policy{family="alarms",key="imei-mismatch"} 1' in metrics
+
+        released = await api_request(lay.socket_path, "POST", f"/v1/devices/{eid.hex()}/release",
+                                     json_body={"rebind": "490154203237518"})
+        assert released[0] == 200
+        status, body = await daemon.get("/v1/status")
+        assert body["alarms"] == []
+        third = await agent.run_session()
+        assert third.error is None and third.idle_after_s is not None
+        status, device = await daemon.get(f"/v1/devices/{eid.hex()}")
+        assert device["quarantined"] is False and device["imei"] == "490154203237518"
     finally:
         await transport.close()
         assert stop_daemon(daemon) == 0
