@@ -271,14 +271,16 @@ async def run_devices(args: argparse.Namespace) -> dict[str, object]:
         broker, port = start_broker(Path(tmp.name), args.devices)
         gateway = GatewayProcess("mqtt", args.devices, port, args.profile_kb, args.no_hints)
         sim = TcpLinkSimulator(("127.0.0.1", port), profile)
-    await sim.start()
+    await sim.start(*([max(1, args.devices // 25)] if isinstance(sim, UdpLinkSimulator) else []))
     agents = []
     for n in range(args.devices):
         eid = eid_of(n)
         transport: object
         if args.transport == "coap":
             from hil.agent.coap_transport import CoapAgentTransport
-            transport = CoapAgentTransport("127.0.0.1", sim.listen_port, eid, identity=f"dev{n}", psk=psk_of(n),
+            assert isinstance(sim, UdpLinkSimulator)
+            port = sim.listen_ports[n % len(sim.listen_ports)]
+            transport = CoapAgentTransport("127.0.0.1", port, eid, identity=f"dev{n}", psk=psk_of(n),
                                            block_timeout=max(2.0, 4 * rtt), request_timeout=max(60.0, 40 * rtt))
         else:
             from gateway.links.mqtt import MqttConfig

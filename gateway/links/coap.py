@@ -238,8 +238,9 @@ class CoapServerConfig:
     max_uplink: int = DEFAULT_MAX_UPLINK
     # Devices fetch Block2 blocks in parallel: 1,000 devices x 32 requests arrive as one burst,
     # and a small datagram costs ~1 KB of socket buffer, so the 208 KB Linux default overflows
-    # (RcvbufErrors) at ~250 requests in flight. Capped by net.core.rmem_max.
-    receive_buffer: int = 4 * 1024 * 1024
+    # (RcvbufErrors) at ~250 requests in flight. Capped by net.core.rmem_max unless the process
+    # has CAP_NET_ADMIN.
+    receive_buffer: int = 32 * 1024 * 1024
 
 
 class CoapServer:
@@ -303,7 +304,19 @@ def _enlarge_receive_buffer(ctx: Any, size: int) -> None:
         transport = getattr(holder, "_transport", None) or getattr(holder, "transport", None)
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            set_receive_buffer(sock, size)
             found = True
     if not found:
         log.warning("could not enlarge the CoAP server's receive buffer: bursts of block requests may be dropped")
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> None:
+    """SO_RCVBUF of `size` bytes: beyond net.core.rmem_max when the process may (CAP_NET_ADMIN)."""
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    if force is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+            return
+        except PermissionError:
+            pass
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)

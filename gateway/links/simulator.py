@@ -98,8 +98,11 @@ def _big_buffers(transport: asyncio.BaseTransport) -> None:
     # not for the link (net.core.rmem_max caps it)
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024 * 1024)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", socket.SO_RCVBUF), 32 << 20)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
 
 
 def _profile(source: ProfileSource, peer: Address) -> LinkProfile:
@@ -117,17 +120,35 @@ class _Upstream(asyncio.DatagramProtocol):
         pass
 
 
+class _Listener(asyncio.DatagramProtocol):
+    def __init__(self, relay: UdpLinkSimulator) -> None:
+        self.relay = relay
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.relay._received(self, data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+
 @dataclass(eq=False)
 class _UdpFlow:
     peer: Address
     up: _Line
     down: _Line
+    listener: _Listener
     transport: asyncio.DatagramTransport | None = None
     backlog: list[bytes] = field(default_factory=list)
 
 
-class UdpLinkSimulator(asyncio.DatagramProtocol):
-    """Relay UDP datagrams from devices (to `listen_port`) to `target`, through simulated lines."""
+class UdpLinkSimulator:
+    """Relay UDP datagrams from devices (to `listen_port`, or any of `listen_ports`) to `target`,
+    through simulated lines. Several listening sockets spread a load test's bursts: a socket's
+    receive buffer holds a few thousand small datagrams at most."""
 
     def __init__(self, target: Address, profile: ProfileSource, *, host: str = "127.0.0.1",
                  seed: int | None = None) -> None:
@@ -135,19 +156,25 @@ class UdpLinkSimulator(asyncio.DatagramProtocol):
         self.host = host
         self._source = profile
         self._rng = random.Random(seed)
-        self._flows: dict[Address, _UdpFlow] = {}
-        self._transport: asyncio.DatagramTransport | None = None
+        self._flows: dict[tuple[int, Address], _UdpFlow] = {}
+        self._listeners: list[_Listener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = LinkStats()
-        self.listen_port = 0
+        self.listen_ports: list[int] = []
 
-    async def start(self) -> int:
+    @property
+    def listen_port(self) -> int:
+        return self.listen_ports[0]
+
+    async def start(self, listeners: int = 1) -> int:
         self._loop = asyncio.get_running_loop()
-        transport, _ = await self._loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, 0))
-        _big_buffers(transport)
-        self._transport = transport
-        self.listen_port = int(transport.get_extra_info("sockname")[1])
-        return self.listen_port
+        for _ in range(listeners):
+            transport, listener = await self._loop.create_datagram_endpoint(
+                lambda: _Listener(self), local_addr=(self.host, 0))
+            _big_buffers(transport)
+            self._listeners.append(listener)
+            self.listen_ports.append(int(transport.get_extra_info("sockname")[1]))
+        return self.listen_ports[0]
 
     async def close(self) -> None:
         for flow in self._flows.values():
@@ -156,9 +183,10 @@ class UdpLinkSimulator(asyncio.DatagramProtocol):
             if flow.transport is not None:
                 flow.transport.close()
         self._flows.clear()
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        for listener in self._listeners:
+            if listener.transport is not None:
+                listener.transport.close()
+        self._listeners.clear()
         await asyncio.sleep(0)
 
     async def __aenter__(self) -> UdpLinkSimulator:
@@ -174,14 +202,15 @@ class UdpLinkSimulator(asyncio.DatagramProtocol):
             return True
         return False
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def _received(self, listener: _Listener, data: bytes, addr: Any) -> None:
         assert self._loop is not None
         peer = (str(addr[0]), int(addr[1]))
-        flow = self._flows.get(peer)
+        key = (id(listener), peer)
+        flow = self._flows.get(key)
         if flow is None:
             profile = _profile(self._source, peer)
-            flow = _UdpFlow(peer, _Line(profile), _Line(profile))
-            self._flows[peer] = flow
+            flow = _UdpFlow(peer, _Line(profile), _Line(profile), listener)
+            self._flows[key] = flow
             self.stats.flows += 1
             self._loop.create_task(self._open(flow))
         self.stats.datagrams += 1
@@ -212,11 +241,11 @@ class UdpLinkSimulator(asyncio.DatagramProtocol):
         self.stats.bytes_down += len(data)
         if self._lost(flow.down.profile):
             return
-        flow.down.carry(self._loop, data, lambda d: self._send_down(flow.peer, d))
+        flow.down.carry(self._loop, data, lambda d: self._send_down(flow, d))
 
-    def _send_down(self, peer: Address, data: bytes) -> None:
-        if self._transport is not None:
-            self._transport.sendto(data, peer)
+    def _send_down(self, flow: _UdpFlow, data: bytes) -> None:
+        if flow.listener.transport is not None:
+            flow.listener.transport.sendto(data, flow.peer)
 
 
 class TcpLinkSimulator:

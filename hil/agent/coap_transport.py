@@ -27,6 +27,12 @@ from gateway.links.coap import BLOCK_SIZE, CONTENT_FORMAT_CBOR_SEQ
 SZX_1K = 6  # 2 ** (6 + 4) = 1024
 
 
+def _quiet(future: asyncio.Future[aiocoap.Message]) -> asyncio.Future[aiocoap.Message]:
+    """A response future nobody may await any more (timed out) still has its error retrieved."""
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return future
+
+
 class CoapAgentTransport:
     def __init__(self, host: str, port: int, eid: bytes, *, identity: str | None = None,
                  psk: bytes | None = None, block_timeout: float = 5.0, block_retries: int = 4,
@@ -68,7 +74,7 @@ class CoapAgentTransport:
         try:
             # shield: cancelling aiocoap's response future makes a late response raise
             # InvalidStateError inside aiocoap's receive path; left alone it is dropped quietly
-            response = await asyncio.wait_for(asyncio.shield(ctx.request(msg, handle_blockwise=False).response),
+            response = await asyncio.wait_for(asyncio.shield(_quiet(ctx.request(msg, handle_blockwise=False).response)),
                                               timeout)
             # aiocoap pools DTLS connections weakly: holding the remote keeps the session (and its
             # handshake, 3 round trips) alive from one wake-up to the next
@@ -107,7 +113,7 @@ class CoapAgentTransport:
                                   block2=BlockOption.BlockwiseTuple(number, False, SZX_1K))
             self.block_requests += 1
             if attempt == 0 and started is not None:
-                pending = asyncio.shield(ctx.request(msg, handle_blockwise=False).response)
+                pending = asyncio.shield(_quiet(ctx.request(msg, handle_blockwise=False).response))
                 await started.wait()
                 try:
                     response = await asyncio.wait_for(pending, self.block_timeout)
