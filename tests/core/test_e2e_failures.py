@@ -13,6 +13,7 @@ from gateway.core import actions as A
 from gateway.core.engine import EimEndpoint, Engine, EngineConfig
 from gateway.core.events import OperatorAction
 from gateway.links.memory import MemoryLink
+from gateway.spec import codec
 from hil.euicc import Faults, PowerLoss, SoftEuicc
 from hil.euicc.eim import eim_config_from
 from hil.pki import RspPki
@@ -98,6 +99,9 @@ async def test_smdp_unreachable_mid_download_retries_then_cancels(pki: RspPki) -
     await agent.run_session()
     assert not mid_session(card) and card.profiles == []
     assert trigger_results(rig) == ["profileDownloadError"]
+    (cancel,) = rig.smdp.cancelled
+    reason = codec.decode("CancelSessionResponse", cancel)[1]["euiccCancelSessionSigned"]["reason"]
+    assert reason == 2                                          # timeout
 
 
 async def test_eim_unreachable_leaves_packages_with_the_eim_and_nothing_runs(pki: RspPki) -> None:
@@ -204,7 +208,9 @@ async def test_operator_cancel_mid_download_cancels_on_the_euicc(pki: RspPki) ->
     rig.smdp.handle = handle  # type: ignore[method-assign]
     await agent.run_session()
     assert not mid_session(card) and card.profiles == []
-    assert len(rig.smdp.cancelled) == 1
+    (cancel,) = rig.smdp.cancelled
+    reason = codec.decode("CancelSessionResponse", cancel)[1]["euiccCancelSessionSigned"]["reason"]
+    assert reason == 0                                          # endUserRejection
     assert trigger_results(rig) == ["profileDownloadError"]
 
 

@@ -175,6 +175,8 @@ class Procedure:
         return self.state in (DONE, ERROR)
 
     def feed(self, env: Env, kind: str, payload: object = None) -> list[Output]:
+        if isinstance(payload, Failure):
+            self.ctx["failure_class"] = payload.error_class   # the cleanup may depend on it
         transition = self.TABLE.get((self.state, kind))
         if transition is None:
             return self._fail(env, f"{kind} not expected in state {self.state}")

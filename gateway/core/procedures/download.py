@@ -351,7 +351,7 @@ class Download(Procedure):
         tid = self.ctx.get("transaction_id")
         if tid is None:
             return ERROR, [Note("download", "failed", str(why)), Finish("failed", str(why))]
-        reason = "loadBppExecutionError" if self.state == LOADING else "undefinedReason"
+        reason = _cancel_reason(self.state, self.ctx.get("failure_class"))
         self.ctx["cancel_reason"] = reason
         return CANCELLING, [Note("download", "cancelling", str(why)),
                             DeviceWork((Call("CancelSession", es10.cancel_session(tid, reason)),))]
@@ -402,6 +402,20 @@ class Download(Procedure):
             told += f": {payload.detail}"
         why = self.ctx.get("error", "")
         return ERROR, [Note("cancelSession", "ok", told), Finish("cancelled", why)]
+
+
+_TIMEOUTS = frozenset({"TransportTimeout", "NetworkError", "CircuitOpen", "TransportError"})
+
+
+def _cancel_reason(state: str, failure_class: str | None) -> str:
+    """CancelSessionReason (SGP.22 §5.7.14) for a failure in `state`."""
+    if failure_class == "OperatorCancel":
+        return "endUserRejection"     # the operator stands for the end user of a headless device
+    if failure_class in _TIMEOUTS:
+        return "timeout"              # the server stayed unreachable through every retry
+    if state == LOADING:
+        return "loadBppExecutionError"
+    return "undefinedReason"
 
 
 def _bcd(digits: str) -> bytes:
