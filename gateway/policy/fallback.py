@@ -104,13 +104,30 @@ class DeviceFallback:
     @classmethod
     def from_json(cls, blob: bytes) -> DeviceFallback:
         d = _load(blob, "fallback state")
+        fields = {k: v for k, v in d.items() if k != "v"}
+        for name, kinds in _DEVICE_FIELDS.items():
+            if name in fields and not _is(fields[name], kinds):
+                raise DecodeError(f"{name} has the wrong type", type_name="fallback state")
         try:
-            out = cls(**{k: v for k, v in d.items() if k != "v"})
+            out = cls(**fields)
         except TypeError as exc:
             raise DecodeError(str(exc), type_name="fallback state") from None
         if out.state not in (NORMAL, WAITING, EXECUTING, FALLBACK, RETURNING, COOLDOWN):
             raise DecodeError(f"unknown state {out.state!r}", type_name="fallback state")
         return out
+
+
+_NUMBER = (int, float)
+_DEVICE_FIELDS: dict[str, tuple[type, ...]] = {
+    "state": (str,), "group": (str, type(None)), "failed_wakeups": (int,), "failing_since": (*_NUMBER, type(None)),
+    "since": _NUMBER, "token": (str, type(None)), "unanswered": (int,), "return_at": (*_NUMBER, type(None)),
+    "return_wait_s": (*_NUMBER, type(None)), "last_return_at": (*_NUMBER, type(None)), "falls": (int,),
+    "switches": (int,),
+}
+
+
+def _is(value: object, kinds: tuple[type, ...]) -> bool:
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
 
 
 @dataclass(slots=True)
@@ -136,10 +153,17 @@ class Wave:
     def from_json(cls, blob: bytes) -> Wave:
         d = _load(blob, "fallback wave state")
         try:
-            return cls({k: list(v) for k, v in d["inflight"].items()}, [int(s) for s in d["report_slots"]],
-                       {k: Outage(bool(o["raised"]), dict(o["recent"]), list(o["affected"]))
+            inflight = {str(k): [str(v[0]), float(v[1])] for k, v in d["inflight"].items() if len(v) == 2}
+            if len(inflight) != len(d["inflight"]):
+                raise ValueError("an in-flight entry is not [token, started_at]")
+            wave = cls(inflight, [int(s) for s in d["report_slots"]],
+                       {str(k): Outage(bool(o["raised"]), {str(e): float(t) for e, t in o["recent"].items()},
+                                       [str(e) for e in o["affected"]])
                         for k, o in d["outages"].items()})
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            for eid_hex in list(wave.inflight) + [e for o in wave.outages.values() for e in o.affected]:
+                bytes.fromhex(eid_hex)
+            return wave
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
             raise DecodeError(f"malformed: {exc}", type_name="fallback wave state") from None
 
 

@@ -59,9 +59,11 @@ class DeviceRoaming:
             if not isinstance(d, dict) or d.get("v") != 1:
                 raise ValueError("not a version 1 object")
             last = d["last"]
+            if d["home"] is not None and not (isinstance(d["home"], str) and plmn.valid(d["home"])):
+                raise ValueError("home is not a PLMN")
             return cls(d["home"], {str(k): sorted(int(x) for x in v) for k, v in d["days"].items()},
                        (int(last[0]), str(last[1])) if last else None, [str(a) for a in d["alarmed"]])
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError, OverflowError) as exc:
             raise DecodeError(f"malformed: {exc}", type_name="roaming state") from None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class Backend:
         self.reports: list[ReportStateChange] = []
         self.decisions: list[PolicyDecision] = []
         self.peak_inflight = 0
+        self.hooks = HOOKS
 
     async def registry(self, eid: bytes) -> RegistryView:
         d = self.store.devices.require(eid)
@@ -81,7 +83,7 @@ class Backend:
                     self.store.audit.append(time=now, eid=d.eid, operation=d.operation, result=d.result,
                                             detail=dict(d.detail), iccid=d.iccid)
                 elif isinstance(d, EmitEvent):
-                    enqueue_event(self.store, d, HOOKS, gateway_id="gw-test", now=now)
+                    enqueue_event(self.store, d, self.hooks, gateway_id="gw-test", now=now)
                 elif isinstance(d, SavePolicyState):
                     self.states[(d.eid, d.kind)] = d.blob
         self.reports += [d for d in decisions if isinstance(d, ReportStateChange)]
@@ -279,3 +281,62 @@ async def test_carrier_outage_500_agents_one_alarm_and_the_eim_hears_one_state_c
     backend.send_due_reports()
     changes = state_changes(eim)
     assert len(changes) == 500 and len({bytes(c["eidValue"]) for c in changes}) == 500  # type: ignore[arg-type]
+
+
+async def test_roaming_alarm_at_day_90_reaches_a_https_webhook_receiver_with_a_valid_hmac(
+        pki: RspPki, store: Store, free_tcp_port: int) -> None:
+    """A device on a Brazilian network every day: on day 90 of 120 the alarm is raised and the
+    roaming.threshold event reaches the receiver, signed; the receiver was down at first."""
+    import time
+
+    from gateway.backhaul.inject_server import server_ssl_context
+    from gateway.config.policies import RoamingCountry, RoamingPolicy
+    from gateway.policy import RaiseAlarm
+    from gateway.policy.webhooks import WebhookDispatcher, WebhookSender
+    from gateway.store import AsyncStore
+    from policy_support import SECRET, FakeClock, Receiver
+
+    eim = MiniEim(pki)
+    card = card_with_fallback_profile(pki, eim)
+    rig = EngineRig(Engine(EngineConfig(eims=(EimEndpoint(eim.eim_id, eim.fqdn),), seed=7)),
+                    MiniSmdp(pki, address="smdp.example"), eim)
+    rig.now = time.time()
+    roaming = RoamingPolicy(enabled=True, home_plmns=("26201",),
+                            countries=types.MappingProxyType({"724": RoamingCountry(90, 120)}))
+    backend = Backend(store, rig)
+    receiver = Receiver(server_ssl_context(str(pki.eim_tls.cert_path), str(pki.eim_tls.key_path)), free_tcp_port,
+                        FakeClock(0.0))
+    backend.hooks = WebhooksPolicy(urls=(receiver.url,), ca_file=pki.tls_ca.cert_path, events=("roaming.threshold",))
+    gate = backend.gate = PolicyGate(rig, Policies(PoliciesSection(roaming=roaming)), backend, clock=lambda: rig.now)
+    store.devices.register(card.eid, "coap", "tracker-1", now=rig.now)
+    agent, _ = make_agent(MemoryLink(gate), card, imei=IMEI, plmn="72405")
+    start = rig.now
+    for day in range(90):
+        rig.now = start + day * 86_400.0
+        raised = len([d for d in backend.decisions if isinstance(d, RaiseAlarm)])
+        assert (await agent.run_session()).error is None
+        assert raised == 0, f"alarm before day 90 (day {day})"
+    [alarm] = [d for d in backend.decisions if isinstance(d, RaiseAlarm)]
+    assert alarm.alarm.kind == "roaming-exposure" and dict(alarm.alarm.detail)["days"] == 90
+    assert gate.policies.roaming.exposure(card.eid, rig.now)["724"]["alarm"] is True
+
+    store.close()   # the webhook side uses the same database file through its own thread
+    receiver.clock.now = rig.now
+    async with await AsyncStore.open(store.path) as astore:
+        async with WebhookSender(backend.hooks, SECRET, clock=lambda: rig.now) as sender:
+            dispatcher = WebhookDispatcher(astore, sender, clock=lambda: rig.now)
+            wake = await dispatcher.step()          # receiver down
+            assert receiver.received == [] and wake is not None
+            await receiver.start()
+            try:
+                for _ in range(10):
+                    if wake is None:
+                        break
+                    rig.now = max(rig.now, wake)
+                    receiver.clock.now = rig.now
+                    wake = await dispatcher.step()
+            finally:
+                await receiver.stop()
+    assert [body["type"] for _, body in receiver.received] == ["roaming.threshold"]
+    assert receiver.bad_signatures == 0
+    assert receiver.received[0][1]["data"]["days"] == 90
