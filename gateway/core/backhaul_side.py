@@ -39,7 +39,7 @@ class BackhaulSide(Turn):
         N.move(d, "send", N.SENDING)
         self.send(DELIVERY, N.request_of(d), self.config.delivery_backoff.max_attempts, int(d["attempt"]))
 
-    def poll(self, eim_id: str, state_changed: bool) -> None:
+    def poll(self, eim_id: str, state_changed: bool, cause: str | None = None) -> None:
         s = self.s
         if any(r["owner"] == POLL and r["server"] == eim_id for r in s.requests.values()):
             return
@@ -48,7 +48,7 @@ class BackhaulSide(Turn):
         if s.retries.pop(waiting, None) is not None:     # polling now replaces the retry
             s.timers.pop(waiting, None)
             self.out.append(A.CancelTimer(s.eid, waiting))
-        body = P.get_eim_package_request(s.eid, s.plmn, state_changed)
+        body = P.get_eim_package_request(s.eid, s.plmn, state_changed, cause)
         self.send(POLL, Request(tag, "esipa", eim_id, "GetEimPackage", body),
                   self.config.poll_backoff.max_attempts)
 

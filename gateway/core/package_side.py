@@ -186,8 +186,9 @@ class PackageSide(Turn):
         elif kind == OPERATOR_REREAD_EIM:
             s.want_discover = True
         elif kind == OPERATOR_POLL:
+            # args "cause": a state change the eIM did not order (SGP.32 stateChangeCause)
             for eim in s.eims or []:
-                self.poll(str(eim["eimId"]), False)
+                self.poll(str(eim["eimId"]), False, args.get("cause"))
         elif kind == OPERATOR_CANCEL and s.proc is not None:
             if s.in_flight is not None and any(o == PROC for o, _ in s.in_flight["owners"]):
                 s.cancel_requested = True   # its batch is on the device: cancel when it answers

@@ -115,11 +115,20 @@ def plmn_bytes(plmn: str) -> bytes | None:
     return bytes([d[1] << 4 | d[0], mnc3 << 4 | d[2], m[1] << 4 | m[0]])
 
 
-def get_eim_package_request(eid: bytes, plmn: str | None, state_changed: bool) -> bytes:
+STATE_CHANGE_CAUSES = {  # StateChangeCause, SGP.32 v1.2
+    "otherEim": 0, "fallback": 1, "emergencyProfile": 2, "local": 3, "reset": 4,
+    "immediateEnableProfile": 5, "deviceChange": 6, "undefined": 127,
+}
+
+
+def get_eim_package_request(eid: bytes, plmn: str | None, state_changed: bool,
+                            cause: str | None = None) -> bytes:
     """ESipa GetEimPackageRequest (SGP.32 v1.2 §6.3), DER of EsipaMessageFromIpaToEim."""
     value: dict[str, Any] = {"eidValue": eid}
-    if state_changed:
+    if state_changed or cause is not None:
         value["notifyStateChange"] = None
+        if cause is not None:
+            value["stateChangeCause"] = STATE_CHANGE_CAUSES.get(cause, 127)
         rplmn = plmn_bytes(plmn or "")
         if rplmn is not None:
             value["rPLMN"] = rplmn

@@ -97,7 +97,7 @@ class Turn:
     def send_delivery(self, d: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def poll(self, eim_id: str, state_changed: bool) -> None:
+    def poll(self, eim_id: str, state_changed: bool, cause: str | None = None) -> None:
         raise NotImplementedError
 
     def drop_requests(self, owner: str) -> None:

@@ -160,3 +160,29 @@ async def test_contact_default_smdp_uses_the_address_set_on_the_euicc(pki: RspPk
     await agent.run_session()
     assert [p.iccid for p in card.profiles] == [ICCID]
     assert {a.smdp_address for a in rig.of(A.PostEs9) if isinstance(a, A.PostEs9)} == {"smdp.example"}
+
+
+async def test_twenty_devices_download_concurrently_without_disturbing_each_other(pki: RspPki) -> None:
+    import asyncio
+
+    from hil import rspcrypto
+    from hil.euicc import Faults
+    smdp, eim = MiniSmdp(pki), MiniEim(pki)
+    rig = EngineRig(Engine(EngineConfig(eims=(EimEndpoint(eim.eim_id, eim.fqdn),), seed=9)), smdp, eim)
+    link = MemoryLink(rig)
+    cards = []
+    for n in range(20):
+        eid = bytes.fromhex(rspcrypto.eid_with_check_digits(f"890490320000000000077{n:09d}"))
+        faults = Faults(sw_on_command={30: 0x6F00}) if n == 0 else None   # one device's eUICC glitches
+        card = SoftEuicc(pki, eid, faults=faults)
+        card.state.eims.append(eim_config_from(card, eim.initial_eim()))
+        card.commit()
+        cards.append(card)
+        eim.queue_trigger(eid, "1$smdp.example$M", bytes([n]))
+    agents = [make_agent(link, c)[0] for c in cards]
+    reports = await asyncio.gather(*(a.run_session() for a in agents))
+    assert all(r.error is None for r in reports)
+    assert cards[0].profiles == [] and not cards[0].session_open
+    assert all([p.iccid for p in c.profiles] == [ICCID] and not c.notifications for c in cards[1:])
+    assert len(rig.eim.results) == 20 and len(rig.engine.sessions) == 20
+    assert {link.counters(c.eid).batches for c in cards[1:]} == {5}

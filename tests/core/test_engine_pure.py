@@ -236,3 +236,14 @@ def test_each_eim_poll_retries_on_its_own_timer_and_a_wake_polls_at_once() -> No
     out = eng.handle(hello(now=1.5))                    # the device wakes before the retries
     assert sorted(p.eim_id for p in posts(out)) == ["eim-1", "eim-2"]
     assert len([a for a in out if isinstance(a, A.CancelTimer)]) == 2
+
+
+def test_operator_poll_reports_a_state_change_cause() -> None:
+    eng = engine()
+    (poll,) = posts(eng.handle(hello()))
+    eng.handle(E.BackhaulAnswered(EID, 0.1, poll.request_id, NO_PACKAGE))
+    out = eng.handle(E.OperatorAction(EID, 1.0, E.OPERATOR_POLL, (("cause", "fallback"),)))
+    (again,) = posts(out)
+    _, value = esipa.decode_from_ipa(again.body)
+    assert "notifyStateChange" in value and value["stateChangeCause"] == 1
+    assert value["rPLMN"] == bytes.fromhex("62F210")
