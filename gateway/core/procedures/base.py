@@ -16,9 +16,11 @@ or a handler raising a `GatewayError` (a malformed answer, a refused request), i
 *failure*: if the table has a (state, FAILURE) row, its handler cleans up (CancelSession
 after AuthenticateServer) and leads where that row allows; otherwise the machine goes to
 `ERROR` and `on_error` says what to report (an error result for the eIM). A handler
-returning a state its row does not allow is a bug (LocalProtocolError). Handlers return outputs for the session: `DeviceWork` (ES10b calls),
-`Request` (one backhaul call, answered later with the same tag), `Finish`, `Note` (audit),
-`Retry` (an answer carried a transient error: same state, the request goes again later).
+returning a state its row does not allow is a bug (LocalProtocolError).
+
+Handlers return outputs for the session: `DeviceWork` (ES10b calls), `Request` (one
+backhaul call, answered later with the same tag), `Finish`, `Note` (audit), `Retry` (an
+answer carried a transient error: same state, the request goes again later).
 """
 
 from __future__ import annotations
