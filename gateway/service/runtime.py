@@ -102,7 +102,8 @@ class Backhaul(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RuntimeOptions:
-    exchange_timeout_s: float = 30.0   # longest an uplink waits for the engine's downlink
+    exchange_timeout_s: float = 50.0   # longest an uplink waits for the engine's downlink (under the
+                                       # reference agent's 60 s MQTT timeout: it gets Idle, not silence)
     busy_retry_s: int = 30             # Idle the device gets when that wait runs out
     stopping_retry_s: int = 60         # Idle the device gets while the daemon drains
 

@@ -64,7 +64,7 @@ from gateway.service.api import ApiServer
 from gateway.service.logging import RedactingFilter, log_fields, setup_logging
 from gateway.service.metrics import GatewayMetrics
 from gateway.service.notify import Notifier
-from gateway.service.runtime import Clock, HttpBackhaul, Runtime, RuntimeOptions
+from gateway.service.runtime import INBOX_KIND_EIM_PACKAGE, Clock, HttpBackhaul, Runtime, RuntimeOptions
 from gateway.store import AsyncStore, LinkIdentityTaken, OutboxDrainer, OutboxEntry, Outcome, Store, StoreOptions
 from gateway.store.breaker import BreakerPolicy
 from gateway.store.outbox import OutboxLimits
@@ -236,6 +236,7 @@ class Daemon:
                 resumed = self.engine.resume(self.clock())
                 await self.runtime.apply(resumed, self.clock())
                 log.info("resumed %d sessions (%d actions)", len(sessions), len(resumed))
+            await self._refeed_inbox()
 
             for sig, handler in ((signal.SIGTERM, self.stop_event.set), (signal.SIGINT, self.stop_event.set),
                                  (signal.SIGHUP, self._on_sighup)):
@@ -264,6 +265,17 @@ class Daemon:
                     task.cancel()
         log.info("stopped")
         return EXIT_OK
+
+    async def _refeed_inbox(self) -> None:
+        """Pushed packages persisted (and acknowledged) but not yet run go to the engine again; it
+        refuses as a duplicate any it already holds in a restored session."""
+        entries = await self.astore.run(lambda s: [e for eid in s.inbox.eids_with_work() for e in s.inbox.pending(eid)])
+        for entry in entries:
+            if entry.state == "queued" and entry.kind == INBOX_KIND_EIM_PACKAGE and entry.payload:
+                await self.runtime.feed(EimPackageReceived(eid=entry.eid, now=self.clock(), eim_id=entry.origin or "",
+                                                           raw=entry.payload, via="push", key=entry.key))
+        if entries:
+            log.info("%d inbox entries waiting for their devices", len(entries))
 
     async def _close_store(self) -> None:
         try:

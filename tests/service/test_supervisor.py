@@ -292,3 +292,27 @@ async def test_policies_sit_in_front_of_the_runtime_a_moved_card_is_quarantined(
     finally:
         await transport.close()
         assert stop_daemon(daemon) == 0
+
+
+async def test_a_pushed_package_persisted_before_a_crash_reaches_the_engine_at_the_next_start(workdir: Path) -> None:
+    lay = layout(workdir, [1])
+    eid = make_eid(1)
+    package = {"euiccPackageSigned": {"eimId": "eim.test", "eidValue": eid, "counterValue": 1,
+                                      "eimTransactionId": b"\x0c\x0d",
+                                      "euiccPackage": ("psmoList", [("listProfileInfo", {})])},
+               "eimSignature": bytes(64)}
+    body = codec.encode("TransferEimPackageRequest", ("euiccPackageRequest", package))
+    lay.db.parent.mkdir(parents=True)
+    with Store.open(lay.db) as store:      # what the inject endpoint committed before the crash
+        store.devices.register(eid, "coap", "dev1", now=1.0)
+        store.inbox.enqueue(eid, "eim:eim.test/tx:0c0d", "eim-package", body, origin="eim.test", now=1.0)
+    daemon = start_daemon(lay)
+    try:
+        daemon.wait_notify("READY=1")
+        await wait_for_socket(lay.socket_path)
+        status, device = await daemon.get(f"/v1/devices/{eid.hex()}")
+        assert any(r["operation"] == "eimPackage" and "push" in json.dumps(r["detail"]) for r in device["audit"]), \
+            device["audit"]
+        assert device["session"] is not None
+    finally:
+        assert stop_daemon(daemon) == 0
