@@ -49,6 +49,9 @@ How the runtime and the engine take the decisions (the wiring contract):
                           with GetEimPackage carrying notifyStateChange, stateChangeCause =
                           `cause` and rPLMN = `rplmn` or, when None, the device's last reported
                           serving PLMN. Once per token: the report is the state change.
+   A report is sent once: after the eIM answered its GetEimPackage, the runtime calls
+   `policies.report_sent(eid, token, now)` and applies the result; at start-up, after every
+   `restore`, it applies `policies.resume(now)` (the reports decided but not yet sent).
 3. `policies.tick(now)` every minute or so (frees fallback slots of vanished devices), and
    `policies.alarms.queue_level(outbox.usage().level, ...)` after outbox writes; apply the
    results as in 2.

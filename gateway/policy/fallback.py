@@ -92,13 +92,14 @@ class DeviceFallback:
     last_return_at: float | None = None
     falls: int = 0
     switches: int = 0
+    report: list[Any] | None = None   # [token, at, cause] of the state-change report not yet sent
 
     def to_json(self) -> bytes:
         return json.dumps({"v": 1, "state": self.state, "group": self.group, "failed_wakeups": self.failed_wakeups,
                            "failing_since": self.failing_since, "since": self.since, "token": self.token,
                            "unanswered": self.unanswered, "return_at": self.return_at,
                            "return_wait_s": self.return_wait_s, "last_return_at": self.last_return_at,
-                           "falls": self.falls, "switches": self.switches},
+                           "falls": self.falls, "switches": self.switches, "report": self.report},
                           sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -114,6 +115,9 @@ class DeviceFallback:
             raise DecodeError(str(exc), type_name="fallback state") from None
         if out.state not in (NORMAL, WAITING, EXECUTING, FALLBACK, RETURNING, COOLDOWN):
             raise DecodeError(f"unknown state {out.state!r}", type_name="fallback state")
+        if out.report is not None and not (len(out.report) == 3 and isinstance(out.report[0], str)
+                                           and _is(out.report[1], _NUMBER) and _is(out.report[2], (int,))):
+            raise DecodeError("report is not [token, at, cause]", type_name="fallback state")
         return out
 
 
@@ -122,7 +126,7 @@ _DEVICE_FIELDS: dict[str, tuple[type, ...]] = {
     "state": (str,), "group": (str, type(None)), "failed_wakeups": (int,), "failing_since": (*_NUMBER, type(None)),
     "since": _NUMBER, "token": (str, type(None)), "unanswered": (int,), "return_at": (*_NUMBER, type(None)),
     "return_wait_s": (*_NUMBER, type(None)), "last_return_at": (*_NUMBER, type(None)), "falls": (int,),
-    "switches": (int,),
+    "switches": (int,), "report": (list, type(None)),
 }
 
 
@@ -286,6 +290,29 @@ class Fallbacks:
         self._save(eid, device, before, wave_before, out)
         return out
 
+    def report_sent(self, eid: bytes, token: str, now: float) -> list[PolicyDecision]:
+        """The eIM answered the GetEimPackage that carried report `token`: it is not sent again."""
+        device = self.devices.get(eid)
+        if device is None or device.report is None or device.report[0] != token:
+            return []
+        device.report = None
+        return [AuditPolicy(eid, "stateChangeReported", "ok", (("token", token),)),
+                SavePolicyState(eid, "fallback", device.to_json())]
+
+    def resume(self, now: float) -> list[PolicyDecision]:
+        """After `restore` at start-up: the reports that were decided but never confirmed sent,
+        each at its planned time, or spread again from now when that time has passed."""
+        out: list[PolicyDecision] = []
+        for eid, device in sorted(self.devices.items()):
+            if device.report is None:
+                continue
+            token, at, cause = device.report
+            when = float(at) if float(at) > now else self._report_slot(now)
+            out.append(ReportStateChange(eid, int(cause), None, when, str(token)))
+        if out:
+            out.append(SavePolicyState(b"", "wave", self.wave.to_json()))
+        return out
+
     def tick(self, now: float) -> list[PolicyDecision]:
         """Periodic (the runtime calls it every minute or so): frees slots of vanished devices."""
         out: list[PolicyDecision] = []
@@ -353,7 +380,7 @@ class Fallbacks:
         self._move(device, FALLBACK, now)
         at = self._report_slot(now)
         out.append(AuditPolicy(eid, EXECUTE_FALLBACK, "ok", (("return_at", device.return_at), ("report_at", at))))
-        out.append(ReportStateChange(eid, STATE_CHANGE_CAUSE_FALLBACK, None, at, f"sc:{eid.hex()}:{device.switches}"))
+        out.append(self._report(eid, device, at))
         out.append(EmitEvent(f"fallback.executed:{eid.hex()}:{device.switches}", "fallback.executed", now, eid,
                              (("group", device.group), ("return_at", device.return_at))))
 
@@ -366,8 +393,7 @@ class Fallbacks:
                                (("returnFromFallbackResult", result),)))
         if result == RESULT_OK:
             at = self._report_slot(now)
-            out.append(ReportStateChange(eid, STATE_CHANGE_CAUSE_FALLBACK, None, at,
-                                         f"sc:{eid.hex()}:{device.switches}"))
+            out.append(self._report(eid, device, at))
         out.append(EmitEvent(f"fallback.returned:{eid.hex()}:{device.switches}", "fallback.returned", now, eid,
                              (("group", device.group), ("result", result))))
         self._outage_recovered(eid, device.group, now, out)
@@ -386,6 +412,12 @@ class Fallbacks:
             device.return_at = now + policy.return_after_s
             self._move(device, FALLBACK, now, keep_since=True)
             out.append(AuditPolicy(eid, RETURN_FROM_FALLBACK, "failed", (("reason", why), ("retry_at", device.return_at))))
+
+    @staticmethod
+    def _report(eid: bytes, device: DeviceFallback, at: float) -> ReportStateChange:
+        token = f"sc:{eid.hex()}:{device.switches}"
+        device.report = [token, at, STATE_CHANGE_CAUSE_FALLBACK]
+        return ReportStateChange(eid, STATE_CHANGE_CAUSE_FALLBACK, None, at, token)
 
     def _move(self, device: DeviceFallback, state: str, now: float, *, keep_since: bool = False) -> None:
         device.state = state

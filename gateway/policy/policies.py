@@ -72,6 +72,14 @@ class Policies:
     def tick(self, now: float) -> list[PolicyDecision]:
         return self.fallbacks.tick(now)
 
+    def report_sent(self, eid: bytes, token: str, now: float) -> list[PolicyDecision]:
+        """A `ReportStateChange` reached the eIM (it answered the GetEimPackage)."""
+        return self.fallbacks.report_sent(eid, token, now)
+
+    def resume(self, now: float) -> list[PolicyDecision]:
+        """At start-up, after every `restore`: the state-change reports still to send."""
+        return self.fallbacks.resume(now)
+
     def gauges(self) -> dict[str, dict[str, int]]:
         """For the metrics endpoint: devices per fallback state, switches in flight, alarms
         by kind, devices with a roaming-exposure alarm."""

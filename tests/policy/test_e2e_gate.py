@@ -94,6 +94,9 @@ class Backend:
             self.rig.now = max(self.rig.now, report.at)
             assert self.gate is not None
             body = self.rig.eim.handle(self.gate.report_request(report))
+            for d in self.gate.policies.report_sent(report.eid, report.token, self.rig.now):
+                if isinstance(d, SavePolicyState):
+                    self.states[(d.eid, d.kind)] = d.blob
             kind, _ = esipa.decode_response("GetEimPackage", body)
             if kind != "eimPackageError":
                 self.rig.run([EimPackageReceived(report.eid, self.rig.now, self.rig.eim.eim_id, body, "poll")])

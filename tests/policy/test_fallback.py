@@ -300,3 +300,32 @@ def test_fallbacks_disabled_decide_nothing() -> None:
     d = eid(15)
     for i in range(10):
         assert of(RunEs10, f.observe(d, failing(d, failures=10), T0 + i, group=None)) == []
+
+
+def test_a_report_not_yet_sent_survives_a_restart_and_is_sent_once() -> None:
+    p = Policies(config(attach_failures=1, failed_wakeups=0), rand=random.Random(9).random)
+    d = eid(16)
+    saved: dict[tuple[bytes, str], bytes] = {}
+
+    def keep(decisions: list[PolicyDecision]) -> list[PolicyDecision]:
+        saved.update({(s.eid, s.kind): s.blob for s in of(SavePolicyState, decisions)})
+        return decisions
+
+    run = of(RunEs10, keep(wake(p, d, failing(d), T0)))[0]
+    [report] = of(ReportStateChange, keep(p.on_es10_result(d, run.token, ok_response(EXECUTE_FALLBACK), T0 + 1)))
+    # the gateway restarts before the report's time: the report comes back, at its time
+    q = Policies(config(attach_failures=1, failed_wakeups=0), rand=random.Random(9).random)
+    for (e, kind), blob in saved.items():
+        q.restore(e, kind, blob)
+    [again] = of(ReportStateChange, keep(q.resume(T0 + 2)))
+    assert (again.token, again.at) == (report.token, report.at)
+    # restarted long after it: re-spread from now
+    [late] = of(ReportStateChange, q.resume(report.at + 3600))
+    assert late.token == report.token and late.at >= report.at + 3600
+    # once sent, never again
+    keep(q.report_sent(d, report.token, T0 + 700))
+    assert q.report_sent(d, report.token, T0 + 701) == []
+    r = Policies(config(attach_failures=1, failed_wakeups=0), rand=random.Random(9).random)
+    for (e, kind), blob in saved.items():
+        r.restore(e, kind, blob)
+    assert of(ReportStateChange, r.resume(T0 + 800)) == []
