@@ -82,7 +82,8 @@ def test_delivery_table_refuses_removal_before_acknowledgement() -> None:
 
 
 def _call(n: int, size: int = 100, segment: bool = False) -> Call:
-    return Call(f"c{n}", b"\x30" + bytes([size - 2]) + bytes(size - 2), segment)
+    from gateway.spec import tlv
+    return Call(f"c{n}", tlv.header(0x04, size) + bytes(size), segment)
 
 
 def test_plan_folds_parts_in_order_into_one_batch_on_the_isd_r() -> None:
@@ -175,3 +176,37 @@ def test_an_unreadable_notification_does_not_hide_the_others(pki: RspPki) -> Non
     assert [(n.seq_number, n.event, n.address) for n in found.notifications] == [
         (5, "enable", "smdp.example"), (6, "enable", "smdp.example")]
     assert found.unreadable == [b"\x30\x03\x02\x01\x00"]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(3, 600), min_size=1, max_size=30), st.lists(st.integers(3, 300), max_size=5),
+       st.one_of(st.none(), st.integers(50, 5000)), st.integers(16, 255))
+def test_plan_keeps_every_call_in_order_within_budget(sizes: list[int], extra: list[int],
+                                                      budget: int | None, segment: int) -> None:
+    proc = Part("proc", tuple(_call(i, n, segment=True) for i, n in enumerate(sizes)), "uicc-reset")
+    notif = Part("notif", tuple(_call(100 + i, n) for i, n in enumerate(extra)))
+    parts = [proc] + ([notif] if extra else [])
+    sent: list[str] = []
+    batches = 0
+    while parts:
+        planned = plan(parts, batches, segment_size=segment, max_batch_bytes=budget)
+        batches += 1
+        steps = planned.batch.steps
+        assert steps, "a batch always carries a call"
+        if budget is not None and len(steps) > 1:
+            from gateway.core.planner import BATCH_OVERHEAD, step_size
+            assert BATCH_OVERHEAD + sum(step_size(s) for s in steps) <= budget
+        for owner, count in planned.owners:
+            part = next(p for p in parts if p.owner == owner)
+            sent += [c.name for c in part.calls[:count]]
+        last_proc_sent = not any(p.owner == "proc" for p in planned.leftover) and any(
+            o == "proc" for o, _ in planned.owners)
+        assert (planned.batch.refresh == "uicc-reset") == last_proc_sent
+        parts = list(planned.leftover)
+        assert batches <= len(sizes) + len(extra)
+    assert sorted(sent) == sorted([f"c{i}" for i in range(len(sizes))] + [f"c{100 + i}" for i in range(len(extra))])
+    assert [n for n in sent if int(n[1:]) < 100] == [f"c{i}" for i in range(len(sizes))]
