@@ -57,9 +57,13 @@ class _Compiled:
         files = resources.files("gateway.spec") / "asn1"
         texts = [(files / name).read_text(encoding="utf-8") for name in _ASN_FILES]
         self.parsed: dict[str, Any] = asn1tools.parse_string("\n".join(texts))
-        self.spec: Any = asn1tools.compile_dict(self.parsed, "der")
+        # Two codecs from one parse: asn1tools' DER codec encodes (canonical output); its BER
+        # codec decodes (indefinite lengths, and it stops on an element of the wrong tag in a
+        # SEQUENCE OF, where the DER codec's decoder loops forever without consuming input).
+        self.encoder: Any = asn1tools.compile_dict(self.parsed, "der")
+        self.decoder: Any = asn1tools.compile_dict(self.parsed, "ber")
         self.asn1_error: type[Exception] = asn1tools.Error
-        self.fixup: dict[tuple[str, str], bool] = {}
+        self.fixup: dict[tuple[tuple[str, str], frozenset[str]], bool] = {}
 
 
 _lock = threading.Lock()
@@ -169,28 +173,31 @@ def _locate(module: str, name: str) -> tuple[str, str]:
     raise LocalProtocolError(f"type {name!r} referenced in {module} is not defined")
 
 
-def _needs_fixup(t: AsnType) -> bool:
-    """Does a value of `t` contain a Certificate or an open type (whose bytes need care)?"""
+_FIXUP_KINDS = frozenset({"Certificate", "ANY", "ANY DEFINED BY"})
+_DECODE_CHECK_KINDS = _FIXUP_KINDS | {"CHOICE"}
+
+
+def _needs_fixup(t: AsnType, kinds: frozenset[str] = _FIXUP_KINDS) -> bool:
+    """Does a value of `t` contain a node of one of `kinds` (Certificate, open type, CHOICE)?"""
     cache = _get().fixup
 
     def visit(node: AsnType, stack: frozenset[tuple[str, str]]) -> bool:
         key = (node.module, node.name) if node.name else None
-        if key is not None and key in cache:
-            return cache[key]
-        if node.kind in ("Certificate", "ANY", "ANY DEFINED BY"):
-            result = True
-        elif key is not None and key in stack:
+        if key is not None and (key, kinds) in cache:
+            return cache[(key, kinds)]
+        if node.kind in kinds:
+            return True
+        if key is not None and key in stack:
             return False
+        inner = stack | {key} if key else stack
+        if node.kind in ("SEQUENCE", "SET", "CHOICE"):
+            result = any(visit(m, inner) for _, m, _ in node.members())
+        elif node.kind in ("SEQUENCE OF", "SET OF"):
+            result = visit(node.element(), inner)
         else:
-            inner = stack | {key} if key else stack
-            if node.kind in ("SEQUENCE", "SET", "CHOICE"):
-                result = any(visit(m, inner) for _, m, _ in node.members())
-            elif node.kind in ("SEQUENCE OF", "SET OF"):
-                result = visit(node.element(), inner)
-            else:
-                result = False
+            result = False
         if key is not None:
-            cache[key] = result
+            cache[(key, kinds)] = result
         return result
 
     return visit(t, frozenset())
@@ -204,7 +211,9 @@ def _compiled_type(type_name: str, for_decode: bool) -> tuple[Any, AsnType]:
         if for_decode:
             raise DecodeError(message, type_name=type_name) from None
         raise LocalProtocolError(message) from None
-    return _get().spec.modules[module][name], _named(module, name)
+    c = _get()
+    spec = c.decoder if for_decode else c.encoder
+    return spec.modules[module][name], _named(module, name)
 
 
 def encode(type_name: str, value: Any) -> bytes:
@@ -237,7 +246,7 @@ def decode(type_name: str, data: bytes) -> Any:
                           offset=offset if isinstance(offset, int) else None) from exc
     if length != len(data):
         raise DecodeError(f"{len(data) - length} trailing bytes", type_name=type_name, offset=length)
-    if _needs_fixup(t):
+    if _needs_fixup(t, _DECODE_CHECK_KINDS):
         value = _from_asn1tools(t, value, type_name)
     return value
 
@@ -285,7 +294,7 @@ def _from_asn1tools(t: AsnType, value: Any, where: str) -> Any:
 
 
 def _map(t: AsnType, value: Any, where: str, *, outbound: bool) -> Any:
-    if not _needs_fixup(t):
+    if not _needs_fixup(t, _FIXUP_KINDS if outbound else _DECODE_CHECK_KINDS):
         return value
     kind = t.kind
     if kind == "Certificate":
@@ -308,6 +317,9 @@ def _map(t: AsnType, value: Any, where: str, *, outbound: bool) -> Any:
         if not (isinstance(value, tuple) and len(value) == 2):
             return value
         alternative, inner = value
+        if alternative is None and not outbound:
+            # asn1tools yields (None, None) for an alternative added by a later version
+            raise DecodeError("CHOICE alternative unknown to this version", type_name=where)
         for name, member, _ in t.members():
             if name == alternative:
                 return (name, _map(member, inner, f"{where}.{name}", outbound=outbound))
