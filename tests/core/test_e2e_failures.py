@@ -236,3 +236,22 @@ async def test_a_malformed_smdp_answer_ends_the_download_cleanly(pki: RspPki, fu
     assert report.error is None and not mid_session(card) and card.profiles == []
     assert trigger_results(rig) == ["profileDownloadError"]
     assert len(rig.smdp.cancelled) == (0 if function == "initiateAuthentication" else 1)
+
+
+PACKAGE_COMMANDS = 18   # APDUs the card receives for one clean EuiccPackageRequest session
+
+
+@pytest.mark.parametrize("n", range(1, PACKAGE_COMMANDS + 1))
+async def test_euicc_error_status_at_any_command_of_a_package_gives_exactly_one_result(pki: RspPki, n: int) -> None:
+    rig, link, card = setup(pki, Faults(sw_on_command={n: 0x6F00}))
+    rig.eim.queue_package(card.eid, rig.eim.euicc_package_request(card.eid, [("getRAT", {})], b"\x30"))
+    agent, _ = make_agent(link, card)
+    await agent.run_session()
+    await agent.run_session()
+    ((kind, value),) = rig.eim.results_of()            # exactly one result
+    ran = card.state.eims[0].counter == 1
+    if kind == "euiccPackageResult":
+        assert ran and value[0] == "euiccPackageResultSigned"
+    else:
+        assert kind == "eimPackageResultResponseError" and not ran
+    assert card.notifications == []                   # the kept result was removed after the ack
