@@ -390,14 +390,21 @@ class Runtime:
         except TimeoutError:
             return False
 
+    def release_pending(self) -> int:
+        """Answer every device still waiting with Idle (stopping); how many there were."""
+        released = 0
+        for future in self._pending.values():
+            if not future.done():
+                future.set_result(Idle(self.options.stopping_retry_s))
+                released += 1
+        return released
+
     async def close(self) -> None:
         """Cancel whatever is left (after `drain`)."""
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        for future in self._pending.values():
-            if not future.done():
-                future.set_result(Idle(self.options.stopping_retry_s))
+        self.release_pending()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

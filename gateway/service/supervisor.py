@@ -261,6 +261,8 @@ class Daemon:
                 if not drained:
                     log.warning("in-flight work did not finish within %.0f s: cancelling %d tasks",
                                 cfg.gateway.shutdown_grace_s, self.runtime.inflight)
+                    if self.runtime.release_pending():
+                        await asyncio.sleep(0.2)   # let the links carry those Idle downlinks out
                 for task in loops:
                     task.cancel()
         log.info("stopped")

@@ -9,9 +9,11 @@ import dataclasses
 import json
 import re
 import signal
+import socket
 import sqlite3
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -316,3 +318,37 @@ async def test_a_pushed_package_persisted_before_a_crash_reaches_the_engine_at_t
         assert device["session"] is not None
     finally:
         assert stop_daemon(daemon) == 0
+
+
+async def test_sigterm_with_a_backhaul_that_hangs_drains_within_the_grace_and_idles_the_waiting_device(
+        workdir: Path, pki: RspPki) -> None:
+    silent = socket.create_server(("127.0.0.1", 0))          # accepts TCP, never speaks TLS
+    port = silent.getsockname()[1]
+    lay = layout(workdir, [1], extra=f'[northbound]\neim_fqdn = "127.0.0.1"\neim_port = {port}\n')
+    lay.config.write_text(lay.config.read_text().replace("shutdown_grace_s = 5.0", "shutdown_grace_s = 1.0"))
+    eid = make_eid(1)
+    daemon = start_daemon(lay)
+    transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
+    try:
+        daemon.wait_notify("READY=1")
+        await wait_for_socket(lay.socket_path)
+        agent = Agent(Agent.make_status(eid), SoftEuicc(pki, eid), transport)
+        session = asyncio.create_task(agent.run_session())
+        for _ in range(200):
+            status, body = await daemon.get("/v1/sessions")
+            if body["pending_exchanges"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert body["pending_exchanges"] == 1                 # waiting on GetEimPackage to the silent eIM
+        began = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        report = await asyncio.wait_for(session, 20)
+        assert report.idle_after_s == 60 and report.error is None   # come back later, not an error
+        assert await asyncio.to_thread(daemon.process.wait, 20) == 0
+        assert time.monotonic() - began < 8
+    finally:
+        await transport.close()
+        stop_daemon(daemon)
+        silent.close()
+    with Store.open(lay.db) as store:
+        store.check()
