@@ -1,4 +1,8 @@
-"""The engine's configuration: one frozen dataclass, built by the service from the TOML config."""
+"""The engine's configuration: one frozen dataclass, built by the service from the TOML config.
+
+Invalid values are refused when the object is made (ConfigError), never later in a device's
+session.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.retry import BackoffPolicy
-from gateway.links.protocol import REFRESH_UICC_RESET
+from gateway.errors import ConfigError
+from gateway.links.protocol import REFRESH_MODEM_RESET, REFRESH_UICC_RESET
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +51,15 @@ class EngineConfig:
     epr_and_notifications: bool = False          # send an EPR with the notifications it caused
     recent_packages: int = 256                   # package keys remembered to refuse duplicates
     seed: int | None = None                      # jitter PRNG seed (tests); None = random
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.segment_size <= 255:
+            raise ConfigError("STORE DATA segment size must be 1..255", key="segment_size")
+        if self.max_batch_bytes is not None and self.max_batch_bytes < 256:
+            raise ConfigError("a batch budget below 256 bytes cannot carry one ES10b call", key="max_batch_bytes")
+        if self.refresh not in (REFRESH_UICC_RESET, REFRESH_MODEM_RESET):
+            raise ConfigError(f"unknown refresh {self.refresh!r}", key="refresh")
+        if self.idle_retry_s < 1:
+            raise ConfigError("idle_retry_s must be >= 1", key="idle_retry_s")
+        if self.initial_eim is not None and "eimId" not in self.initial_eim:
+            raise ConfigError("the initial eIM needs an eimId", key="initial_eim")

@@ -247,3 +247,13 @@ def test_operator_poll_reports_a_state_change_cause() -> None:
     _, value = esipa.decode_from_ipa(again.body)
     assert "notifyStateChange" in value and value["stateChangeCause"] == 1
     assert value["rPLMN"] == bytes.fromhex("62F210")
+
+
+def test_engine_config_refuses_unusable_values() -> None:
+    import pytest
+
+    from gateway.errors import ConfigError
+    for bad in ({"segment_size": 0}, {"max_batch_bytes": 10}, {"refresh": "reboot"}, {"idle_retry_s": 0},
+                {"initial_eim": {"eimFqdn": "x"}}):
+        with pytest.raises(ConfigError):
+            EngineConfig(**bad)  # type: ignore[arg-type]
