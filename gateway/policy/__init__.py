@@ -57,8 +57,10 @@ How the runtime and the engine take the decisions (the wiring contract):
    results as in 2.
 4. When the engine learns the enabled profile's owner (ProfileInfoListResponse), the runtime
    calls `policies.roaming.set_home(eid, plmn.enabled_profile_home(data)[1], now)`.
-5. Profile state events for webhooks: `events.profile_event(eid, "install"|"enable"|
-   "disable"|"delete", iccid, seq, now)` for each eUICC notification the engine retrieves.
+5. Profile state events for webhooks: for each engine Audit action, `events.
+   profile_event_from_audit(eid, a.operation, a.result, a.detail, iccid digits, now)` gives
+   the profile.installed/enabled/disabled/deleted event of a delivered eUICC notification
+   (or `events.profile_event(...)` where the notification itself is at hand).
 6. Group operations: `bulk.GroupOperations(backend, astore, lambda: config.policies.groups)`;
    the runtime implements `GroupBackend` (`operator` = Runtime.operator, `apply_decisions`
    = step 2 outside an uplink).

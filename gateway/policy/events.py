@@ -96,6 +96,16 @@ def profile_event(eid: bytes, operation: str, iccid: str | None, seq: int | None
     return EmitEvent(ident, kind, now, eid, (("iccid", iccid), ("seq_number", seq)))
 
 
+def profile_event_from_audit(eid: bytes, operation: str, result: str, detail: str, iccid: str | None,
+                             now: float) -> EmitEvent | None:
+    """The webhook event of an engine Audit action that records a delivered eUICC notification
+    ("deliverNotification", "ok", "<install|enable|disable|delete> to <server>"), or None.
+    The notification is delivered once, so this event is emitted once per operation."""
+    if operation != "deliverNotification" or result != "ok":
+        return None
+    return profile_event(eid, detail.split(" ", 1)[0], iccid, None, now)
+
+
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:
     """The X-Ipae-Signature header value for one attempt."""
     mac = hmac.new(secret, str(timestamp).encode("ascii") + b"." + body, hashlib.sha256).hexdigest()

@@ -72,6 +72,10 @@ class Policies:
     def tick(self, now: float) -> list[PolicyDecision]:
         return self.fallbacks.tick(now)
 
+    def request_return(self, eid: bytes, now: float) -> list[PolicyDecision]:
+        """Operator: a device in fallback returns at its next wake-up."""
+        return self.fallbacks.request_return(eid, now)
+
     def report_sent(self, eid: bytes, token: str, now: float) -> list[PolicyDecision]:
         """A `ReportStateChange` reached the eIM (it answered the GetEimPackage)."""
         return self.fallbacks.report_sent(eid, token, now)

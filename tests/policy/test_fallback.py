@@ -329,3 +329,15 @@ def test_a_report_not_yet_sent_survives_a_restart_and_is_sent_once() -> None:
     for (e, kind), blob in saved.items():
         r.restore(e, kind, blob)
     assert of(ReportStateChange, r.resume(T0 + 800)) == []
+
+
+def test_an_operator_return_runs_at_the_next_wakeup_before_return_after_s() -> None:
+    p = Policies(config(attach_failures=1, failed_wakeups=0, return_after_s=86_400.0), rand=random.Random(10).random)
+    d = eid(17)
+    run = of(RunEs10, wake(p, d, failing(d), T0))[0]
+    p.on_es10_result(d, run.token, ok_response(EXECUTE_FALLBACK), T0 + 1)
+    assert of(RunEs10, wake(p, d, healthy(d), T0 + 60)) == []
+    assert p.request_return(eid(99), T0 + 61) == []
+    assert [a.result for a in of(AuditPolicy, p.request_return(d, T0 + 61))] == ["requested"]
+    [back] = of(RunEs10, wake(p, d, healthy(d), T0 + 120))
+    assert back.function == RETURN_FROM_FALLBACK

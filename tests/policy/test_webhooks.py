@@ -180,3 +180,11 @@ def test_profile_events_map_notification_operations() -> None:
     ev = profile_event(EID, "enable", "8944001234567890123", 7, 1.0)
     assert ev is not None and ev.type == "profile.enabled" and ev.event_id.endswith(":7")
     assert profile_event(EID, "other", None, None, 1.0) is None
+
+
+def test_a_delivered_notification_audit_becomes_a_profile_event() -> None:
+    from gateway.policy.events import profile_event_from_audit
+    ev = profile_event_from_audit(EID, "deliverNotification", "ok", "enable to smdp.example", "8944", 5.0)
+    assert ev is not None and ev.type == "profile.enabled" and dict(ev.data)["iccid"] == "8944"
+    assert profile_event_from_audit(EID, "deliverNotification", "failed", "enable to x", None, 5.0) is None
+    assert profile_event_from_audit(EID, "deliverResult", "ok", "result to eim", None, 5.0) is None
