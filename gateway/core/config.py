@@ -49,7 +49,7 @@ class EngineConfig:
     poll_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(2.0, 30.0, 1))
     bpp_size_hint: int | None = 32 * 1024         # announced before a BPP batch (Batch.next_size_hint)
     epr_and_notifications: bool = False          # send an EPR with the notifications it caused
-    recent_packages: int = 256                   # package keys remembered to refuse duplicates
+    recent_packages: int = 32                    # package keys kept in the blob to refuse duplicates
     seed: int | None = None                      # jitter PRNG seed (tests); None = random
 
     def __post_init__(self) -> None:
