@@ -250,38 +250,33 @@ def start_broker(directory: Path, devices: int) -> tuple[subprocess.Popen[bytes]
     raise RuntimeError("mosquitto did not start")
 
 
-async def run_devices(args: argparse.Namespace) -> dict[str, object]:
+async def run_worker(args: argparse.Namespace) -> None:
+    """One load-generator process: a link simulator and every K-th device's agent."""
     from gateway.links.simulator import LinkProfile, TcpLinkSimulator, UdpLinkSimulator
     from hil.agent import Agent
 
     rtt = args.rtt_ms / 1000
     profile = LinkProfile(rtt_s=rtt, bandwidth_bps=args.bandwidth_bps, loss=args.loss)
     loop = asyncio.get_running_loop()
-    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=min(256, args.devices + 4)))
-    tmp = tempfile.TemporaryDirectory(prefix="ipae-bench-")
-    broker = None
+    mine = list(range(args.worker, args.devices, args.workers))
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=min(256, len(mine) + 4)))
     sim: UdpLinkSimulator | TcpLinkSimulator
     if args.transport == "coap":
-        port = free_udp_port()
-        while port - 1 < 1024:
-            port = free_udp_port()
-        gateway = GatewayProcess("coap", args.devices, port, args.profile_kb, args.no_hints)
-        sim = UdpLinkSimulator(("127.0.0.1", port), profile, seed=1)
+        sim = UdpLinkSimulator(("127.0.0.1", args.port), profile, seed=args.worker)
+        await sim.start(max(1, len(mine) // 25))
     else:
-        broker, port = start_broker(Path(tmp.name), args.devices)
-        gateway = GatewayProcess("mqtt", args.devices, port, args.profile_kb, args.no_hints)
-        sim = TcpLinkSimulator(("127.0.0.1", port), profile)
-    await sim.start(*([max(1, args.devices // 25)] if isinstance(sim, UdpLinkSimulator) else []))
+        sim = TcpLinkSimulator(("127.0.0.1", args.port), profile)
+        await sim.start()
     agents = []
-    for n in range(args.devices):
+    for i, n in enumerate(mine):
         eid = eid_of(n)
         transport: object
         if args.transport == "coap":
             from hil.agent.coap_transport import CoapAgentTransport
             assert isinstance(sim, UdpLinkSimulator)
-            port = sim.listen_ports[n % len(sim.listen_ports)]
-            transport = CoapAgentTransport("127.0.0.1", port, eid, identity=f"dev{n}", psk=psk_of(n),
-                                           block_timeout=max(2.0, 4 * rtt), request_timeout=max(60.0, 40 * rtt))
+            transport = CoapAgentTransport("127.0.0.1", sim.listen_ports[i % len(sim.listen_ports)], eid,
+                                           identity=f"dev{n}", psk=psk_of(n), block_timeout=max(2.0, 4 * rtt),
+                                           request_timeout=max(60.0, 40 * rtt))
         else:
             from gateway.links.mqtt import MqttConfig
             from hil.agent.mqtt_transport import MqttAgentTransport
@@ -291,46 +286,107 @@ async def run_devices(args: argparse.Namespace) -> dict[str, object]:
         agents.append(Agent(Agent.make_status(eid, buffer_size=args.buffer_kb * 1024), BenchCard(),
                             transport))  # type: ignore[arg-type]
     try:
-        t0 = time.perf_counter()
+        t0 = time.time()
         attach = await asyncio.gather(*(a.run_session() for a in agents))
-        setup_s = time.perf_counter() - t0
-        before = gateway.stats()
-        t1 = time.perf_counter()
+        print(json.dumps({"attached": True, "setup_s": time.time() - t0}), flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)
+        start = time.time()
         reports = await asyncio.gather(*(a.run_session() for a in agents))
-        wall = time.perf_counter() - t1
-        after = gateway.stats()
+        end = time.time()
     finally:
         for a in agents:
             with contextlib.suppress(Exception):
                 await a.transport.close()
         await sim.close()
+    completed = sum(1 for r, a in zip(reports, attach)
+                    if r.batches == 4 and r.results and r.results[-1].stopped == p.STOPPED_DATA
+                    and r.transport_error is None and a.transport_error is None)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({
+        "start": start, "end": end, "completed": completed, "devices": len(agents),
+        "cpu_s": usage.ru_utime + usage.ru_stime, "datagrams": sim.stats.datagrams, "dropped": sim.stats.dropped,
+        "bytes_down": sim.stats.bytes_down, "bytes_up": sim.stats.bytes_up,
+        "block_requests": sum(getattr(a.transport, "block_requests", 0) for a in agents),
+        "speculative_requests": sum(getattr(a.transport, "speculative_requests", 0) for a in agents),
+        "block_timeouts": sum(getattr(a.transport, "block_timeouts", 0) for a in agents),
+        "exchange_s": [r.exchange_s for r in reports],
+        "transport_errors": sorted({r.transport_error.split(":")[0] for r in reports if r.transport_error}),
+    }), flush=True)
+
+
+async def run_devices(args: argparse.Namespace) -> dict[str, object]:
+    rtt = args.rtt_ms / 1000
+    tmp = tempfile.TemporaryDirectory(prefix="ipae-bench-")
+    broker = None
+    if args.transport == "coap":
+        port = free_udp_port()
+        while port - 1 < 1024:
+            port = free_udp_port()
+    else:
+        broker, port = start_broker(Path(tmp.name), args.devices)
+    gateway = GatewayProcess(args.transport, args.devices, port, args.profile_kb, args.no_hints)
+    workers = []
+    try:
+        for w in range(args.workers):
+            cmd = [sys.executable, __file__, "--worker", str(w), "--workers", str(args.workers),
+                   "--transport", args.transport, "--devices", str(args.devices), "--port", str(port),
+                   "--rtt-ms", str(args.rtt_ms), "--loss", str(args.loss), "--buffer-kb", str(args.buffer_kb)]
+            if args.bandwidth_bps:
+                cmd += ["--bandwidth-bps", str(args.bandwidth_bps)]
+            workers.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        attached = [json.loads(w.stdout.readline()) for w in workers]  # type: ignore[union-attr]
+        before = gateway.stats()
+        for w in workers:
+            w.stdin.write("go\n")  # type: ignore[union-attr]
+            w.stdin.flush()  # type: ignore[union-attr]
+        results = [json.loads(w.stdout.readline()) for w in workers]  # type: ignore[union-attr]
+        after = gateway.stats()
+    finally:
+        for w in workers:
+            with contextlib.suppress(Exception):
+                w.stdin.close()  # type: ignore[union-attr]
+            try:
+                w.wait(60)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+            if w.stdout:
+                w.stdout.close()
+        broker_cpu = _proc_stats(broker.pid)[0] if broker is not None else None
         gateway.stop()
         if broker is not None:
             broker.terminate()
             broker.wait()
         tmp.cleanup()
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     exchanges, link_bytes = floor_exchanges(args.profile_kb * 1024)
     floor = exchanges * rtt + (link_bytes * 8 / args.bandwidth_bps if args.bandwidth_bps else 0.0)
-    completed = sum(1 for r, a in zip(reports, attach)
-                    if r.batches == 4 and r.results and r.results[-1].stopped == p.STOPPED_DATA
-                    and r.transport_error is None and a.transport_error is None)
+    per_device = [e for r in results for e in r["exchange_s"]]
+
+    def stat(i: int, q: float) -> float:
+        values = sorted(e[i] for e in per_device if len(e) > i)
+        return round(values[min(len(values) - 1, int(q * len(values)))], 2) if values else 0.0
+
+    completed = sum(r["completed"] for r in results)
     return {
         "transport": args.transport, "devices": args.devices, "rtt_ms": args.rtt_ms,
         "bandwidth_bps": args.bandwidth_bps, "loss": args.loss, "profile_kb": args.profile_kb,
         "wall_s": round(wall, 3), "floor_s": round(floor, 3), "ratio": round(wall / floor, 3),
-        "setup_s": round(setup_s, 3), "exchanges_per_device": exchanges,
+        "setup_s": round(max(a["setup_s"] for a in attached), 3), "exchanges_per_device": exchanges,
         "completed": completed, "failed": args.devices - completed,
         "gateway_cpu_s": round(after["cpu_s"] - before["cpu_s"], 3),
         "gateway_cpu_total_s": round(after["cpu_s"], 3),
         "gateway_rss_mb": round(after["rss_mb"], 1),
-        "loadgen_cpu_s": round(resource.getrusage(resource.RUSAGE_SELF).ru_utime
-                               + resource.getrusage(resource.RUSAGE_SELF).ru_stime, 3),
-        "datagrams_or_segments": sim.stats.datagrams, "dropped": sim.stats.dropped,
-        "bytes_down": sim.stats.bytes_down, "bytes_up": sim.stats.bytes_up,
-        "block_requests": sum(getattr(a.transport, "block_requests", 0) for a in agents),
-        "speculative_requests": sum(getattr(a.transport, "speculative_requests", 0) for a in agents),
-        "block_timeouts": sum(getattr(a.transport, "block_timeouts", 0) for a in agents),
-        "transport_errors": sorted({r.transport_error.split(":")[0] for r in reports if r.transport_error}),
+        "broker_cpu_total_s": None if broker_cpu is None else round(broker_cpu, 3),
+        "loadgen_workers": args.workers, "loadgen_cpu_s": round(sum(r["cpu_s"] for r in results), 3),
+        "datagrams": sum(r["datagrams"] for r in results), "dropped": sum(r["dropped"] for r in results),
+        "bytes_down": sum(r["bytes_down"] for r in results), "bytes_up": sum(r["bytes_up"] for r in results),
+        "block_requests": sum(r["block_requests"] for r in results),
+        "speculative_requests": sum(r["speculative_requests"] for r in results),
+        "block_timeouts": sum(r["block_timeouts"] for r in results),
+        "exchange_s_p50": [stat(i, 0.5) for i in range(exchanges)],
+        "exchange_s_p95": [stat(i, 0.95) for i in range(exchanges)],
+        "transport_errors": sorted({e for r in results for e in r["transport_errors"]}),
     }
 
 
@@ -392,11 +448,16 @@ def main() -> int:
     ap.add_argument("--no-hints", action="store_true", help="the handler gives no next_size_hint")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--probe-dtls", action="store_true")
+    ap.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--serve", choices=("coap", "mqtt"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         asyncio.run(serve(args))
+        return 0
+    if args.worker is not None:
+        asyncio.run(run_worker(args))
         return 0
     result = asyncio.run(probe_dtls(args) if args.probe_dtls else run_devices(args))
     if args.json:

@@ -14,6 +14,7 @@ Many agents can run in one event loop (load tests): an agent holds no global sta
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
@@ -62,6 +63,7 @@ class SessionReport:
     idle_after_s: int | None = None
     error: ErrorMsg | None = None
     transport_error: str | None = None
+    exchange_s: list[float] = field(default_factory=list)  # duration of each exchange
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Agent:
         report = SessionReport()
         uplink: Uplink = self._pending or Hello(self.status)
         while report.exchanges < self.max_exchanges:
+            started = time.monotonic()
             try:
                 outcome = await self._exchange(uplink, report)
             except (TransportError, DecodeError) as exc:
@@ -94,6 +97,7 @@ class Agent:
                 self.status = replace(self.status, attach_failures=self.status.attach_failures + 1)
                 return report
             self._pending = None
+            report.exchange_s.append(time.monotonic() - started)
             if isinstance(outcome, BatchResult):
                 report.results.append(outcome)
                 uplink = Result(outcome)
