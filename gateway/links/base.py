@@ -105,4 +105,7 @@ async def answer(handler: UplinkHandler, bound_eid: bytes, payload: bytes) -> tu
     except GatewayError as exc:
         log.exception("handler failed for %s", bound_eid.hex())
         downlink = ErrorMsg(int(ErrorCode.INTERNAL), type(exc).__name__)
+    except Exception:  # a bug in the handler: the device still gets its one downlink
+        log.exception("handler crashed for %s", bound_eid.hex())
+        downlink = ErrorMsg(int(ErrorCode.INTERNAL), "internal error")
     return downlink, encode_downlink(downlink)

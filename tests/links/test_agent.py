@@ -190,3 +190,12 @@ async def test_memory_link_refuses_an_uplink_for_another_eid() -> None:
     reply = p.decode_downlink(await link.exchange(EID, p.encode_uplink(p.Hello(Agent.make_status(eid_of(2))))))
     assert isinstance(reply, p.ErrorMsg) and reply.code == p.ErrorCode.FORBIDDEN
     assert handler.uplinks == []
+
+
+async def test_a_crashing_handler_still_answers_with_an_internal_error() -> None:
+    class Broken:
+        async def exchange(self, eid: bytes, uplink: p.Uplink) -> p.Downlink:
+            raise ZeroDivisionError("bug")
+    link = MemoryLink(Broken())  # type: ignore[arg-type]
+    reply = p.decode_downlink(await link.exchange(EID, p.encode_uplink(p.Hello(Agent.make_status(EID)))))
+    assert reply == p.ErrorMsg(int(p.ErrorCode.INTERNAL), "internal error")
