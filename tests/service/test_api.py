@@ -24,9 +24,19 @@ from daemon_support import (
     wait_for_socket,
 )
 
+from gateway.spec import codec
 from gateway.store import Store
 
 TOKEN = "api-token-0123456789abcdef"
+
+
+def pushed_package(eid: bytes) -> bytes:
+    """A TransferEimPackageRequest the inject endpoint accepted (its signature is not checked here)."""
+    package = {"euiccPackageSigned": {"eimId": "eim.test", "eidValue": eid, "counterValue": 1,
+                                      "eimTransactionId": b"\x01\x02",
+                                      "euiccPackage": ("psmoList", [("listProfileInfo", {})])},
+               "eimSignature": bytes(64)}
+    return codec.encode("TransferEimPackageRequest", ("euiccPackageRequest", package))
 
 
 @pytest.fixture
@@ -49,8 +59,8 @@ async def daemon(workdir: Path) -> AsyncIterator[Daemon]:
         store.audit.append(time=1000.0, eid=make_eid(1), iccid="8949000000000000001", operation="EnableProfile",
                            result="ok", origin_eim="eim.test", origin_tx=b"\x01\x02", detail={"detail": "enabled"})
         store.audit.append(time=2000.0, eid=make_eid(2), operation="DeleteProfile", result="ok")
-        store.inbox.enqueue(make_eid(1), "eim:eim.test/tx:0102", "eim-package", b"\xbf\x51\x00", origin="eim.test",
-                            now=1000.0)
+        store.inbox.enqueue(make_eid(1), "eim:eim.test/tx:0102", "eim-package", pushed_package(make_eid(1)),
+                            origin="eim.test", now=1000.0)
     d = start_daemon(lay)
     d.tcp_port = tcp_port  # type: ignore[attr-defined]
     try:
@@ -83,12 +93,14 @@ async def test_status_devices_and_queue_as_tables_and_json(daemon: Daemon) -> No
 async def test_the_audit_log_is_queried_filtered_and_exported_as_json_lines(daemon: Daemon) -> None:
     table = daemon.cli("audit")
     assert "EnableProfile" in table.stdout and "DeleteProfile" in table.stdout and "enabled" in table.stdout
-    only = json.loads(daemon.cli("audit", "--json", "--eid", make_eid(1).hex()).stdout)
+    only = json.loads(daemon.cli("audit", "--json", "--eid", make_eid(2).hex()).stdout)
+    assert [r["operation"] for r in only["records"]] == ["DeleteProfile"]
+    only = json.loads(daemon.cli("audit", "--json", "--eid", make_eid(1).hex(), "--operation", "EnableProfile").stdout)
     assert [r["operation"] for r in only["records"]] == ["EnableProfile"]
     assert only["records"][0]["origin"] == {"eim_id": "eim.test", "transaction_id": "0102"}
-    since = json.loads(daemon.cli("audit", "--json", "--since", "1500").stdout)
+    since = json.loads(daemon.cli("audit", "--json", "--since", "1500", "--until", "3000").stdout)
     assert [r["operation"] for r in since["records"]] == ["DeleteProfile"]
-    exported = daemon.cli("audit", "--jsonl")
+    exported = daemon.cli("audit", "--jsonl", "--until", "3000")
     records = [json.loads(line) for line in exported.stdout.splitlines()]
     assert [r["time_utc"] for r in records] == ["1970-01-01T00:16:40Z", "1970-01-01T00:33:20Z"]
 
@@ -96,7 +108,7 @@ async def test_the_audit_log_is_queried_filtered_and_exported_as_json_lines(daem
 async def test_device_detail_operator_actions_and_errors(daemon: Daemon) -> None:
     eid = make_eid(1).hex()
     detail = json.loads(daemon.cli("device", eid, "--json").stdout)
-    assert detail["name"] == "sensor 1" and detail["inbox"][0]["state"] == "queued"
+    assert detail["name"] == "sensor 1" and detail["inbox"][0]["key"] == "eim:eim.test/tx:0102"
     assert "EnableProfile" in daemon.cli("device", eid).stdout
 
     forgot = daemon.cli("device", eid, "--action", "forget")
