@@ -84,6 +84,7 @@ class BackhaulSide(Turn):
 
     def polled(self, eim_id: str, body: bytes) -> None:
         self.schedule_poll()
+        self.s.state_change_cause = None            # the eIM has been told
         try:
             kind, value = esipa.decode_response("GetEimPackage", body)
         except GatewayError as exc:

@@ -25,6 +25,7 @@ from gateway.core.procedures import notifications as N
 from gateway.core.procedures.base import DEVICE, FAILED, Call, DeviceAnswer, Failure, Reply
 from gateway.core.procedures.discovery import Discovery, eim_summary
 from gateway.core.procedures.eim_package import EimPackage
+from gateway.core.procedures.fallback import Fallback
 from gateway.core.turn import NOTIF, PROC, RETRY_PREFIX, Turn, removed_ok
 from gateway.errors import GatewayError
 from gateway.links.protocol import STOPPED_CARD, DeviceStatus, ErrorCode
@@ -44,6 +45,12 @@ class DeviceSide(Turn):
             s.want_retrieve = True       # notifications left by anything else (first contact, daily)
         changed = s.plmn is not None and status.plmn is not None and status.plmn != s.plmn
         self.note_status(status)
+        threshold = self.config.fallback_after_attach_failures
+        if threshold is not None and status.attach_failures < threshold:
+            s.fell_back = False                     # attached again: a later outage may fall back
+        elif threshold is not None and not s.fell_back:
+            s.fell_back = True
+            self.start_internal(Fallback())
         if s.eims is None:
             if self.config.eims:
                 s.eims = [e.summary() for e in self.config.eims]
@@ -51,7 +58,7 @@ class DeviceSide(Turn):
             else:
                 self.start_internal(Discovery())
         for eim in s.eims or []:
-            self.poll(str(eim["eimId"]), changed)
+            self.poll(str(eim["eimId"]), changed, s.state_change_cause)
 
     def note_status(self, status: DeviceStatus | None) -> None:
         if status is None:

@@ -37,6 +37,7 @@ from gateway.core.procedures.base import (
 from gateway.core.procedures.discovery import Discovery
 from gateway.core.procedures.download import Download
 from gateway.core.procedures.eim_package import EimPackage
+from gateway.core.procedures.fallback import Fallback
 from gateway.core.turn import DELIVERY, PROC, PROCEDURES, RETRY_PREFIX, Turn
 from gateway.errors import DecodeError
 
@@ -144,6 +145,14 @@ class PackageSide(Turn):
         if isinstance(proc, Discovery):
             if finish.outcome == "ok":
                 self.discovered(list(finish.result["eims"]))
+            return
+        if isinstance(proc, Fallback):
+            if finish.outcome == "ok":
+                # the eIM did not order this change: say so with the next poll (SGP.32 v1.2)
+                s.state_change_cause = "fallback"
+                s.want_retrieve = True
+                for eim in s.eims or []:
+                    self.poll(str(eim["eimId"]), True, "fallback")
             return
         if isinstance(proc, Download):
             pir = finish.result.get("pir")
