@@ -229,6 +229,8 @@ class Fallbacks:
             self._move(device, RETURNING, now)
             device.token = None
             out.append(AuditPolicy(eid, "returnFromFallback", "due", (("fallback_since", device.since),)))
+        if device.state == WAITING and not policy.enabled:
+            self._move(device, NORMAL, now)      # the policy was switched off (reload) meanwhile
         if wake and device.state in (WAITING, RETURNING) and device.token is None:
             self._grant(eid, device, policy, now, out)
         self._save(eid, device, before, wave_before, out)
@@ -262,9 +264,14 @@ class Fallbacks:
             self._refused(eid, device, function, f"unreadable response: {exc}", now, policy, out)
             self._save(eid, device, before, wave_before, out)
             return out
-        device.unanswered = 0
+        retried, device.unanswered = device.unanswered > 0, 0
         if device.state == EXECUTING:
             if result == RESULT_OK:
+                self._fell_back(eid, device, now, policy, out)
+            elif result == RESULT_FALLBACK_NOT_AVAILABLE and retried:
+                # an earlier call whose answer was lost most likely ran: the eUICC is in fallback
+                # already. If it was not, the return finds "not in fallback" and ends it cleanly.
+                out.append(AuditPolicy(eid, EXECUTE_FALLBACK, "already-in-fallback", (("result", result),)))
                 self._fell_back(eid, device, now, policy, out)
             else:
                 self._refused(eid, device, function, f"executeFallbackMechanismResult {result}", now, policy, out)
@@ -278,6 +285,11 @@ class Fallbacks:
                                    (("returnFromFallbackResult", result), ("retry_at", device.return_at))))
         self._save(eid, device, before, wave_before, out)
         return out
+
+    def outstanding(self, eid: bytes) -> str | None:
+        """The token of the call decided for the device and not answered yet, if any."""
+        device = self.devices.get(eid)
+        return device.token if device is not None and device.state in (EXECUTING, RETURNING) else None
 
     def request_return(self, eid: bytes, now: float) -> list[PolicyDecision]:
         """Operator: return at the device's next wake-up instead of waiting for return_at."""

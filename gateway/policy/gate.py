@@ -108,18 +108,34 @@ class PolicyGate:
     async def exchange(self, eid: bytes, uplink: Uplink) -> Downlink:
         now = self.clock()
         pending = self._pending.get(eid)
+        if pending is None:
+            pending = self._recovered(eid, uplink)
         if isinstance(uplink, Result) and pending is not None and uplink.result.batch_id == pending.batch_id:
-            del self._pending[eid]
+            self._pending.pop(eid, None)
             decisions = self.policies.on_es10_result(eid, pending.token, _response(uplink.result), now)
             await self.backend.apply_decisions(eid, decisions, now)
             uplink = Hello(uplink.status or pending.status)
             return await self._through(eid, uplink, now, wake=False)
         if isinstance(uplink, Hello) and pending is not None:
             # the device lost the policy batch (or its result): the call did not run, as far as we know
-            del self._pending[eid]
+            self._pending.pop(eid, None)
             decisions = self.policies.on_es10_result(eid, pending.token, None, now)
             await self.backend.apply_decisions(eid, decisions, now)
         return await self._through(eid, uplink, now, wake=isinstance(uplink, Hello))
+
+    def _recovered(self, eid: bytes, uplink: Uplink) -> _Pending | None:
+        """After a restart the gate's memory is gone but the policy state still has the call:
+        a Result in the policy batch range answers it; a Hello means the batch was lost."""
+        token = self.policies.outstanding(eid)
+        if token is None:
+            return None
+        if isinstance(uplink, Result):
+            batch_id = uplink.result.batch_id
+            if not POLICY_BATCH_BASE <= batch_id <= POLICY_BATCH_BASE + POLICY_BATCH_SPAN:
+                return None
+            status = uplink.status or self.last_status.get(eid) or DeviceStatus(eid=eid)
+            return _Pending(batch_id, token, status)
+        return _Pending(-1, token, uplink.status)
 
     async def _through(self, eid: bytes, uplink: Uplink, now: float, *, wake: bool) -> Downlink:
         status = uplink.status

@@ -72,6 +72,11 @@ class Policies:
     def tick(self, now: float) -> list[PolicyDecision]:
         return self.fallbacks.tick(now)
 
+    def outstanding(self, eid: bytes) -> str | None:
+        """The token of a fallback/return call not answered yet (after a restart: the gate's
+        batch is gone, the policy state still knows)."""
+        return self.fallbacks.outstanding(eid)
+
     def request_return(self, eid: bytes, now: float) -> list[PolicyDecision]:
         """Operator: a device in fallback returns at its next wake-up."""
         return self.fallbacks.request_return(eid, now)

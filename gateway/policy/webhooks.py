@@ -41,7 +41,7 @@ from gateway.policy.events import (
     WebhookEvent,
     sign,
 )
-from gateway.store import AsyncStore, OutboxEntry, OutboxFull, Store
+from gateway.store import AsyncStore, IdempotencyConflict, OutboxEntry, OutboxFull, Store
 from gateway.store.breaker import BreakerPolicy
 from gateway.store.drain import Outcome, OutboxDrainer
 
@@ -79,6 +79,8 @@ def enqueue_event(store: Store, decision: EmitEvent, policy: WebhooksPolicy, *, 
                                           eid=decision.eid, now=now).new
         except OutboxFull:
             log.warning("webhook event %s not queued for %s: outbox full", decision.event_id, url)
+        except IdempotencyConflict:
+            log.info("webhook event %s for %s is queued already (with other data)", decision.event_id, url)
     return added
 
 

@@ -343,3 +343,37 @@ async def test_roaming_alarm_at_day_90_reaches_a_https_webhook_receiver_with_a_v
     assert [body["type"] for _, body in receiver.received] == ["roaming.threshold"]
     assert receiver.bad_signatures == 0
     assert receiver.received[0][1]["data"]["days"] == 90
+
+
+async def test_a_gateway_restart_between_the_policy_batch_and_its_result_loses_nothing(
+        pki: RspPki, store: Store) -> None:
+    """The policy batch ran on the eUICC but the gateway restarted before its Result came back:
+    the new gate recognises the Result from the saved policy state; the switch is reported once."""
+    from gateway.links.protocol import Result
+
+    rig, backend, gate, card = setup(pki, store)
+
+    class Restarting:
+        """Restarts the gate (new Policies restored from the saved states) before the first Result."""
+
+        def __init__(self) -> None:
+            self.gate, self.restarted = gate, False
+
+        async def exchange(self, eid: bytes, uplink: Uplink) -> Downlink:
+            if isinstance(uplink, Result) and not self.restarted:
+                self.restarted = True
+                policies = Policies(gate.policies.config, rand=random.Random(5).random)
+                for (e, kind), blob in backend.states.items():
+                    policies.restore(e, kind, blob)
+                self.gate = backend.gate = PolicyGate(rig, policies, backend, clock=lambda: rig.now)
+            return await self.gate.exchange(eid, uplink)
+
+    link = Restarting()
+    agent, _ = make_agent(MemoryLink(link), card, imei=IMEI)
+    agent.status = replace(agent.status, attach_failures=3)
+    report = await agent.run_session()
+    assert link.restarted and report.error is None and report.idle_after_s is not None
+    assert card.state.enabled_profile().iccid == FALLBACK  # type: ignore[union-attr]
+    assert link.gate.policies.fallbacks.state_of(card.eid) == "fallback"
+    backend.send_due_reports()
+    assert len(state_changes(rig.eim)) == 1

@@ -341,3 +341,28 @@ def test_an_operator_return_runs_at_the_next_wakeup_before_return_after_s() -> N
     assert [a.result for a in of(AuditPolicy, p.request_return(d, T0 + 61))] == ["requested"]
     [back] = of(RunEs10, wake(p, d, healthy(d), T0 + 120))
     assert back.function == RETURN_FROM_FALLBACK
+
+
+def test_fallback_not_available_after_an_unanswered_call_means_the_first_call_ran() -> None:
+    p = Policies(config(attach_failures=1, failed_wakeups=0), rand=random.Random(12).random)
+    d = eid(18)
+    first = of(RunEs10, wake(p, d, failing(d), T0))[0]
+    lost = p.on_es10_result(d, first.token, None, T0 + 1)
+    assert [a.result for a in of(AuditPolicy, lost)] == ["not-run"] and p.fallbacks.state_of(d) == "waiting"
+    second = of(RunEs10, wake(p, d, failing(d), T0 + 600))[0]
+    assert second.token != first.token
+    done = p.on_es10_result(d, second.token, ok_response(EXECUTE_FALLBACK, 6), T0 + 601)
+    assert "already-in-fallback" in [a.result for a in of(AuditPolicy, done)]
+    assert p.fallbacks.state_of(d) == "fallback" and len(of(ReportStateChange, done)) == 1
+
+
+def test_a_waiting_device_goes_back_to_normal_when_the_policy_is_switched_off() -> None:
+    cfg = PoliciesSection(fallback=FallbackPolicy(enabled=True, attach_failures=1),
+                          fallback_wave=FallbackWaveSection(max_concurrent=1))
+    p = Policies(cfg, rand=random.Random(13).random)
+    a, b = eid(19), eid(20)
+    wake(p, a, failing(a), T0)
+    wake(p, b, failing(b), T0 + 1)
+    assert p.fallbacks.state_of(b) == "waiting"
+    p.reload(PoliciesSection())
+    assert of(RunEs10, wake(p, b, failing(b), T0 + 2)) == [] and p.fallbacks.state_of(b) == "normal"
