@@ -1,11 +1,12 @@
 """ASN.1 codec for the RSP messages (Contract 1): DER out, BER in, one error class.
 
 Theory of operation. The project's own modules `asn1/rsp.asn` (RSPDefinitions, SGP.22) and
-`asn1/sgp32.asn` (SGP32Definitions, SGP.32 v1.2) are parsed and compiled by asn1tools once,
-on first use (about 0.25 s, measured on the target; the import of this module stays cheap).
-A pickled cache was considered and rejected: unpickling a file from a cache directory is a
-code-execution risk in a root-started daemon and saves a fraction of a second once per
-process.
+`asn1/sgp32.asn` (SGP32Definitions, SGP.32 v1.2) are parsed once by asn1tools, on first use,
+and compiled twice from that parse: the DER codec encodes, the BER codec decodes (it takes
+indefinite lengths, and it stops on a SEQUENCE OF element with a wrong tag where asn1tools'
+DER decoder loops forever). Measured: import 0.02 s, first use 0.3 s (0.2 s of it parsing),
+then nothing. A pickled cache was considered and rejected: unpickling a file from a cache
+directory is a code-execution risk for a daemon, to save 0.3 s once per process.
 
 Type names: a bare name resolves in SGP32Definitions first, then RSPDefinitions (SGP.32
 redefines several SGP.22 types with IoT fields); "RSPDefinitions.X" forces the module.
@@ -21,8 +22,10 @@ tagged certificate (IpaEuiccData.eumCertificate [5]) still yields plain DER (tag
 mappings such as the ESipa JSON binding and the decode CLI.
 
 Errors: every decoding failure (malformed BER, a constraint violated, trailing bytes, an
-unknown type name) is `DecodeError` naming the type and, when asn1tools reports it, the
-offset. Encoding a value that does not fit the type is `LocalProtocolError`.
+unknown type name, a CHOICE alternative added by a later version, which asn1tools would
+return as (None, None)) is `DecodeError` naming the type and, when asn1tools reports it,
+the offset. Fields a later version appends to an extensible SEQUENCE are skipped. Encoding
+a value that does not fit the type is `LocalProtocolError`.
 """
 
 from __future__ import annotations
