@@ -49,6 +49,7 @@ EXIT_MISSING = 2
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "mosquitto")
 GATEWAY_MQTT_USER = "ipae-gateway"
 OPERATIONS = ("download", "enable", "listProfileInfo", "delete")
+FAILED_RESULTS = frozenset({"failed", "error", "refused", "rejected-by-server"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -361,6 +362,14 @@ async def run_demo(count: int, *, out: TextIO, timeout_s: float, wake_s: float,
             await asyncio.sleep(0.1)
         stop_agents.set()
         await asyncio.gather(*agent_tasks)
+        # what the gateway itself recorded as failed (its audit log) fails the demo too
+        records = await daemon.astore.run(lambda st: st.audit.query())
+        number = {d.eid: d.number for d in devices}
+        for r in records:
+            if r.result in FAILED_RESULTS:
+                where = f"device {number[r.eid]}" if r.eid in number else "gateway"
+                failures.append(f"{where}: the gateway recorded {r.operation} {r.result}"
+                                f"{': ' + str(r.detail.get('detail', r.detail)) if r.detail else ''}")
         round_trips_gateway = int(sum(daemon.metrics.round_trips.values.values()))
         delivered = len(smdp.service.notifications) + sum(len(dev.notifications) for dev in eim.service.devices.values())
         pending = sum(len(d.card.notifications) for d in devices)
