@@ -19,7 +19,7 @@ from gateway.core import packages as P
 from gateway.core.events import BackhaulFailed
 from gateway.core.procedures import notifications as N
 from gateway.core.procedures.base import ANSWER, FAILED, Answer, Failure, Request
-from gateway.core.turn import DELIVERY, POLL, POLL_TIMER, PROC, RETRY_PREFIX, Turn, post_action
+from gateway.core.turn import DELIVERY, POLL, POLL_TIMER, PROC, RETRY_PREFIX, UPLINK_TIMER, Turn, post_action
 from gateway.errors import GatewayError
 from gateway.spec import esipa
 
@@ -183,6 +183,9 @@ class BackhaulSide(Turn):
         if name == POLL_TIMER:
             for eim in s.eims or []:
                 self.poll(str(eim["eimId"]), False)
+            return
+        if name == UPLINK_TIMER:
+            self.settle(force=True)     # answer the device with what is ready; the rest waits
             return
         rec = s.retries.pop(name, None)
         if rec is None:

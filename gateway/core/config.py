@@ -41,6 +41,8 @@ class EngineConfig:
     device_tac: bytes = b"\x35\x29\x06\x11"      # DeviceInfo.tac sent in ctxParams1
     refresh: str = REFRESH_UICC_RESET            # what the device does after enable/disable
     idle_retry_s: int = 3600                     # Idle when nothing is to do
+    uplink_wait_s: float | None = 20.0           # longest a device waits on the backhaul for a downlink
+    busy_retry_s: int = 60                       # Idle after that wait, while the backhaul still works
     poll_interval_s: float | None = None         # scheduled GetEimPackage; None = on wake-up only
     notification_check_s: float | None = 86400.0  # RetrieveNotificationsList folded into a wake
                                                  # this often (and on first contact); None = first only
@@ -61,7 +63,9 @@ class EngineConfig:
             raise ConfigError("a batch budget below 256 bytes cannot carry one ES10b call", key="max_batch_bytes")
         if self.refresh not in (REFRESH_UICC_RESET, REFRESH_MODEM_RESET):
             raise ConfigError(f"unknown refresh {self.refresh!r}", key="refresh")
-        if self.idle_retry_s < 1:
-            raise ConfigError("idle_retry_s must be >= 1", key="idle_retry_s")
+        if self.idle_retry_s < 1 or self.busy_retry_s < 1:
+            raise ConfigError("idle_retry_s and busy_retry_s must be >= 1", key="idle_retry_s")
+        if self.uplink_wait_s is not None and self.uplink_wait_s <= 0:
+            raise ConfigError("uplink_wait_s must be > 0", key="uplink_wait_s")
         if self.initial_eim is not None and "eimId" not in self.initial_eim:
             raise ConfigError("the initial eIM needs an eimId", key="initial_eim")

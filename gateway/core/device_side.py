@@ -26,7 +26,7 @@ from gateway.core.procedures.base import DEVICE, FAILED, Call, DeviceAnswer, Fai
 from gateway.core.procedures.discovery import Discovery, eim_summary
 from gateway.core.procedures.eim_package import EimPackage
 from gateway.core.procedures.fallback import Fallback
-from gateway.core.turn import NOTIF, PROC, RETRY_PREFIX, Turn, removed_ok
+from gateway.core.turn import NOTIF, PROC, RETRY_PREFIX, UPLINK_TIMER, Turn, removed_ok
 from gateway.errors import GatewayError
 from gateway.links.protocol import STOPPED_CARD, DeviceStatus, ErrorCode
 
@@ -215,11 +215,22 @@ class DeviceSide(Turn):
             items.append(["discover"])
         return (Part(NOTIF, tuple(calls)) if calls else None), items
 
-    def settle(self) -> None:
+    def settle(self, force: bool = False) -> None:
+        """Answer the pending uplink when nothing it depends on is outstanding, or at once when
+        `force`d (the device has waited `uplink_wait_s`): then with what is ready, and a short
+        Idle when nothing is."""
         s = self.s
         self.start_next()
-        if not s.uplink_pending or self.blocked():
+        if not s.uplink_pending:
+            self.stop_uplink_timer()
             return
+        if self.blocked() and not force:
+            wait = self.config.uplink_wait_s
+            if wait is not None and UPLINK_TIMER not in s.timers:
+                s.timers[UPLINK_TIMER] = self.now + wait
+                self.out.append(A.StartTimer(s.eid, UPLINK_TIMER, self.now + wait))
+            return
+        self.stop_uplink_timer()
         parts: list[Part] = []
         if s.work is not None:
             parts.append(s.work)
@@ -227,7 +238,8 @@ class DeviceSide(Turn):
         if notif is not None:
             parts.append(notif)
         if not parts:
-            self.out.append(A.ReplyIdle(s.eid, self.idle_for()))
+            busy = self.blocked() and self.config.busy_retry_s
+            self.out.append(A.ReplyIdle(s.eid, int(busy) if busy else self.idle_for()))
             s.uplink_pending = False
             return
         s.counter += 1
@@ -259,6 +271,10 @@ class DeviceSide(Turn):
         s.resend_once = False
         s.uplink_pending = False
         self.out.append(A.SendBatch(s.eid, batch))
+
+    def stop_uplink_timer(self) -> None:
+        if self.s.timers.pop(UPLINK_TIMER, None) is not None:
+            self.out.append(A.CancelTimer(self.s.eid, UPLINK_TIMER))
 
     def idle_for(self) -> int:
         """Seconds until the device should come back: the configured idle time, or sooner when a

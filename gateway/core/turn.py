@@ -38,6 +38,7 @@ DELIVERY = "delivery"
 # timer names
 RETRY_PREFIX = "retry:"
 POLL_TIMER = "poll"
+UPLINK_TIMER = "uplink"     # how long a device's pending uplink may wait for the backhaul
 
 
 def removed_ok(data: bytes) -> bool:
@@ -107,4 +108,7 @@ class Turn:
 
     def retry(self, rec: dict[str, Any], retryable: bool, error_class: str, detail: str,
               retry_after_s: float | None) -> bool:
+        raise NotImplementedError
+
+    def settle(self, force: bool = False) -> None:
         raise NotImplementedError

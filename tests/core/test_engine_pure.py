@@ -257,3 +257,19 @@ def test_engine_config_refuses_unusable_values() -> None:
                 {"initial_eim": {"eimFqdn": "x"}}):
         with pytest.raises(ConfigError):
             EngineConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_a_device_waits_at_most_uplink_wait_s_for_a_slow_backhaul() -> None:
+    eng = engine(uplink_wait_s=15.0)
+    out = eng.handle(hello())
+    (poll,) = posts(out)
+    (timer,) = [a for a in out if isinstance(a, A.StartTimer) and a.name == "uplink"]
+    assert timer.at == 15.0 and downlinks(out) == []
+    out = eng.handle(E.TimerFired(EID, 15.0, "uplink"))
+    (reply,) = downlinks(out)                           # what was ready: the first-contact reads
+    assert isinstance(reply, A.SendBatch)
+    from gateway.spec import esipa as _esipa
+    trigger = _esipa.encode_from_eim("getEimPackageResponse", ("profileDownloadTriggerRequest", {
+        "profileDownloadData": ("activationCode", "1$smdp.example$M"), "eimTransactionId": b"\x01"}))
+    out = eng.handle(E.BackhaulAnswered(EID, 40.0, poll.request_id, trigger))   # the eIM answers late
+    assert downlinks(out) == [] and eng.state_of(EID) == "download:CHALLENGE"
