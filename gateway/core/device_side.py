@@ -8,7 +8,9 @@ byte budget is gathered first) or as soon as the batch stopped inside it. A Hell
 batch is in flight means the device lost that batch: its owners are told so. `settle`
 answers the pending uplink once nothing the next batch depends on is outstanding on the
 backhaul: one batch folding the procedure's calls and the delivery track's (planner), or
-Idle until the next timer.
+Idle until the next timer. A slow backhaul does not hold a device beyond `uplink_wait_s`:
+the "uplink" timer answers it with what is ready, and what arrives later waits for its next
+wake.
 """
 
 from __future__ import annotations
