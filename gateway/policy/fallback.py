@@ -226,9 +226,9 @@ class Fallbacks:
             else:
                 device.failed_wakeups, device.failing_since = 0, None
         if device.state == FALLBACK and device.return_at is not None and now >= device.return_at and wake:
+            out.append(AuditPolicy(eid, "returnFromFallback", "due", (("fallback_since", device.since),)))
             self._move(device, RETURNING, now)
             device.token = None
-            out.append(AuditPolicy(eid, "returnFromFallback", "due", (("fallback_since", device.since),)))
         if device.state == WAITING and not policy.enabled:
             self._move(device, NORMAL, now)      # the policy was switched off (reload) meanwhile
         if wake and device.state in (WAITING, RETURNING) and device.token is None:

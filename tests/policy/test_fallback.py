@@ -7,6 +7,8 @@ import types
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config.policies import FallbackPolicy, FallbackWaveSection, GroupSection, PoliciesSection
 from gateway.errors import DecodeError
@@ -366,3 +368,40 @@ def test_a_waiting_device_goes_back_to_normal_when_the_policy_is_switched_off() 
     assert p.fallbacks.state_of(b) == "waiting"
     p.reload(PoliciesSection())
     assert of(RunEs10, wake(p, b, failing(b), T0 + 2)) == [] and p.fallbacks.state_of(b) == "normal"
+
+
+@given(st.lists(st.tuples(st.integers(0, 29), st.booleans(), st.integers(1, 900)), min_size=1, max_size=300),
+       st.integers(1, 5))
+@settings(max_examples=60, deadline=None)
+def test_wave_invariants_hold_for_any_order_of_wakeups_and_answers(
+        script: list[tuple[int, bool, int]], max_concurrent: int) -> None:
+    """Whatever the order: never more than max_concurrent calls out, one report per switch,
+    at most one outage alarm raised at a time per group, and every report at its own slot."""
+    cfg = PoliciesSection(fallback=FallbackPolicy(enabled=True, attach_failures=1, return_after_s=3600.0),
+                          fallback_wave=FallbackWaveSection(max_concurrent=max_concurrent, outage_devices=3))
+    p = Policies(cfg, rand=random.Random(0).random)
+    now = T0
+    switches = reports = 0
+    raised = 0
+    slots: set[float] = set()
+    outstanding: dict[bytes, str] = {}
+    for n, answer, dt in script:
+        now += dt
+        d = eid(500 + n)
+        if d in outstanding and answer:
+            token = outstanding.pop(d)
+            function = EXECUTE_FALLBACK if p.fallbacks.state_of(d) == "executing" else RETURN_FROM_FALLBACK
+            out = p.on_es10_result(d, token, ok_response(function), now)
+        else:
+            out = wake(p, d, failing(d) if n % 2 else healthy(d), now)
+            outstanding.update({r.eid: r.token for r in of(RunEs10, out)})
+        assert len(p.fallbacks.wave.inflight) <= max_concurrent
+        switches += sum(1 for a in of(AuditPolicy, out) if a.result == "ok"
+                        and a.operation in (EXECUTE_FALLBACK, RETURN_FROM_FALLBACK))
+        for r in of(ReportStateChange, out):
+            assert r.at not in slots
+            slots.add(r.at)
+            reports += 1
+        raised += len(of(RaiseAlarm, out)) - len(of(ClearAlarm, out))
+        assert raised in (0, 1)
+    assert reports == switches
