@@ -535,8 +535,10 @@ class Daemon:
             self.notifier.ready()
         old = self.config
         restart_needed = [name for name in ("links", "api", "store") if getattr(old, name) != getattr(new, name)]
-        if old.northbound.inject != new.northbound.inject:
+        if old.northbound.inject != new.northbound.inject or old.credentials.tls != new.credentials.tls:
             restart_needed.append("northbound.inject")
+        if old.credentials.mqtt != new.credentials.mqtt:
+            restart_needed.append("credentials mqtt.password")
         self.config = new
         if self._redactor is not None:
             self._redactor.set_secrets(new.credentials.secret_values())
@@ -546,6 +548,11 @@ class Daemon:
         if old.policies.webhooks != new.policies.webhooks or old.credentials.webhooks != new.credentials.webhooks:
             restart_needed.append("policies.webhooks")
         await self._register_fleet()
+        nb = new.northbound
+        self.backhaul.trust = TlsTrust(ca_file=str(nb.eim_ca_file) if nb.eim_ca_file is not None else None)
+        self.backhaul.esipa_binding = nb.esipa_binding
+        self.backhaul.esipa_timeout_s, self.backhaul.es9_timeout_s = nb.esipa_timeout_s, nb.es9_timeout_s
+        self.backhaul.es11_timeout_s = nb.es11_timeout_s
         base = engine_config(new)
         self.engine.config = dataclasses.replace(self.engine.config, **{
             k: getattr(base, k) for k in ("segment_size", "max_batch_bytes", "eims", "idle_retry_s")})
