@@ -15,7 +15,9 @@ Then, for every device at once, the eIM orders a profile download (an activation
 order at the SM-DP+), an enable, a listProfileInfo and a delete (disable + delete in one
 eUICC package: an enabled profile cannot be deleted). Each operation is done when the eIM
 has its verified result; success is checked on the eUICC itself (installed, enabled, gone).
-At the end every eUICC must have no pending notification left. Progress lines go to stdout
+At the end every eUICC must have no pending notification left, and the gateway's audit log
+must hold no failed operation (a failure inside the chain fails the demo even when the
+eIM's orders went through). Progress lines go to stdout
 (stderr with --json); with --json the last line is one JSON object.
 
 It never pretends: a missing part (engine, peers, eUICC, agent, mosquitto) stops it before it
