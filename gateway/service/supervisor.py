@@ -76,6 +76,7 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 MQTT_BROKER_AUTHENTICATED = b"broker-authenticated"  # MQTT devices log in at the broker, not here
 DRAIN_IDLE_S = 5.0
+POLICY_TICK_S = 60.0
 
 
 class LiveRegistry(DeviceRegistry):
@@ -507,11 +508,15 @@ class Daemon:
                                                    via="poll"))
 
     async def _policy_tick_loop(self) -> None:
+        """Every minute: the fallback policy's clock, and the outbox level against its alarm."""
         while True:
-            await asyncio.sleep(60.0)
-            decisions = self.policies.tick(self.clock())
+            await asyncio.sleep(POLICY_TICK_S)
+            now = self.clock()
+            usage = await self.astore.run(lambda s: s.outbox.usage())
+            decisions = self.policies.tick(now) + self.policies.alarms.queue_level(
+                usage.level, usage.entries, usage.payload_bytes, now)
             if decisions:
-                await self.apply_decisions(None, decisions, self.clock())
+                await self.apply_decisions(None, decisions, now)
 
     # --- reload ------------------------------------------------------------------------------
 
