@@ -84,6 +84,20 @@ def enqueue_event(store: Store, decision: EmitEvent, policy: WebhooksPolicy, *, 
     return added
 
 
+def drop_unconfigured(store: Store, policy: WebhooksPolicy, *, now: float) -> int:
+    """At start-up and after a reload: events still queued for URLs no longer configured are
+    dropped (acknowledged, so they stop counting against the outbox bound). Returns how many."""
+    keep = {server_name(url) for url in policy.urls}
+    dropped = 0
+    for server in store.outbox.servers():
+        if server.startswith(SERVER_PREFIX) and server not in keep:
+            entries = store.outbox.pending(server)
+            dropped += store.outbox.ack([e.id for e in entries], now=now)
+            log.warning("dropped %d webhook events queued for %s, no longer configured",
+                        len(entries), server[len(SERVER_PREFIX):])
+    return dropped
+
+
 class WebhookSender:
     """POSTs one outbox entry; use as ``async with WebhookSender(...) as sender``."""
 

@@ -188,3 +188,17 @@ def test_a_delivered_notification_audit_becomes_a_profile_event() -> None:
     assert ev is not None and ev.type == "profile.enabled" and dict(ev.data)["iccid"] == "8944"
     assert profile_event_from_audit(EID, "deliverNotification", "failed", "enable to x", None, 5.0) is None
     assert profile_event_from_audit(EID, "deliverResult", "ok", "result to eim", None, 5.0) is None
+
+
+def test_events_queued_for_a_url_no_longer_configured_are_dropped(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from gateway.policy.webhooks import drop_unconfigured
+    assert isinstance(tmp_path, Path)
+    with Store.open(tmp_path / "g.sqlite3") as store:
+        both = WebhooksPolicy(urls=("https://127.0.0.1/a", "https://127.0.0.1/b"))
+        for ev in events(1.0):
+            enqueue_event(store, ev, both, gateway_id="gw", now=1.0)
+        store.outbox.enqueue("eim.example", "k1", "ProvideEimPackageResult", b"x", now=1.0)
+        assert drop_unconfigured(store, WebhooksPolicy(urls=("https://127.0.0.1/a",)), now=2.0) == 3
+        assert sorted({e.server for e in store.outbox.pending()}) == ["eim.example", server_name("https://127.0.0.1/a")]
