@@ -9,6 +9,12 @@ alternative that must answer it; `decode_response` refuses an answer of the wron
 Most functions are requests from the IPA; TransferEimPackage is the eIM's push, answered
 by the IPA. HandleNotification has no ASN.1 answer (HTTP 204 / empty body).
 
+SGP.32 v1.0 eIMs: their messages decode as v1.2 ones (v1.2 added optional fields), except
+the empty ProvideEimPackageResultResponse (BF50 00), read here as emptyResponse. Towards a
+v1.0 eIM the IPA sends GetEimPackageRequest with eidValue (and notifyStateChange) only (v1.0
+tagged rPLMN [1], v1.2 uses [1] for stateChangeCause) and ProvideEimPackageResult without
+eidValue (gateway.spec.signed builds the v1.0 form of ePRAndNotifications).
+
 Messages that carry eUICC-signed data are built by splicing the exact bytes received
 (gateway.spec.signed); `encode_*` here is for messages whose fields the IPA composes itself.
 """
@@ -28,6 +34,10 @@ ADMIN_PROTOCOL_HEADER = "X-Admin-Protocol"
 # What the gateway sends; eIMs in the wild send and expect v1.0.0 or v2.1.0 style values.
 ADMIN_PROTOCOL = "gsma/rsp/v2.1.0"
 _ADMIN_PROTOCOL_RE = re.compile(r"gsma/rsp/v(\d+)\.(\d+)\.(\d+)")
+
+# SGP.32 v1.0 answered ProvideEimPackageResult with a SEQUENCE whose only member is
+# optional: with nothing to acknowledge that is BF50 00, which v1.2's CHOICE cannot hold.
+V1_0_EMPTY_PROVIDE_RESULT_RESPONSE = bytes.fromhex("BF5000")
 
 FROM_IPA = "EsipaMessageFromIpaToEim"
 FROM_EIM = "EsipaMessageFromEimToIpa"
@@ -124,6 +134,8 @@ def decode_response(function: str, data: bytes) -> Any:
     f = FUNCTIONS[function]
     if not f.from_ipa or f.response is None:
         raise RemoteProtocolError(f"{function} has no eIM response body")
+    if function == "ProvideEimPackageResult" and bytes(data) == V1_0_EMPTY_PROVIDE_RESULT_RESPONSE:
+        return ("emptyResponse", {})
     alternative, value = decode_from_eim(data)
     if alternative != f.response:
         raise RemoteProtocolError(f"eIM answered {function} with {alternative}")

@@ -209,17 +209,28 @@ def handle_notification(pending_notification: bytes) -> bytes:
 
 
 def provide_eim_package_result(eid: bytes | None, euicc_package_result: bytes) -> bytes:
-    """ProvideEimPackageResult (BF50) with the eUICC's EuiccPackageResult (BF51)."""
+    """ProvideEimPackageResult (BF50) with the eUICC's EuiccPackageResult (BF51).
+
+    Without `eid` the bytes are also the SGP.32 v1.0 form (there a bare CHOICE), so this is
+    what a v1.0 eIM is sent."""
     return _checked("ProvideEimPackageResult", wrap(
         0xBF50, _eid(eid), _one(euicc_package_result, TAG_EUICC_PACKAGE_RESULT, "EuiccPackageResult")))
 
 
 def provide_epr_and_notifications(eid: bytes | None, euicc_package_result: bytes,
-                                  notifications: Sequence[bytes]) -> bytes:
+                                  notifications: Sequence[bytes], *, v1_0: bool = False) -> bytes:
     """ProvideEimPackageResult (BF50) with ePRAndNotifications: the result and the pending
-    notifications it caused (e.g. the enable/disable notifications)."""
-    body = wrap(0x30, _one(euicc_package_result, TAG_EUICC_PACKAGE_RESULT, "EuiccPackageResult"),
-                wrap(0xA0, *notifications))
+    notifications it caused (e.g. the enable/disable notifications).
+
+    `v1_0` writes the SGP.32 v1.0 form for an eIM of that version: no eidValue, and the
+    notifications inside a RetrieveNotificationsListResponse (BF2B A0 {...}) instead of [0]."""
+    result = _one(euicc_package_result, TAG_EUICC_PACKAGE_RESULT, "EuiccPackageResult")
+    if v1_0:
+        if eid is not None:
+            raise LocalProtocolError("SGP.32 v1.0 ProvideEimPackageResult has no eidValue")
+        return wrap(0xBF50, wrap(0x30, result, wrap(TAG_RETRIEVE_NOTIFICATIONS_LIST,
+                                                    wrap(0xA0, *notifications))))
+    body = wrap(0x30, result, wrap(0xA0, *notifications))
     return _checked("ProvideEimPackageResult", wrap(0xBF50, _eid(eid), body))
 
 

@@ -107,7 +107,9 @@ class Oracle:
     """pycrate's GSMA modules, with conversions to and from the project's conventions."""
 
     def __init__(self) -> None:
-        self.mods = importlib.import_module(ORACLE_MODULE).GLOBAL.MOD
+        # Types are taken from the generated module's classes, not from pycrate's GLOBAL.MOD
+        # registry, which importing another version (the v1.0 compatibility tests) overwrites.
+        self.module = importlib.import_module(ORACLE_MODULE)
 
     @functools.cache
     def known_certificates(self) -> list[tuple[bytes, Any]]:
@@ -122,7 +124,10 @@ class Oracle:
 
     def obj(self, module: str, name: str) -> Any:
         module, name = STAND_INS.get((module, name), (module, name))
-        return self.mods[module][name]
+        try:
+            return getattr(getattr(self.module, module), name)
+        except AttributeError:
+            raise KeyError(f"{module}.{name}") from None
 
     def to_oracle(self, t: AsnType, value: Any) -> Any:
         key = (t.module, t.name) if t.name else None
