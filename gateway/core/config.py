@@ -50,8 +50,6 @@ class EngineConfig:
     delivery_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(5.0, 3600.0, None))
     poll_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(2.0, 30.0, 1))
     bpp_size_hint: int | None = 32 * 1024         # announced before a BPP batch (Batch.next_size_hint)
-    fallback_after_attach_failures: int | None = None  # ExecuteFallbackMechanism at this many
-                                                 # failed attaches reported; None: never
     epr_and_notifications: bool = False          # send an EPR with the notifications it caused
     recent_packages: int = 32                    # package keys kept in the blob to refuse duplicates
     seed: int | None = None                      # jitter PRNG seed (tests); None = random

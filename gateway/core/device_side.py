@@ -27,10 +27,12 @@ from gateway.core.procedures import notifications as N
 from gateway.core.procedures.base import DEVICE, FAILED, Call, DeviceAnswer, Failure, Reply
 from gateway.core.procedures.discovery import Discovery, eim_summary
 from gateway.core.procedures.eim_package import EimPackage
-from gateway.core.procedures.fallback import Fallback
 from gateway.core.turn import NOTIF, PROC, RETRY_PREFIX, UPLINK_TIMER, Turn, removed_ok
 from gateway.errors import GatewayError
 from gateway.links.protocol import STOPPED_CARD, DeviceStatus, ErrorCode
+
+
+LOST = "lost"   # the stop reason given to owners of a batch the device never answered
 
 
 class DeviceSide(Turn):
@@ -40,19 +42,13 @@ class DeviceSide(Turn):
             self.audit("deviceLink", "superseded", "a new uplink replaced the pending one")
         if s.in_flight is not None:
             self.audit("deviceLink", "lost", f"batch {s.in_flight['batch_id']} not answered")
-            self.apply_results((), "lost")
+            self.apply_results((), LOST)
         s.uplink_pending = True
         due = self.config.notification_check_s
         if s.retrieved_at is None or (due is not None and self.now - s.retrieved_at >= due):
             s.want_retrieve = True       # notifications left by anything else (first contact, daily)
         changed = s.plmn is not None and status.plmn is not None and status.plmn != s.plmn
         self.note_status(status)
-        threshold = self.config.fallback_after_attach_failures
-        if threshold is not None and status.attach_failures < threshold:
-            s.fell_back = False                     # attached again: a later outage may fall back
-        elif threshold is not None and not s.fell_back:
-            s.fell_back = True
-            self.start_internal(Fallback())
         if s.eims is None:
             if self.config.eims:
                 s.eims = [e.summary() for e in self.config.eims]
@@ -98,8 +94,10 @@ class DeviceSide(Turn):
             self.notif_results(flight["notif"], slices[NOTIF][0])
         if PROC in slices:
             got, count = slices[PROC]
-            if not replies and stopped == STOPPED_CARD and flight.get("proc_part") and not flight.get("resent"):
-                # the agent could not reach the ISD-R (channel, SELECT): nothing ran; send it again once
+            unreached = stopped == STOPPED_CARD   # no channel or SELECT: nothing ran
+            repeatable = stopped == LOST and s.proc is not None and s.proc.state in s.proc.REPEATABLE
+            if not replies and (unreached or repeatable) and flight.get("proc_part") and not flight.get("resent"):
+                # nothing ran, or only reads that may run twice: send the same calls again once
                 name_req_seg, refresh = flight["proc_part"]
                 again = Part(PROC, tuple(Call(n, r, g) for n, r, g in name_req_seg), refresh)
                 s.work = again if s.work is None else Part(PROC, again.calls + s.work.calls, s.work.refresh)

@@ -37,7 +37,6 @@ from gateway.core.procedures.base import (
 from gateway.core.procedures.discovery import Discovery
 from gateway.core.procedures.download import Download
 from gateway.core.procedures.eim_package import EimPackage
-from gateway.core.procedures.fallback import Fallback
 from gateway.core.turn import DELIVERY, PROC, PROCEDURES, RETRY_PREFIX, Turn
 from gateway.errors import DecodeError
 
@@ -146,14 +145,6 @@ class PackageSide(Turn):
             if finish.outcome == "ok":
                 self.discovered(list(finish.result["eims"]))
             return
-        if isinstance(proc, Fallback):
-            if finish.outcome == "ok":
-                # the eIM did not order this change: say so with the next poll (SGP.32 v1.2)
-                s.state_change_cause = "fallback"
-                s.want_retrieve = True
-                for eim in s.eims or []:
-                    self.poll(str(eim["eimId"]), True, "fallback")
-            return
         if isinstance(proc, Download):
             pir = finish.result.get("pir")
             if isinstance(pir, bytes):
@@ -195,9 +186,11 @@ class PackageSide(Turn):
         elif kind == OPERATOR_REREAD_EIM:
             s.want_discover = True
         elif kind == OPERATOR_POLL:
-            # args "cause": a state change the eIM did not order (SGP.32 stateChangeCause)
+            # args "cause": a state change the eIM did not order (SGP.32 stateChangeCause); it is
+            # reported until a poll gets through
+            s.state_change_cause = args.get("cause") or s.state_change_cause
             for eim in s.eims or []:
-                self.poll(str(eim["eimId"]), False, args.get("cause"))
+                self.poll(str(eim["eimId"]), False, s.state_change_cause)
         elif kind == OPERATOR_CANCEL and s.proc is not None:
             if s.in_flight is not None and any(o == PROC for o, _ in s.in_flight["owners"]):
                 s.cancel_requested = True   # its batch is on the device: cancel when it answers

@@ -75,7 +75,6 @@ class DeviceSession:
         self.max_batch_bytes: int | None = None
         self.timers: dict[str, float] = {}
         self.retrieved_at: float | None = None
-        self.fell_back = False                          # fallback executed for the current outage
         self.state_change_cause: str | None = None      # to report with the next poll
 
     # -- persistence -------------------------------------------------------------------------
@@ -102,8 +101,7 @@ class DeviceSession:
             "cancel_requested": self.cancel_requested, "resend_once": self.resend_once,
             "done_keys": self.done_keys, "plmn": self.plmn, "imei": self.imei,
             "max_batch_bytes": self.max_batch_bytes, "timers": self.timers,
-            "retrieved_at": self.retrieved_at, "fell_back": self.fell_back,
-            "state_change_cause": self.state_change_cause,
+            "retrieved_at": self.retrieved_at, "state_change_cause": self.state_change_cause,
         }
         return serial.dumps(data)
 
@@ -150,7 +148,6 @@ class DeviceSession:
         s.plmn, s.imei, s.max_batch_bytes = d["plmn"], d["imei"], d["max_batch_bytes"]
         s.timers = dict(d["timers"])
         s.retrieved_at = d["retrieved_at"]
-        s.fell_back = d["fell_back"]
         s.state_change_cause = d["state_change_cause"]
         return s
 

@@ -21,14 +21,12 @@ from gateway.core.procedures.discovery import Discovery
 from gateway.core.procedures.download import Download
 from gateway.core.procedures.eim_data import EimData
 from gateway.core.procedures.eim_package import EimPackage
-from gateway.core.procedures.fallback import Fallback
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
     from gateway.core.session import DeviceSession
 
-PROCEDURES: dict[str, type[Procedure]] = {
-    p.KIND: p for p in (Download, EimPackage, EimData, Discovery, Fallback)}
+PROCEDURES: dict[str, type[Procedure]] = {p.KIND: p for p in (Download, EimPackage, EimData, Discovery)}
 
 # owners of batch parts and backhaul requests
 PROC = "proc"

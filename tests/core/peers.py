@@ -34,7 +34,6 @@ class MiniSmdp:
     address: str = "smdp.example"
     iccid: bytes = bytes.fromhex("98001032547698103214")
     profile_bytes: int = 30_000
-    fallback_allowed: bool = False
     refuse: dict[str, tuple[str, str]] = field(default_factory=dict)   # function -> (subject, reason)
     sessions: dict[bytes, dict[str, Any]] = field(default_factory=dict)
     notifications: list[bytes] = field(default_factory=list)
@@ -50,14 +49,11 @@ class MiniSmdp:
         return getattr(self, "_" + function)(body)
 
     def metadata(self) -> bytes:
-        value: dict[str, Any] = {
+        return codec.encode("StoreMetadataRequest", {
             "iccid": self.iccid, "serviceProviderName": "Test", "profileName": "Test profile",
             "profileClass": 2,
             "notificationConfigurationInfo": [{"profileManagementOperation": _bits(0, 1, 2, 3),
-                                               "notificationAddress": self.address}]}
-        if self.fallback_allowed:
-            value["fallbackAllowed"] = True
-        return codec.encode("StoreMetadataRequest", value)
+                                               "notificationAddress": self.address}]})
 
     def _initiateAuthentication(self, body: bytes) -> bytes:
         req = es9p.InitiateAuthenticationRequest.from_json(body)

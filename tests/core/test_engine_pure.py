@@ -273,3 +273,21 @@ def test_a_device_waits_at_most_uplink_wait_s_for_a_slow_backhaul() -> None:
         "profileDownloadData": ("activationCode", "1$smdp.example$M"), "eimTransactionId": b"\x01"}))
     out = eng.handle(E.BackhaulAnswered(EID, 40.0, poll.request_id, trigger))   # the eIM answers late
     assert downlinks(out) == [] and eng.state_of(EID) == "download:CHALLENGE"
+
+
+def test_a_lost_batch_of_reads_is_sent_again_but_not_twice() -> None:
+    from gateway.spec import esipa as _esipa
+    eng = engine()
+    (poll,) = posts(eng.handle(hello()))
+    trigger = _esipa.encode_from_eim("getEimPackageResponse", ("profileDownloadTriggerRequest", {
+        "profileDownloadData": ("activationCode", "1$smdp.example$M"), "eimTransactionId": b"\x01"}))
+    (first,) = [a for a in eng.handle(E.BackhaulAnswered(EID, 0.1, poll.request_id, trigger))
+                if isinstance(a, A.SendBatch)]
+    out = eng.handle(hello(now=30.0))                    # the device never answered that batch
+    out += eng.handle(E.BackhaulAnswered(EID, 30.1, posts(out)[0].request_id, NO_PACKAGE))
+    (again,) = [a for a in out if isinstance(a, A.SendBatch)]
+    challenge = [s.apdus for s in first.batch.steps if s.apdus[0][5:7] == b"\xbf\x2e"]
+    assert challenge and challenge[0] in [s.apdus for s in again.batch.steps]
+    assert eng.state_of(EID) == "download:CHALLENGE"
+    out = eng.handle(hello(now=60.0))                    # lost again: the download gives up
+    assert eng.state_of(EID) != "download:CHALLENGE"

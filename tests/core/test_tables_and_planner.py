@@ -12,13 +12,12 @@ from gateway.core.procedures.discovery import Discovery
 from gateway.core.procedures.download import Download, parse_activation_code
 from gateway.core.procedures.eim_data import EimData, split_tag_list
 from gateway.core.procedures.eim_package import EimPackage
-from gateway.core.procedures.fallback import Fallback
 from gateway.core.packages import package_key, plmn_bytes
 from gateway.errors import DecodeError, LocalProtocolError
 from gateway.spec.apdu import ISD_R_AID
 from hil.pki import RspPki
 
-PROCEDURES: list[type[Procedure]] = [Download, EimPackage, EimData, Discovery, Fallback]
+PROCEDURES: list[type[Procedure]] = [Download, EimPackage, EimData, Discovery]
 
 # The state names are stored in SQLite: renaming one breaks resuming a saved session.
 STABLE_STATES = {
@@ -28,7 +27,6 @@ STABLE_STATES = {
     "eim_package": {"INITIAL", "LOADING", "RECOVERING", "DONE", "ERROR"},
     "eim_data": {"INITIAL", "COLLECTING", "DONE", "ERROR"},
     "discovery": {"INITIAL", "READING", "ADDING", "DONE", "ERROR"},
-    "fallback": {"INITIAL", "EXECUTING", "DONE", "ERROR"},
 }
 
 

@@ -154,6 +154,8 @@ class Procedure:
 
     KIND: ClassVar[str] = ""
     TABLE: ClassVar[Mapping[tuple[str, str], Transition]] = {}
+    # states whose ES10b calls only read: if the device lost their batch, it is sent again
+    REPEATABLE: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, state: str = INITIAL, ctx: Ctx | None = None) -> None:
         self.state = state

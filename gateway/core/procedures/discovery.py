@@ -58,6 +58,7 @@ def eim_summary(config: dict[str, Any]) -> dict[str, Any]:
 
 class Discovery(Procedure):
     KIND = "discovery"
+    REPEATABLE = frozenset({READING})
     TABLE = {
         (INITIAL, START): row("_start", READING),
         (READING, DEVICE): row("_read", DONE, ADDING),

@@ -121,6 +121,7 @@ def _esipa_ok(body: bytes, outer: int, what: str) -> list[tlv.Tlv]:
 
 class Download(Procedure):
     KIND = "download"
+    REPEATABLE = frozenset({CHALLENGE})     # a new challenge replaces the old one (SGP.22 §3.1.2)
     TABLE = {
         (INITIAL, START): row("_start", CHALLENGE),
         (CHALLENGE, DEVICE): row("_challenged", INITIATING),

@@ -54,6 +54,7 @@ def split_tag_list(tag_list: bytes) -> list[int]:
 
 class EimData(Procedure):
     KIND = "eim_data"
+    REPEATABLE = frozenset({COLLECTING})
     TABLE = {
         (INITIAL, START): row("_start", COLLECTING),
         (COLLECTING, DEVICE): row("_collected", DONE),
