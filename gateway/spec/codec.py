@@ -177,7 +177,6 @@ def _locate(module: str, name: str) -> tuple[str, str]:
 
 
 _FIXUP_KINDS = frozenset({"Certificate", "ANY", "ANY DEFINED BY"})
-_DECODE_CHECK_KINDS = _FIXUP_KINDS | {"CHOICE"}
 
 
 def _needs_fixup(t: AsnType, kinds: frozenset[str] = _FIXUP_KINDS) -> bool:
@@ -249,8 +248,28 @@ def decode(type_name: str, data: bytes) -> Any:
                           offset=offset if isinstance(offset, int) else None) from exc
     if length != len(data):
         raise DecodeError(f"{len(data) - length} trailing bytes", type_name=type_name, offset=length)
-    if _needs_fixup(t, _DECODE_CHECK_KINDS):
+    value = _plain(value, type_name)
+    if _needs_fixup(t):
         value = _from_asn1tools(t, value, type_name)
+    return value
+
+
+def _plain(value: Any, where: str) -> Any:
+    """asn1tools' BER decoder yields bytearray: make every byte string `bytes` (hashable,
+    what Contract 1 promises), and refuse the (None, None) it returns for a CHOICE
+    alternative added by a later version."""
+    if isinstance(value, bytearray):
+        return bytes(value)
+    if isinstance(value, dict):
+        return {k: _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        if len(value) == 2 and value[0] is None:
+            raise DecodeError("CHOICE alternative unknown to this version", type_name=where)
+        if len(value) == 2 and isinstance(value[0], str):
+            return (value[0], _plain(value[1], f"{where}.{value[0]}"))
+        return tuple(_plain(v, where) for v in value)
     return value
 
 
@@ -297,7 +316,7 @@ def _from_asn1tools(t: AsnType, value: Any, where: str) -> Any:
 
 
 def _map(t: AsnType, value: Any, where: str, *, outbound: bool) -> Any:
-    if not _needs_fixup(t, _FIXUP_KINDS if outbound else _DECODE_CHECK_KINDS):
+    if not _needs_fixup(t):
         return value
     kind = t.kind
     if kind == "Certificate":
@@ -320,9 +339,6 @@ def _map(t: AsnType, value: Any, where: str, *, outbound: bool) -> Any:
         if not (isinstance(value, tuple) and len(value) == 2):
             return value
         alternative, inner = value
-        if alternative is None and not outbound:
-            # asn1tools yields (None, None) for an alternative added by a later version
-            raise DecodeError("CHOICE alternative unknown to this version", type_name=where)
         for name, member, _ in t.members():
             if name == alternative:
                 return (name, _map(member, inner, f"{where}.{name}", outbound=outbound))

@@ -164,3 +164,13 @@ def test_importing_the_codec_does_not_compile_or_import_asn1tools() -> None:
             "print('asn1tools' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_decoded_byte_strings_are_bytes() -> None:
+    value = codec.decode("GetCertsResponse", codec.encode("GetCertsResponse", (
+        "certs", {"eumCertificate": CERTIFICATES[0], "euiccCertificate": CERTIFICATES[1]})))
+    assert type(value[1]["eumCertificate"]) is bytes
+    info = codec.decode("IpaCapabilities", codec.encode("IpaCapabilities", {"ipaFeatures": (b"\x80", 1)}))
+    assert type(info["ipaFeatures"][0]) is bytes
+    request = codec.decode("GetEimPackageRequest", codec.encode("GetEimPackageRequest", {"eidValue": EID}))
+    assert type(request["eidValue"]) is bytes
