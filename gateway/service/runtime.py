@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -112,7 +113,8 @@ class Runtime:
     def __init__(self, engine: Engine, astore: AsyncStore, backhaul: Backhaul, *,
                  clock: Clock = time.time, options: RuntimeOptions = RuntimeOptions(),
                  metrics: GatewayMetrics | None = None,
-                 after_commit: Callable[[list[Action]], None] | None = None) -> None:
+                 after_commit: Callable[[list[Action]], None] | None = None,
+                 on_audit: Callable[[Store, Audit, float], int] | None = None) -> None:
         self.engine = engine
         self.astore = astore
         self.backhaul = backhaul
@@ -120,6 +122,8 @@ class Runtime:
         self.options = options
         self.metrics = metrics or GatewayMetrics()
         self._after_commit = after_commit   # test hook: runs between the commit and the I/O
+        self.on_audit = on_audit            # inside the transaction, per Audit (webhook events); > 0: queued
+        self.on_queued: Callable[[], None] | None = None   # after a commit that queued something
         self._locks: dict[bytes, asyncio.Lock] = {}
         self._pending: dict[bytes, asyncio.Future[Downlink]] = {}
         self._timers: dict[tuple[bytes, str], asyncio.TimerHandle] = {}
@@ -224,8 +228,11 @@ class Runtime:
                     contact: tuple[bytes, dict[str, Any] | None] | None = None) -> None:
         """Store actions (and the contact record) in one transaction, then the I/O actions."""
         stored = [a for a in actions if isinstance(a, (SaveSession, MarkInbox, Audit))]
+        queued = 0
         if stored or contact is not None:
-            await self.astore.atomic(lambda s: self._apply_store(s, stored, now, contact))
+            queued = await self.astore.atomic(lambda s: self._apply_store(s, stored, now, contact))
+        if queued and self.on_queued is not None:
+            self.on_queued()
         for a in stored:
             if isinstance(a, Audit):
                 self._count_audit(a)
@@ -234,9 +241,9 @@ class Runtime:
         for action in actions:
             self._perform(action)
 
-    @staticmethod
-    def _apply_store(s: Store, actions: list[SaveSession | MarkInbox | Audit], now: float,
-                     contact: tuple[bytes, dict[str, Any] | None] | None) -> None:
+    def _apply_store(self, s: Store, actions: list[SaveSession | MarkInbox | Audit], now: float,
+                     contact: tuple[bytes, dict[str, Any] | None] | None) -> int:
+        queued = 0
         if contact is not None:
             eid, status = contact
             if s.devices.get(eid) is not None:
@@ -251,6 +258,9 @@ class Runtime:
                 s.audit.append(time=now, eid=a.eid, iccid=None if a.iccid is None else iccid_digits(a.iccid),
                                operation=a.operation, result=a.result, origin_eim=eim, origin_tx=tx,
                                detail={"detail": a.detail} if a.detail else None)
+                if self.on_audit is not None:
+                    queued += self.on_audit(s, a, now)
+        return queued
 
     def _count_audit(self, a: Audit) -> None:
         log.info("%s %s%s", a.operation, a.result, f": {a.detail}" if a.detail else "",
@@ -497,6 +507,19 @@ def _origin(origin: str) -> tuple[str | None, bytes | None]:
         return eim or None, bytes.fromhex(tx) if tx else None
     except ValueError:
         return origin, None
+
+
+_REMOVED_NOTIFICATION = re.compile(r"seq (\d+) \((install|enable|disable|delete)\)")
+
+
+def profile_change(a: Audit) -> tuple[str, int] | None:
+    """(event, sequence number) when `a` records an eUICC notification delivered and removed: the
+    profile state change is then known to its server and gone from the eUICC. The engine writes
+    these as removeNotification / ok / "seq <n> (<event>)" (gateway.core.device_side)."""
+    if a.operation != "removeNotification" or a.result != "ok":
+        return None
+    found = _REMOVED_NOTIFICATION.fullmatch(a.detail)
+    return None if found is None else (found.group(2), int(found.group(1)))
 
 
 def iccid_digits(iccid: bytes) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 from gateway.backhaul.http import BackhaulHttp, HttpLimits, TlsTrust
 from gateway.backhaul.inject_server import InjectServer, server_ssl_context
 from gateway.config import Config, Device, load_config
-from gateway.core.actions import PostEs9, PostEs11, PostEsipa, from_bytes
+from gateway.core.actions import Audit, PostEs9, PostEs11, PostEsipa, from_bytes
 from gateway.core.engine import EimEndpoint, Engine, EngineConfig
 from gateway.core.events import BackhaulAnswered, EimPackageReceived
 from gateway.core.retry import BreakerState, CircuitBreaker
@@ -59,12 +59,21 @@ from gateway.policy import (
 from gateway.policy import webhooks
 from gateway.policy import imei
 from gateway.policy.bulk import GroupOperations
+from gateway.policy.events import profile_event
 from gateway.policy.gate import PolicyGate, RegistryView
 from gateway.service.api import ApiServer
 from gateway.service.logging import RedactingFilter, log_fields, setup_logging
 from gateway.service.metrics import GatewayMetrics
 from gateway.service.notify import Notifier
-from gateway.service.runtime import INBOX_KIND_EIM_PACKAGE, Clock, HttpBackhaul, Runtime, RuntimeOptions
+from gateway.service.runtime import (
+    INBOX_KIND_EIM_PACKAGE,
+    Clock,
+    HttpBackhaul,
+    Runtime,
+    RuntimeOptions,
+    iccid_digits,
+    profile_change,
+)
 from gateway.store import AsyncStore, LinkIdentityTaken, OutboxDrainer, OutboxEntry, Outcome, Store, StoreOptions
 from gateway.store.breaker import BreakerPolicy
 from gateway.store.outbox import OutboxLimits
@@ -223,6 +232,8 @@ class Daemon:
             self.gate = PolicyGate(self.runtime, self.policies, self, clock=self.clock,
                                    segment_size=cfg.device_defaults.segment_size)
             self.webhooks = await self._start_webhooks(stack)
+            self.runtime.on_audit = self._profile_webhook
+            self.runtime.on_queued = self._kick_webhooks
             self.groups = GroupOperations(self, self.astore, lambda: self.config.policies.groups, clock=self.clock)
             self.link_registry.replace(link_credentials(cfg))
             await self._start_links(stack)
@@ -444,6 +455,23 @@ class Daemon:
             decisions = imei.release(eid, rebind=None if rebind is None else str(rebind),
                                      keep_binding=bool(args.get("keep_binding", True)), now=now)
         await self.apply_decisions(eid, decisions, now)
+
+    def _profile_webhook(self, s: Store, audit: Audit, now: float) -> int:
+        """On the store thread, in the engine step's transaction: the webhook event of a profile
+        state change (an eUICC notification delivered and removed)."""
+        change = profile_change(audit)
+        if change is None or not self.config.policies.webhooks.urls:
+            return 0
+        event = profile_event(audit.eid, change[0], None if audit.iccid is None else iccid_digits(audit.iccid),
+                              change[1], now)
+        if event is None:
+            return 0
+        return webhooks.enqueue_event(s, event, self.config.policies.webhooks, gateway_id=self.config.gateway_id,
+                                      now=now)
+
+    def _kick_webhooks(self) -> None:
+        if self.webhooks is not None:
+            self.webhooks.kick()
 
     async def registry(self, eid: bytes) -> RegistryView:
         device = await self.astore.run(lambda s: s.devices.get(eid))

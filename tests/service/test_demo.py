@@ -27,6 +27,7 @@ def test_the_demo_runs_every_operation_on_every_device_and_ends_with_a_json_summ
     # install, enable, disable, delete: four notifications per device reach a server
     assert summary["notifications_delivered"] >= 8
     assert summary["round_trips"] >= 2 * 4 and summary["seconds"] > 0
+    assert summary["webhook_events"] == 8     # installed, enabled, disabled, deleted: signed and verified
     assert "download ok" in done.stderr and "delete ok" in done.stderr
 
 

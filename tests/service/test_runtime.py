@@ -26,7 +26,7 @@ from gateway.core.engine import EimEndpoint, Engine, EngineConfig
 from gateway.core.events import BackhaulAnswered, BackhaulFailed, DeviceHello, EimPackageReceived, Event, TimerFired
 from gateway.errors import NetworkError, RemoteProtocolError
 from gateway.links.protocol import BatchMsg, DeviceStatus, ErrorCode, ErrorMsg, Hello, Idle
-from gateway.service.runtime import Runtime, RuntimeOptions, iccid_digits
+from gateway.service.runtime import Runtime, RuntimeOptions, iccid_digits, profile_change
 from gateway.spec import codec
 from gateway.store import AsyncStore, Store
 
@@ -244,3 +244,30 @@ async def test_drain_gives_up_at_its_bound_and_close_answers_what_is_left(astore
     assert await runtime.drain(0.1) is False
     await runtime.close()
     assert await in_flight == Idle(42)
+
+
+async def test_a_removed_notification_queues_its_webhook_event_in_the_same_transaction(astore: AsyncStore) -> None:
+    def script(event: Event) -> list[Action]:
+        return [SaveSession(EID, "idle", b"s"),
+                Audit(EID, bytes.fromhex("98490000000000000010"), "removeNotification", "engine", "ok", "seq 3 (enable)"),
+                Audit(EID, None, "removeNotification", "engine", "ok", "seq 4 (result)"), ReplyIdle(EID, 5)]
+
+    seen: list[tuple[str, int]] = []
+
+    def on_audit(s: Store, a: Audit, now: float) -> int:
+        change = profile_change(a)
+        if change is None:
+            return 0
+        seen.append(change)
+        s.outbox.enqueue("webhook http://receiver.test/hook", f"{change[0]}:{change[1]}", "webhook:profile.enabled",
+                         b"{}", eid=a.eid, now=now)
+        return 1
+
+    kicked: list[bool] = []
+    runtime = Runtime(ScriptedEngine(script), astore, RecordingBackhaul(), clock=lambda: 9.0, on_audit=on_audit)
+    runtime.on_queued = lambda: kicked.append(True)
+    assert await runtime.exchange(EID, HELLO) == Idle(5)
+    await runtime.close()
+    assert seen == [("enable", 3)] and kicked == [True]
+    pending = await astore.run(lambda s: s.outbox.pending())
+    assert [(e.key, e.eid) for e in pending] == [("enable:3", EID)]
