@@ -481,8 +481,8 @@ def ipa_euicc_data(euicc: SoftEuicc, request: bytes, value: Any) -> bytes:
             fields.append(_implicit(0xA5, euicc.identity.eum_certificate_der))
         elif tag == 0xA6:
             fields.append(_implicit(0xA6, euicc.identity.certificate_der))
-        elif tag == 0x87 and tid is not None:
-            fields.append(signed_data.tlv_bytes(0x87, tid))
+    if tid is not None:   # SGP.32 v1.2 §5.9.x: echoed whenever the request carried one, whatever the tag list
+        fields.append(signed_data.tlv_bytes(0x87, tid))
     return wrap(0xBF52, [wrap(0xA0, fields)])
 
 

@@ -34,7 +34,7 @@ from gateway.spec.apdu import sw_error
 
 COLLECTING = "COLLECTING"
 IPA_ONLY_TAGS = (0xA8, 0xA9)   # ipaCapabilities, deviceInfo
-_TAG_LIST = 0x5C
+_TAG_TRANSACTION_ID = 0x87   # IpaEuiccData.eimTransactionId [7]
 
 
 def split_tag_list(tag_list: bytes) -> list[int]:
@@ -87,10 +87,14 @@ class EimData(Procedure):
             if node.tag != signed.TAG_IPA_EUICC_DATA:
                 raise DecodeError(f"tag {node.tag:X}", type_name="IpaEuiccDataResponse")
             (alt,) = tlv.children(reply.data, node)
-            if alt.tag != 0xA0 or not self.ctx["ipa_tags"]:
+            if alt.tag != 0xA0:
                 return DONE, self._done(reply.data)
             parts = [c.raw_of(reply.data) for c in tlv.children(reply.data, alt)]
+            if not self.ctx["ipa_tags"] and not self._missing_tid(parts):
+                return DONE, self._done(reply.data)
         rest: dict[str, Any] = {}
+        if self._missing_tid(parts):
+            rest["eimTransactionId"] = self.ctx["tid"]   # echoed whatever the tag list (SGP.32 v1.2)
         if 0xA9 in self.ctx["ipa_tags"]:
             rest["deviceInfo"] = {"tac": env.config.device_tac, "deviceCapabilities": {}}
         if 0xA8 in self.ctx["ipa_tags"]:
@@ -101,6 +105,9 @@ class EimData(Procedure):
             parts.extend(c.raw_of(encoded) for c in tlv.children(encoded, tlv.read_single(encoded)))
         parts.sort(key=lambda p: _order(tlv.outer_tag(p)))
         return DONE, self._done(signed.wrap(0xBF52, signed.wrap(0xA0, *parts)))
+
+    def _missing_tid(self, parts: list[bytes]) -> bool:
+        return self.ctx["tid"] is not None and all(tlv.outer_tag(p) != _TAG_TRANSACTION_ID for p in parts)
 
     def _done(self, response: bytes) -> list[Output]:
         codec.decode("IpaEuiccDataResponse", response)

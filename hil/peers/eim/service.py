@@ -410,8 +410,7 @@ class Eim:
             digest = stable_digest(("euiccPackageResult", epr))
             if digest not in device.seen and self._euicc_package_result(device, epr, acks):
                 device.seen[digest] = []
-        package = self.package_by_tid(device, data.get("eimTransactionId")) or next(
-            (p for p in device.packages if p.kind == "ipaEuiccDataRequest" and p.state == "delivered"), None)
+        package = self.package_by_tid(device, data.get("eimTransactionId"))
         summary = {k: (v.hex() if isinstance(v, bytes) else len(v) if isinstance(v, list) else v)
                    for k, v in data.items() if k not in ("ipaCapabilities", "deviceInfo")}
         self.finish_package(package, "done", summary)
