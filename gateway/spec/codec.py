@@ -65,8 +65,32 @@ class _Compiled:
         # SEQUENCE OF, where the DER codec's decoder loops forever without consuming input).
         self.encoder: Any = asn1tools.compile_dict(self.parsed, "der")
         self.decoder: Any = asn1tools.compile_dict(self.parsed, "ber")
+        _fix_object_identifier_decoding()
         self.asn1_error: type[Exception] = asn1tools.Error
         self.fixup: dict[tuple[tuple[str, str], frozenset[str]], bool] = {}
+
+
+def _fix_object_identifier_decoding() -> None:
+    """asn1tools' BER decoder splits the first subidentifier as (v // 40, v % 40), which is
+    wrong from 2.40 on (X.690 8.19.4: the first arc is 2 whenever v >= 80, and then the second
+    arc is v - 80): it decodes 2.999.10 as 26.39.10. Its encoder is right. The decoder calls the
+    module-level function at run time, so replacing that one function fixes every OID field."""
+    from asn1tools.codecs import ber
+
+    def decode_object_identifier(data: bytes, offset: int, end_offset: int) -> str:
+        arcs: list[int] = []
+        value = 0
+        for position in range(offset, end_offset):
+            value = (value << 7) | (data[position] & 0x7F)
+            if not data[position] & 0x80:
+                arcs.append(value)
+                value = 0
+        if not arcs or data[end_offset - 1] & 0x80:
+            raise ber.DecodeError("truncated OBJECT IDENTIFIER")
+        first = min(arcs[0] // 40, 2)
+        return ".".join(str(a) for a in (first, arcs[0] - 40 * first, *arcs[1:]))
+
+    ber.decode_object_identifier = decode_object_identifier
 
 
 _lock = threading.Lock()
