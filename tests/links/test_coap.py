@@ -232,3 +232,15 @@ async def test_agent_command_line_runs_a_session_over_dtls(coap_server: CoapServ
     assert line["batches"] == 1 and line["exchanges"] == 2 and line["idle_after_s"] == handler.idle_s
     (result,) = handler.results_for(eid_of(4))
     assert result.batch_id == 9 and len(result.results) == 4
+
+
+async def test_documented_limit_aiocoap_keeps_dtls_sessions_after_clients_close(
+        coap_server: CoapServer, handler: ScriptedHandler) -> None:
+    """docs/device-link.md §8: close_notify does not end a server session (aiocoap 0.4.17)."""
+    agents = [agent_for(coap_server, n) for n in (1, 2, 3)]
+    for agent in agents:
+        await agent.run_session()
+        await agent.transport.close()
+    await asyncio.sleep(0.3)
+    pool = coap_server._contexts[0].request_interfaces[0].token_interface.message_interface._pool
+    assert len(pool._connections) == 3  # if this fails, aiocoap now evicts: update the doc
