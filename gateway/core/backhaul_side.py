@@ -125,7 +125,7 @@ class BackhaulSide(Turn):
         self.audit("deliver" + d["kind"].capitalize(), "ok", f"{d['event']} to {d['server']}", d.get("iccid"))
         if d["state"] == N.DONE:
             del s.deliveries[key]
-        self.acknowledged(acked_seqs)
+        self.acknowledged(acked_seqs, d["server"])
         if d["kind"] == N.RESULT and s.uplink_pending:
             self.poll(d["server"], False)   # the eIM may have the next package ready
 

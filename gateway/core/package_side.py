@@ -53,7 +53,7 @@ class PackageSide(Turn):
                 self.out.append(A.MarkInbox(s.eid, key, "refused"))
             return
         if kind == P.ACKNOWLEDGEMENTS:
-            self.acknowledged(seqs)
+            self.acknowledged(seqs, eim_id)
             if key:
                 self.out.append(A.MarkInbox(s.eid, key, "done"))
             return
@@ -67,11 +67,17 @@ class PackageSide(Turn):
                         "raw": package, "via": via})
         self.audit("eimPackage", "queued", f"{kind} {pkg_key} via {via}", origin=eim_id)
 
-    def acknowledged(self, seqs: list[int]) -> None:
-        """EimAcknowledgements (SGP.32 §2.11.4): the eIM has these; remove them from the eUICC."""
+    def acknowledged(self, seqs: list[int], eim_id: str) -> None:
+        """EimAcknowledgements (SGP.32 §2.11.4): eIM `eim_id` has these; remove them from the eUICC.
+
+        A delivery still owed to another server (a direct download's installation result,
+        which the eIM also got in its ProfileDownloadTriggerResult, is addressed to the SM-DP+)
+        is not cut short: it is removed once its own server acknowledges it."""
         s = self.s
         for seq in seqs:
             d = next((d for d in s.deliveries.values() if seq in d["remove_seqs"]), None)
+            if d is not None and d["kind"] == N.NOTIFICATION and (d["target"], d["server"]) != ("esipa", eim_id):
+                continue
             if d is None:
                 d = {"key": f"a{seq}", "kind": "ack", "state": N.ACKED, "remove_seqs": [seq], "event": "ack",
                      "iccid": None, "attempt": 0, "inbox_key": None}

@@ -86,7 +86,7 @@ class Turn:
     def on_package(self, eim_id: str, raw: bytes, via: str, key: str) -> None:
         raise NotImplementedError
 
-    def acknowledged(self, seqs: list[int]) -> None:
+    def acknowledged(self, seqs: list[int], eim_id: str) -> None:
         raise NotImplementedError
 
     def discovered(self, eims: list[dict[str, Any]], *, may_add: bool = False) -> None:
