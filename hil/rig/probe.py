@@ -34,7 +34,7 @@ def version(raw: bytes) -> str:
     return ".".join(str(b) for b in raw)
 
 
-def _bits(value: tuple[bytes, int], names: tuple[str, ...]) -> list[str]:
+def bits(value: tuple[bytes, int], names: tuple[str, ...]) -> list[str]:
     data, count = value
     out = []
     for i in range(count):
@@ -145,7 +145,7 @@ def describe_profile(value: dict[str, Any]) -> dict[str, Any]:
 
 def describe_notification(value: dict[str, Any]) -> dict[str, Any]:
     out = {"seqNumber": value["seqNumber"],
-           "events": _bits(value["profileManagementOperation"], NOTIFICATION_EVENTS),
+           "events": bits(value["profileManagementOperation"], NOTIFICATION_EVENTS),
            "address": value["notificationAddress"]}
     if "iccid" in value:
         out["iccid"] = iccid_to_str(value["iccid"])

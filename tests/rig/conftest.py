@@ -1,0 +1,69 @@
+"""Fixtures of the rig tests: the session's test PKI, software eUICCs, the SM-DP+/eIM peers on
+real TLS sockets, and a socat pty pair with the AT modem emulator on one end (a real serial
+path: pyserial on the other end), so every rig scenario runs on both the soft and the serial
+backend."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from hil.euicc import SoftEuicc
+from hil.modem_emulator import EmulatorThread, ModemEmulator, Quirks
+from hil.peers.eim import EimServer
+from hil.peers.smdpp import SmdppServer
+from hil.pki import RspPki
+from hil.rig.backends import RigBackend, SoftBackend, open_backend
+from tests.hil.conftest import pki  # noqa: F401  (the session-wide test PKI)
+
+BACKENDS = ("soft", "serial")
+
+
+@pytest.fixture
+def card(pki: RspPki) -> SoftEuicc:  # noqa: F811
+    return SoftEuicc(pki, pki.eid_bytes)
+
+
+@pytest.fixture
+def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Two linked pseudo-terminals from socat: (rig end, modem end)."""
+    a, b = tmp_path / "rig-tty", tmp_path / "modem-tty"
+    proc = subprocess.Popen(["socat", "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (a.exists() and b.exists()):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("socat did not create the pty pair")
+            time.sleep(0.01)
+        yield str(a), str(b)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def backend_for(kind: str, card: SoftEuicc, pty_pair: tuple[str, str] | None,
+                quirks: str = "urc,max-apdu=128", options: str = ",segment=128,timeout=3") -> Iterator[RigBackend]:
+    """The rig backend `kind` in front of `card`: the card itself, or the modem emulator on a pty."""
+    if kind == "soft":
+        yield SoftBackend(card)
+        return
+    assert pty_pair is not None
+    with EmulatorThread(ModemEmulator(card, Quirks.parse(quirks)), pty_pair[1], idle_urc_s=0.05):
+        backend = open_backend(f"serial:{pty_pair[0]}{options}")
+        try:
+            yield backend
+        finally:
+            backend.close()
+
+
+@pytest.fixture
+async def peers(pki: RspPki) -> AsyncIterator[tuple[EimServer, SmdppServer]]:  # noqa: F811
+    async with SmdppServer(pki) as smdp, EimServer(pki, smdp_url=smdp.url) as eim:
+        yield eim, smdp
