@@ -1,12 +1,17 @@
-"""Small in-test ESipa and ES9+ responders built on the project codec and hil.rspcrypto.
+"""In-memory responders, kept only where no real peer (hil/peers) fits.
 
-They stand in for the SM-DP+ and eIM peers (hil/peers), which do not exist yet: when those
-land, the end-to-end tests should run against them instead. What they do is real: the
-SM-DP+ signs serverSigned1/smdpSigned2 with the test PKI's DPauth/DPpb keys, agrees the
-session keys with the eUICC's one-time key (ECKA + the SGP.22 KDF) and SCP03t-protects the
-Bound Profile Package, so a software eUICC verifies and installs it. The eIM signs its
-EuiccPackageRequests with the test PKI's eIM key. Neither checks everything a real server
-checks (the eUICC's signatures are not verified here).
+- `MiniSmds`: ES11 event retrieval. hil/peers has no SM-DS, so the engine's contactSmds
+  tests (tests/core/test_e2e_download.py) reach this one through the driver, and download
+  the profile from the real SM-DP+ peer the event names. The test PKI has no CERT.DSauth:
+  it authenticates with the SM-DP+'s DPauth credential (the eUICC checks that role).
+- `MiniSmdp`, `MiniEim`: synchronous stand-ins used only by tests/policy/test_e2e_gate.py,
+  which drives the engine synchronously through the policy gate with tests/core/rig.py.
+  tests/core runs against the real peers (tests/core/driver.py); delete these two and
+  rig.py once that test moves there too.
+
+What they do is real crypto: serverSigned1/smdpSigned2 signed with the test PKI's DPauth/DPpb
+keys, session keys agreed with the eUICC's one-time key, the BPP SCP03t-protected; eIM
+packages signed with the eIM key. They do not verify the eUICC's signatures.
 """
 
 from __future__ import annotations
@@ -118,8 +123,7 @@ class MiniSmdp:
 
 @dataclass
 class MiniSmds:
-    """An SM-DS stand-in for ES11 event retrieval. The test PKI has no CERT.DSauth, so it
-    authenticates with the SM-DP+'s DPauth credential (the eUICC checks that role)."""
+    """An SM-DS stand-in for ES11 event retrieval (see the module docstring)."""
 
     pki: RspPki
     address: str = "smds.example"
@@ -153,8 +157,6 @@ class MiniEim:
     notifications: list[bytes] = field(default_factory=list)
     polls: list[dict[str, Any]] = field(default_factory=list)
     acknowledge: list[int] = field(default_factory=list)   # seqNumbers for EimAcknowledgements
-    smdp: MiniSmdp | None = None                           # relays indirect downloads (ESipa -> ES9+)
-    relayed: list[str] = field(default_factory=list)
 
     def initial_eim(self) -> dict[str, Any]:
         """EimConfigurationData for the engine's AddInitialEim."""
@@ -211,38 +213,4 @@ class MiniEim:
         if kind == "handleNotificationEsipa":
             self.notifications.append(body)
             return b""
-        if self.smdp is not None:
-            return self.relay(kind, body)
-        raise AssertionError(f"unexpected ESipa message {kind}")
-
-    def relay(self, kind: str, body: bytes) -> bytes:
-        """Indirect download: the ESipa message to the SM-DP+ over ES9+, its answer back."""
-        assert self.smdp is not None
-        self.relayed.append(kind)
-        outer = tlv.read_single(body)
-        parts = {c.tag: c.raw_of(body) for c in tlv.children(body, outer)}
-        value = lambda tag: tlv.read_single(parts[tag]).value_of(parts[tag])  # noqa: E731
-        if kind == "initiateAuthenticationRequestEsipa":
-            req = es9p.InitiateAuthenticationRequest(value(0x81), parts[0xBF20], value(0x83).decode())
-            r = es9p.InitiateAuthenticationResponse.from_json(
-                self.smdp.handle(es9p.INITIATE_AUTHENTICATION, req.to_json()))
-            return signed.wrap(0xBF39, signed.wrap(0xA0, signed.wrap(0x80, r.transaction_id), r.server_signed1,
-                                                   r.server_signature1, r.euicc_ci_pkid_to_be_used,
-                                                   r.server_certificate))
-        if kind == "authenticateClientRequestEsipa":
-            tid = value(0x80)
-            ac = es9p.AuthenticateClientResponse.from_json(self.smdp.handle(
-                es9p.AUTHENTICATE_CLIENT, es9p.AuthenticateClientRequest(tid, parts[0xBF38]).to_json()))
-            return signed.wrap(0xBF3B, signed.wrap(0xA0, signed.wrap(0x80, tid), ac.profile_metadata,
-                                                   ac.smdp_signed2, ac.smdp_signature2, ac.smdp_certificate))
-        if kind == "getBoundProfilePackageRequestEsipa":
-            tid = value(0x80)
-            g = es9p.GetBoundProfilePackageResponse.from_json(self.smdp.handle(
-                es9p.GET_BOUND_PROFILE_PACKAGE, es9p.GetBoundProfilePackageRequest(tid, parts[0xBF21]).to_json()))
-            return signed.wrap(0xBF3A, signed.wrap(0xA0, signed.wrap(0x80, tid), g.bound_profile_package))
-        if kind == "cancelSessionRequestEsipa":
-            tid = value(0x80)
-            inner = tlv.read_single(parts[0xA1]).value_of(parts[0xA1])
-            self.smdp.handle(es9p.CANCEL_SESSION, es9p.CancelSessionRequest(tid, inner).to_json())
-            return esipa.encode_from_eim("cancelSessionResponseEsipa", ("cancelSessionOk", {}))
         raise AssertionError(f"unexpected ESipa message {kind}")

@@ -1,9 +1,8 @@
-"""An in-test runtime: drives the Engine over the in-memory device link with the reference agent.
+"""A synchronous in-test runtime over the in-memory responders of tests/core/peers.py.
 
-`EngineRig` is the `UplinkHandler` behind `gateway.links.memory.MemoryLink`: each uplink
-becomes an engine event; the engine's actions are performed at once against the in-test
-peers (tests/core/peers.py) and their answers fed back, until the engine answers the device.
-Servers listed in `down` fail with a retryable network error; timers fire on `advance`.
+Used only by tests/policy/test_e2e_gate.py (the policy gate drives the engine synchronously
+through it). The engine's own end-to-end tests run against the real peers with
+tests/core/driver.py; delete this file once the policy test moves there.
 """
 
 from __future__ import annotations

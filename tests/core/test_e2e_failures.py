@@ -1,217 +1,228 @@
-"""Failure paths end to end: after each, the eUICC has no open session, the SM-DP+ was told
-(when the eUICC could sign a cancellation) and the eIM got exactly one result per package.
-
-In-test SM-DP+/eIM responders (tests/core/peers.py; the real peers come later), real
-software eUICC with fault injection, real agent and device link.
+"""Failure paths end to end against the real SM-DP+ and eIM peers: after each, the eUICC has
+no open RSP session, the servers were told (cancelSession once the eUICC could sign a
+cancellation), and the eIM holds exactly one result per package (read back through its admin
+API). The refusals are the peers' own (wrong SM-DP+ address, an order bound to another EID,
+an expired order); outages are the peers really stopped; malformed answers are rewritten on
+the wire by the driver. Software eUICC with fault injection, reference agent, counting
+in-memory device link (tests/core/driver.py).
 """
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import pytest
 
 from gateway.core import actions as A
-from gateway.core.engine import EimEndpoint, Engine, EngineConfig
 from gateway.core.events import OperatorAction
 from gateway.links.memory import MemoryLink
-from gateway.spec import codec
-from hil.euicc import Faults, PowerLoss, SoftEuicc
-from hil.euicc.eim import eim_config_from
+from hil.euicc import Faults, PowerLoss
 from hil.pki import RspPki
-from tests.core.peers import MiniEim, MiniSmdp
-from tests.core.rig import EngineRig, make_agent
+from tests.core.driver import ICCID, Peers, make_agent, mid_session, restart_server, running_peers
 
-ICCID = bytes.fromhex("98001032547698103214")
-
-
-def setup(pki: RspPki, faults: Faults | None = None) -> tuple[EngineRig, MemoryLink, SoftEuicc]:
-    eim = MiniEim(pki)
-    card = SoftEuicc(pki, pki.eid_bytes, faults=faults)
-    card.state.eims.append(eim_config_from(card, eim.initial_eim()))
-    card.commit()
-    engine = Engine(EngineConfig(eims=(EimEndpoint(eim.eim_id, eim.fqdn),), seed=11))
-    rig = EngineRig(engine, MiniSmdp(pki), eim)
-    return rig, MemoryLink(rig), card
+SMALL = 1024   # profile size for the matrices: every ES10b command kind, few BPP segments
 
 
-def mid_session(card: SoftEuicc) -> bool:
-    """An RSP session with a transaction: AuthenticateServer ran and nothing ended it. (A bare
-    GetEuiccChallenge leaves only a challenge, which the next one replaces: SGP.22 §3.1.2.)"""
-    return card.session is not None and bool(card.session.transaction_id)
+async def download_error(peers: Peers, eid: bytes) -> dict[str, Any]:
+    ((_, result),) = (await peers.one_result_per_package(eid)).items()
+    assert result["kind"] == "profileDownloadError", result
+    return result
 
 
-def trigger_results(rig: EngineRig) -> list[str]:
-    out = []
-    for kind, value in rig.eim.results_of():
-        assert kind == "profileDownloadTriggerResult"
-        out.append(value["profileDownloadTriggerResultData"][0])
-    return out
+async def test_smdp_refusing_initiate_authentication_ends_with_one_error_and_no_session(pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card = peers.card()
+        driver = peers.driver()
+        activation = await peers.order(size=SMALL)
+        peers.smdp.service.set_address("elsewhere.example")      # 8.8.1: not this SM-DP+'s address
+        await peers.download(card.eid, activation)
+        agent, _ = make_agent(MemoryLink(driver), card)
+        report = await agent.run_session()
+        assert report.error is None and not mid_session(card) and card.profiles == []
+        assert "cancelSession" not in driver.posted               # nothing to cancel before AuthenticateServer
+        await download_error(peers, card.eid)
 
 
-@pytest.mark.parametrize("function,told", [("initiateAuthentication", False),
-                                           ("authenticateClient", True),
-                                           ("getBoundProfilePackage", True)])
-async def test_smdp_refusing_at_each_step(pki: RspPki, function: str, told: bool) -> None:
-    rig, link, card = setup(pki)
-    rig.smdp.refuse[function] = ("8.1", "3.8")
-    rig.eim.queue_trigger(card.eid, "1$smdp.example$M", b"\x01")
-    agent, _ = make_agent(link, card)
-    report = await agent.run_session()
-    assert report.error is None and not mid_session(card) and card.profiles == []
-    assert len(rig.smdp.cancelled) == (1 if told else 0)
-    assert trigger_results(rig) == ["profileDownloadError"]
+@pytest.mark.parametrize("refusal", ["authenticateClient", "getBoundProfilePackage"])
+async def test_smdp_refusing_after_authenticate_server_cancels_on_the_euicc_and_tells_the_server(
+        pki: RspPki, refusal: str) -> None:
+    clock = {"now": time.time()}
+    async with running_peers(pki, smdp_clock=lambda: clock["now"]) as peers:
+        card = peers.card()
+        driver = peers.driver()
+        if refusal == "authenticateClient":                        # 8.1.1: the order is for another EID
+            activation = await peers.order(size=SMALL, eid="89049032000000000000000000000256")
+        else:                                                      # 8.8.5: the order expires meanwhile
+            activation = await peers.order(size=SMALL, ttlS=60)
+
+            async def expire() -> None:
+                clock["now"] += 120
+            driver.after["authenticateClient"] = expire
+        await peers.download(card.eid, activation)
+        agent, _ = make_agent(MemoryLink(driver), card)
+        report = await agent.run_session()
+        assert report.error is None and not mid_session(card) and card.profiles == []
+        assert driver.posted.count("cancelSession") == 1          # the SM-DP+ was told
+        assert [a.result for a in driver.audits("cancelSession")] == ["ok"]   # the eUICC signed it
+        await download_error(peers, card.eid)
 
 
-async def test_smdp_transient_error_is_retried_with_backoff_then_succeeds(pki: RspPki) -> None:
-    rig, link, card = setup(pki)
-    rig.smdp.refuse["getBoundProfilePackage"] = ("8.1", "4.1")     # execution error: transient
-    rig.eim.queue_trigger(card.eid, "1$smdp.example$M", b"\x02")
-    agent, _ = make_agent(link, card)
-    first = await agent.run_session()          # told to come back when the retry is due
-    assert first.idle_after_s is not None and first.idle_after_s <= 60
-    assert rig.smdp.calls.count("getBoundProfilePackage") == 1 and card.profiles == []
-    del rig.smdp.refuse["getBoundProfilePackage"]
-    rig.advance(120)                           # the retry timer fires: the BPP is fetched
-    await agent.run_session()
-    assert [p.iccid for p in card.profiles] == [ICCID]
-    assert trigger_results(rig) == ["profileInstallationResult"]
+async def test_smdp_outage_is_retried_with_backoff_then_the_download_completes(pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card = peers.card()
+        driver = peers.driver()
+        await peers.download(card.eid, await peers.order(size=SMALL))
+        driver.after["authenticateClient"] = peers.smdp.stop      # gone before getBoundProfilePackage
+        agent, _ = make_agent(MemoryLink(driver), card)
+        first = await agent.run_session()                         # told to come back when the retry is due
+        assert first.idle_after_s is not None and first.idle_after_s <= 60
+        assert card.profiles == [] and driver.posted.count("getBoundProfilePackage") == 1
+        await restart_server(peers.smdp)
+        await driver.advance(120)                                 # the retry timer fires: the BPP is fetched
+        await agent.run_session()
+        assert [p.iccid for p in card.profiles] == [ICCID] and not mid_session(card)
+        ((_, result),) = (await peers.one_result_per_package(card.eid)).items()
+        assert result["kind"] == "profileDownloadTriggerResult" and result["verified"]
 
 
-async def test_smdp_unreachable_mid_download_retries_then_cancels(pki: RspPki) -> None:
-    rig, link, card = setup(pki)
-    original = rig.smdp.handle
-
-    def handle(function: str, body: bytes) -> bytes:
-        if function == "authenticateClient":
-            rig.down.add("smdp.example")
-        return original(function, body)
-
-    rig.smdp.handle = handle  # type: ignore[method-assign]
-    rig.eim.queue_trigger(card.eid, "1$smdp.example$M", b"\x03")
-    agent, _ = make_agent(link, card)
-    await agent.run_session()                  # AuthenticateClient reaches the server, then it is gone
-    rig.down.add("smdp.example")
-    for _ in range(6):                         # retries run out (request_backoff: 3 attempts)
-        rig.advance(120)
-    retries = [a for a in rig.actions if isinstance(a, A.Audit) and a.result == "retry"]
-    assert len(retries) >= 3
-    rig.down.clear()
-    rig.smdp.handle = original  # type: ignore[method-assign]
-    await agent.run_session()
-    assert not mid_session(card) and card.profiles == []
-    assert trigger_results(rig) == ["profileDownloadError"]
-    (cancel,) = rig.smdp.cancelled
-    reason = codec.decode("CancelSessionResponse", cancel)[1]["euiccCancelSessionSigned"]["reason"]
-    assert reason == 2                                          # timeout
+async def test_smdp_unreachable_until_retries_run_out_cancels_with_reason_timeout(pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card = peers.card()
+        driver = peers.driver()
+        await peers.download(card.eid, await peers.order(size=SMALL))
+        driver.after["authenticateClient"] = peers.smdp.stop
+        agent, _ = make_agent(MemoryLink(driver), card)
+        await agent.run_session()
+        for _ in range(6):                                         # request_backoff: 3 attempts
+            await driver.advance(120)
+        assert len([a for a in driver.audits("backhaul") if a.result == "retry"]) >= 2
+        await restart_server(peers.smdp)
+        await agent.run_session()
+        assert not mid_session(card) and card.profiles == []
+        await download_error(peers, card.eid)
+        (order,) = await peers.orders()
+        assert order["state"] == "released"                       # cancelled with a reason that keeps it
+        cancels = driver.audits("cancelSession")
+        assert cancels and cancels[-1].result == "ok"
+        assert driver.posted.count("cancelSession") >= 1
 
 
 async def test_eim_unreachable_leaves_packages_with_the_eim_and_nothing_runs(pki: RspPki) -> None:
-    rig, link, card = setup(pki)
-    rig.down.add(rig.eim.eim_id)
-    rig.eim.queue_trigger(card.eid, "1$smdp.example$M", b"\x04")
-    agent, _ = make_agent(link, card)
-    report = await agent.run_session()
-    assert report.batches == 1                 # only the eIM configuration is read (first contact)
-    assert report.idle_after_s is not None     # told when the poll will be retried
-    assert rig.smdp.calls == [] and rig.eim.results == [] and card.profiles == []
-    rig.down.clear()
-    rig.advance(60)                            # the retried poll fetches the trigger
-    await agent.run_session()
-    assert trigger_results(rig) == ["profileInstallationResult"]
+    async with running_peers(pki) as peers:
+        card = peers.card()
+        driver = peers.driver()
+        await peers.download(card.eid, await peers.order(size=SMALL))
+        await peers.eim.stop()
+        agent, _ = make_agent(MemoryLink(driver), card)
+        report = await agent.run_session()
+        assert report.batches == 1                 # only the first-contact reads
+        assert report.idle_after_s is not None     # told when the poll will be retried
+        assert [f for f in driver.posted if f[0].islower()] == [] and card.profiles == []
+        await restart_server(peers.eim)
+        await driver.advance(60)                   # the retried poll fetches the trigger
+        await agent.run_session()
+        ((_, result),) = (await peers.one_result_per_package(card.eid)).items()
+        assert result["kind"] == "profileDownloadTriggerResult"
 
 
 async def test_device_vanishing_mid_bpp_ends_with_one_error_result_and_no_open_session(pki: RspPki) -> None:
-    rig, link, card = setup(pki, Faults(tear_after_bpp_segments=6))
-    rig.eim.queue_trigger(card.eid, "1$smdp.example$M", b"\x05")
-    agent, _ = make_agent(link, card)
-    with pytest.raises(PowerLoss):
+    async with running_peers(pki) as peers:
+        card = peers.card(faults=Faults(tear_after_bpp_segments=6))
+        driver = peers.driver()
+        await peers.download(card.eid, await peers.order())
+        link = MemoryLink(driver)
+        agent, _ = make_agent(link, card)
+        with pytest.raises(PowerLoss):
+            await agent.run_session()
+        card.power_cycle()
+        agent, _ = make_agent(link, card)           # the sensor rebooted: the batch result is gone
         await agent.run_session()
-    card.power_cycle()
-    agent, _ = make_agent(link, card)           # the sensor rebooted: the batch result is gone
-    await agent.run_session()
-    assert not mid_session(card) and card.profiles == []
-    # the eUICC recorded the interrupted installation as a signed error result: that is the
-    # one result the eIM gets, and the SM-DP+ gets it as the install notification
-    ((kind, value),) = rig.eim.results_of()
-    pir = value["profileDownloadTriggerResultData"]
-    assert pir[0] == "profileInstallationResult"
-    assert pir[1]["profileInstallationResultData"]["finalResult"][0] == "errorResult"
-    assert len(rig.smdp.notifications) == 1 and card.notifications == []
-    assert any(isinstance(a, A.Audit) and a.result == "lost" for a in rig.actions)
+        assert not mid_session(card) and card.profiles == []
+        # the eUICC recorded the interrupted installation as a signed error result: that is the
+        # one result the eIM gets, and the SM-DP+ gets it as the install notification
+        ((_, result),) = (await peers.one_result_per_package(card.eid)).items()
+        assert result["kind"] == "profileDownloadTriggerResult" and result["verified"]
+        assert "errorResult" in result["decoded"]["profileInstallationResultData"]["finalResult"]
+        (note,) = await peers.smdp_notifications()
+        assert note["event"] == "install" and note["verified"] and note["detail"].startswith("errorResult")
+        assert [o["state"] for o in await peers.orders()] == ["failed"]
+        assert card.notifications == []
+        assert any(a.result == "lost" for a in driver.of(A.Audit))
 
 
-DOWNLOAD_COMMANDS = 168   # APDUs the card receives in a clean download of this test profile
+DOWNLOAD_COMMANDS = 54   # APDUs the card receives in a clean download of the SMALL profile
 
 
 async def test_the_fault_matrix_covers_every_command_of_a_clean_download(pki: RspPki) -> None:
-    rig, link, card = setup(pki, Faults())
-    rig.eim.queue_trigger(card.eid, "1$smdp.example$M", b"\x06")
-    agent, _ = make_agent(link, card)
-    await agent.run_session()
-    assert [p.iccid for p in card.profiles] == [ICCID]
-    assert card.faults.commands_seen == DOWNLOAD_COMMANDS
+    async with running_peers(pki) as peers:
+        card = peers.card(faults=Faults())
+        await peers.download(card.eid, await peers.order(size=SMALL))
+        agent, _ = make_agent(MemoryLink(peers.driver()), card)
+        await agent.run_session()
+        assert [p.iccid for p in card.profiles] == [ICCID]
+        assert card.faults.commands_seen == DOWNLOAD_COMMANDS
 
 
 @pytest.mark.parametrize("n", range(1, DOWNLOAD_COMMANDS + 1))
-async def test_euicc_error_status_at_any_command_leaves_no_session_and_one_result(pki: RspPki, n: int) -> None:
-    rig, link, card = setup(pki, Faults(sw_on_command={n: 0x6F00}))
-    rig.eim.queue_trigger(card.eid, "1$smdp.example$M", b"\x06")
-    agent, _ = make_agent(link, card)
-    await agent.run_session()
-    await agent.run_session()                   # a later wake finishes what is left
-    assert not mid_session(card)
-    results = trigger_results(rig)
-    assert len(results) == 1
-    if results == ["profileInstallationResult"]:
-        assert [p.iccid for p in card.profiles] == [ICCID]
-    else:
-        assert card.profiles == []
-        if "authenticateClient" in rig.smdp.calls:
-            assert len(rig.smdp.cancelled) == 1
+async def test_euicc_error_status_at_any_command_of_a_download_leaves_no_session_and_one_result(
+        pki: RspPki, n: int) -> None:
+    async with running_peers(pki) as peers:
+        card = peers.card(faults=Faults(sw_on_command={n: 0x6F00}))
+        driver = peers.driver()
+        await peers.download(card.eid, await peers.order(size=SMALL))
+        agent, _ = make_agent(MemoryLink(driver), card)
+        await agent.run_session()
+        await agent.run_session()                   # a later wake finishes what is left
+        assert not mid_session(card)
+        ((_, result),) = (await peers.one_result_per_package(card.eid)).items()
+        if result["kind"] == "profileDownloadTriggerResult":
+            assert [p.iccid for p in card.profiles] == [ICCID]
+        else:
+            assert card.profiles == []
+            if "authenticateClient" in driver.posted:
+                assert driver.posted.count("cancelSession") == 1
 
 
 async def test_lost_load_euicc_package_response_is_recovered_from_the_euicc_not_resent(pki: RspPki) -> None:
-    rig, link, card = setup(pki)
-    card.state.eims[0].counter = 0
-    package = rig.eim.euicc_package_request(card.eid, [("getRAT", {})], b"\x07")
-    rig.eim.queue_package(card.eid, package)
-    # the GET RESPONSE that would carry the EuiccPackageResult fails: the package ran
-    agent, backend = make_agent(link, card)
-    original = backend.transmit
-    state = {"armed": True}
+    async with running_peers(pki) as peers:
+        card = peers.card()
+        await peers.psmo(card.eid, {"op": "getRAT"})
+        agent, backend = make_agent(MemoryLink(peers.driver()), card)
+        original = backend.transmit
+        armed = [True]
 
-    def transmit(apdu: bytes) -> bytes:
-        out = original(apdu)
-        if state["armed"] and apdu[1] == 0xE2 and apdu[5:7] == b"\xbf\x51":
-            state["armed"] = False
-            return b"\x6f\x00"
-        return out
+        def transmit(apdu: bytes) -> bytes:          # the response carrying the result is lost: the package ran
+            out = original(apdu)
+            if armed[0] and apdu[1] == 0xE2 and apdu[5:7] == b"\xbf\x51":
+                armed[0] = False
+                return b"\x6f\x00"
+            return out
 
-    backend.transmit = transmit  # type: ignore[method-assign]
-    await agent.run_session()
-    ((kind, value),) = rig.eim.results_of()
-    assert kind == "euiccPackageResult" and value[0] == "euiccPackageResultSigned"
-    assert card.state.eims[0].counter == 1      # ran once
-    assert card.notifications == []
+        backend.transmit = transmit  # type: ignore[method-assign]
+        await agent.run_session()
+        ((_, result),) = (await peers.one_result_per_package(card.eid)).items()
+        assert result["kind"] == "euiccPackageResultSigned" and result["verified"]
+        assert card.state.eims[0].counter == 1      # ran once
+        assert card.notifications == []
 
 
-async def test_operator_cancel_mid_download_cancels_on_the_euicc(pki: RspPki) -> None:
-    rig, link, card = setup(pki)
-    rig.eim.queue_trigger(card.eid, "1$smdp.example$M", b"\x08")
-    agent, _ = make_agent(link, card)
-    original = rig.smdp.handle
+async def test_operator_cancel_mid_download_cancels_on_the_euicc_and_at_the_smdp(pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card = peers.card()
+        driver = peers.driver()
+        await peers.download(card.eid, await peers.order(size=SMALL))
 
-    def handle(function: str, body: bytes) -> bytes:
-        if function == "authenticateClient":
-            rig.run([OperatorAction(card.eid, rig.now, "cancel")])
-        return original(function, body)
-
-    rig.smdp.handle = handle  # type: ignore[method-assign]
-    await agent.run_session()
-    assert not mid_session(card) and card.profiles == []
-    (cancel,) = rig.smdp.cancelled
-    reason = codec.decode("CancelSessionResponse", cancel)[1]["euiccCancelSessionSigned"]["reason"]
-    assert reason == 0                                          # endUserRejection
-    assert trigger_results(rig) == ["profileDownloadError"]
+        async def cancel() -> None:
+            await driver.run([OperatorAction(card.eid, driver.now, "cancel")])
+        driver.after["authenticateClient"] = cancel
+        agent, _ = make_agent(MemoryLink(driver), card)
+        await agent.run_session()
+        assert not mid_session(card) and card.profiles == []
+        assert driver.posted.count("cancelSession") == 1
+        (order,) = await peers.orders()
+        assert order["state"] == "cancelled"                       # endUserRejection ends the order
+        await download_error(peers, card.eid)
 
 
 GARBAGE = [b"", b"{}", b"not json", b'{"header": {"functionExecutionStatus": {"status": "Executed-Success"}}}',
@@ -222,36 +233,44 @@ GARBAGE = [b"", b"{}", b"not json", b'{"header": {"functionExecutionStatus": {"s
 @pytest.mark.parametrize("function", ["initiateAuthentication", "authenticateClient", "getBoundProfilePackage"])
 @pytest.mark.parametrize("body", GARBAGE, ids=range(len(GARBAGE)))
 async def test_a_malformed_smdp_answer_ends_the_download_cleanly(pki: RspPki, function: str, body: bytes) -> None:
-    rig, link, card = setup(pki)
-    original = rig.smdp.handle
-
-    def handle(f: str, b: bytes) -> bytes:
-        out = original(f, b)
-        return body if f == function else out
-
-    rig.smdp.handle = handle  # type: ignore[method-assign]
-    rig.eim.queue_trigger(card.eid, "1$smdp.example$M", b"\x09")
-    agent, _ = make_agent(link, card)
-    report = await agent.run_session()
-    assert report.error is None and not mid_session(card) and card.profiles == []
-    assert trigger_results(rig) == ["profileDownloadError"]
-    assert len(rig.smdp.cancelled) == (0 if function == "initiateAuthentication" else 1)
+    async with running_peers(pki) as peers:
+        card = peers.card()
+        driver = peers.driver()
+        driver.rewrite[function] = body
+        await peers.download(card.eid, await peers.order(size=SMALL))
+        agent, _ = make_agent(MemoryLink(driver), card)
+        report = await agent.run_session()
+        assert report.error is None and not mid_session(card) and card.profiles == []
+        await download_error(peers, card.eid)
+        assert driver.posted.count("cancelSession") == (0 if function == "initiateAuthentication" else 1)
 
 
-PACKAGE_COMMANDS = 18   # APDUs the card receives for one clean EuiccPackageRequest session
+PACKAGE_COMMANDS = 19   # APDUs the card receives for one clean EuiccPackageRequest session
+
+
+async def test_the_package_fault_matrix_covers_every_command_of_a_clean_package_session(pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card = peers.card(faults=Faults())
+        await peers.psmo(card.eid, {"op": "getRAT"})
+        agent, _ = make_agent(MemoryLink(peers.driver()), card)
+        await agent.run_session()
+        assert card.state.eims[0].counter == 1
+        assert card.faults.commands_seen == PACKAGE_COMMANDS
 
 
 @pytest.mark.parametrize("n", range(1, PACKAGE_COMMANDS + 1))
 async def test_euicc_error_status_at_any_command_of_a_package_gives_exactly_one_result(pki: RspPki, n: int) -> None:
-    rig, link, card = setup(pki, Faults(sw_on_command={n: 0x6F00}))
-    rig.eim.queue_package(card.eid, rig.eim.euicc_package_request(card.eid, [("getRAT", {})], b"\x30"))
-    agent, _ = make_agent(link, card)
-    await agent.run_session()
-    await agent.run_session()
-    ((kind, value),) = rig.eim.results_of()            # exactly one result
-    ran = card.state.eims[0].counter == 1
-    if kind == "euiccPackageResult":
-        assert ran and value[0] == "euiccPackageResultSigned"
-    else:
-        assert kind == "eimPackageResultResponseError" and not ran
-    assert card.notifications == []                   # the kept result was removed after the ack
+    async with running_peers(pki) as peers:
+        card = peers.card(faults=Faults(sw_on_command={n: 0x6F00}))
+        await peers.psmo(card.eid, {"op": "getRAT"})
+        agent, _ = make_agent(MemoryLink(peers.driver()), card)
+        await agent.run_session()
+        await agent.run_session()
+        ((_, result),) = (await peers.one_result_per_package(card.eid)).items()   # exactly one result
+        ran = card.state.eims[0].counter == 1
+        if result["kind"] == "euiccPackageResultSigned":
+            assert ran and result["verified"]
+        else:
+            assert result["kind"] == "eimPackageResultResponseError" and not ran
+        assert card.notifications == []               # the kept result was removed after the ack
+
