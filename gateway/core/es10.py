@@ -1,8 +1,9 @@
 """ES10b requests the IPA sends and the parts of responses it reads (SGP.22 §5.7, SGP.32 §5.9).
 
-Theory of operation. Requests without signed content are encoded with the project codec.
-Requests that carry server-signed structures (AuthenticateServer, PrepareDownload) are
-assembled from the exact TLVs the server sent (`tlv.header` + concatenation): decoding and
+Theory of operation. Requests without signed content are encoded, and responses checked
+and decoded, with the codec's ES10b table (gateway.spec.es10b: function name -> types and
+tags). Requests that carry server-signed structures (AuthenticateServer, PrepareDownload)
+are assembled from the exact TLVs the server sent (gateway.spec.signed.wrap): decoding and
 re-encoding them could change a byte and break the eUICC's signature check (DESIGN 8).
 Readers return the exact bytes of signed responses and decode only what the IPA decides on.
 Every decoding failure is `DecodeError`.
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import DecodeError
-from gateway.spec import codec, tlv
+from gateway.spec import codec, signed, tlv
+from gateway.spec.es10b import decode_response, encode_request
 
 TAG_GET_EUICC_CHALLENGE = 0xBF2E
 TAG_GET_EUICC_INFO1 = 0xBF20
@@ -36,33 +38,28 @@ CANCEL_REASON = {  # CancelSessionReason, SGP.22 §5.7.14
 }
 
 
-def _wrap(tag: int, *parts: bytes) -> bytes:
-    body = b"".join(parts)
-    return tlv.header(tag, len(body)) + body
-
-
 def get_euicc_challenge() -> bytes:  # SGP.22 §5.7.7
-    return codec.encode("GetEuiccChallengeRequest", {})
+    return encode_request("GetEuiccChallenge", {})
 
 
 def get_euicc_info1() -> bytes:  # SGP.22 §5.7.8
-    return codec.encode("GetEuiccInfo1Request", {})
+    return encode_request("GetEUICCInfo1", {})
 
 
 def get_euicc_info2() -> bytes:  # SGP.22 §5.7.8
-    return codec.encode("GetEuiccInfo2Request", {})
+    return encode_request("GetEUICCInfo2", {})
 
 
 def get_eim_configuration_data() -> bytes:  # SGP.32 §5.9.18
-    return codec.encode("GetEimConfigurationDataRequest", {})
+    return encode_request("GetEimConfigurationData", {})
 
 
 def add_initial_eim(eim_configuration_data: list[dict[str, Any]]) -> bytes:  # SGP.32 §5.9.x
-    return codec.encode("AddInitialEimRequest", {"eimConfigurationDataList": eim_configuration_data})
+    return encode_request("AddInitialEim", {"eimConfigurationDataList": eim_configuration_data})
 
 
 def ipa_euicc_data_request(tag_list: bytes) -> bytes:  # SGP.32 §5.9.x, IpaEuiccDataRequest
-    return codec.encode("IpaEuiccDataRequest", {"tagList": tag_list})
+    return encode_request("IpaEuiccData", {"tagList": tag_list})
 
 
 def retrieve_notifications_list(*, euicc_package_results: bool = False,
@@ -72,15 +69,15 @@ def retrieve_notifications_list(*, euicc_package_results: bool = False,
         value["searchCriteria"] = ("euiccPackageResults", None)
     elif seq_number is not None:
         value["searchCriteria"] = ("seqNumber", seq_number)
-    return codec.encode("RetrieveNotificationsListRequest", value)
+    return encode_request("RetrieveNotificationsList", value)
 
 
 def remove_notification_from_list(seq_number: int) -> bytes:  # SGP.22 §5.7.11
-    return codec.encode("NotificationSentRequest", {"seqNumber": seq_number})
+    return encode_request("RemoveNotificationFromList", {"seqNumber": seq_number})
 
 
 def cancel_session(transaction_id: bytes, reason: str) -> bytes:  # SGP.22 §5.7.14
-    return codec.encode("CancelSessionRequest", {"transactionId": transaction_id,
+    return encode_request("CancelSession", {"transactionId": transaction_id,
                                                  "reason": CANCEL_REASON[reason]})
 
 
@@ -94,13 +91,13 @@ def ctx_params1(matching_id: str | None, device_info: dict[str, Any]) -> bytes:
 def authenticate_server(server_signed1: bytes, server_signature1: bytes, euicc_ci_pkid: bytes,
                         server_certificate: bytes, ctx_params: bytes) -> bytes:  # SGP.22 §5.7.13
     """From the exact TLVs of InitiateAuthentication's answer (tags 30, 5F37, 04, 30)."""
-    return _wrap(TAG_AUTHENTICATE_SERVER, server_signed1, server_signature1, euicc_ci_pkid,
+    return signed.wrap(TAG_AUTHENTICATE_SERVER, server_signed1, server_signature1, euicc_ci_pkid,
                  server_certificate, ctx_params)
 
 
 def prepare_download(smdp_signed2: bytes, smdp_signature2: bytes, smdp_certificate: bytes,
                      hash_cc: bytes | None = None) -> bytes:  # SGP.22 §5.7.5
-    return _wrap(TAG_PREPARE_DOWNLOAD, smdp_signed2, smdp_signature2,
+    return signed.wrap(TAG_PREPARE_DOWNLOAD, smdp_signed2, smdp_signature2,
                  hash_cc if hash_cc is not None else b"", smdp_certificate)
 
 
@@ -125,7 +122,7 @@ def outer(data: bytes, expected: int, what: str) -> tlv.Tlv:
 
 
 def euicc_challenge(data: bytes) -> bytes:
-    value = codec.decode("GetEuiccChallengeResponse", data)
+    value = decode_response("GetEuiccChallenge", data)
     return bytes(value["euiccChallenge"])
 
 
@@ -140,7 +137,7 @@ class SignedAnswer:
 
 
 def authenticate_server_response(data: bytes) -> SignedAnswer:
-    value = codec.decode("AuthenticateServerResponse", data)
+    value = decode_response("AuthenticateServer", data)
     kind, inner = value
     if kind == "authenticateResponseOk":
         return SignedAnswer(data, True, None, bytes(inner["euiccSigned1"]["transactionId"]))
@@ -150,7 +147,7 @@ def authenticate_server_response(data: bytes) -> SignedAnswer:
 
 
 def prepare_download_response(data: bytes) -> SignedAnswer:
-    kind, inner = codec.decode("PrepareDownloadResponse", data)
+    kind, inner = decode_response("PrepareDownload", data)
     if kind == "downloadResponseOk":
         return SignedAnswer(data, True, None, bytes(inner["euiccSigned2"]["transactionId"]))
     if kind == "downloadResponseError":
@@ -159,7 +156,7 @@ def prepare_download_response(data: bytes) -> SignedAnswer:
 
 
 def cancel_session_response(data: bytes) -> SignedAnswer:
-    kind, inner = codec.decode("CancelSessionResponse", data)
+    kind, inner = decode_response("CancelSession", data)
     if kind == "cancelSessionResponseError":
         return SignedAnswer(data, False, int(inner))
     return SignedAnswer(data, True)
@@ -177,7 +174,7 @@ class InstallResult:
 
 
 def profile_installation_result(data: bytes) -> InstallResult:
-    value = codec.decode("ProfileInstallationResult", data)
+    value = decode_response("LoadBoundProfilePackage", data)
     pir = value["profileInstallationResultData"]
     meta = pir["notificationMetadata"]
     kind, inner = pir["finalResult"]
@@ -239,7 +236,7 @@ class PackageResult:
 
 
 def euicc_package_result(raw: bytes) -> PackageResult:
-    kind, inner = codec.decode("EuiccPackageResult", raw)
+    kind, inner = decode_response("LoadEuiccPackage", raw)
     if kind == "euiccPackageResultSigned":
         d = inner["euiccPackageResultDataSigned"]
         return PackageResult(raw, d["eimId"], int(d["seqNumber"]), _opt_bytes(d, "eimTransactionId"),
@@ -252,7 +249,7 @@ def euicc_package_result(raw: bytes) -> PackageResult:
 
 def package_result_changes_profile(raw: bytes) -> bool:
     """Did this result enable or disable a Profile (so the device must refresh)?"""
-    kind, inner = codec.decode("EuiccPackageResult", raw)
+    kind, inner = decode_response("LoadEuiccPackage", raw)
     if kind != "euiccPackageResultSigned":
         return False
     for name, code in inner["euiccPackageResultDataSigned"]["euiccResult"]:
@@ -287,32 +284,25 @@ def retrieved_list(data: bytes) -> Retrieved:
                 if alt.tag == 0xA0:
                     out.notifications.append(notification_of(item))
                 else:
-                    out.package_results.append(euicc_package_result(_retag(item, 0xBF51)))
+                    out.package_results.append(euicc_package_result(signed.retag(item, 0xBF51)))
             except (DecodeError, KeyError, TypeError, ValueError):
                 out.unreadable.append(item)
     return out
 
 
-def _retag(raw: bytes, tag: int) -> bytes:
-    node = tlv.read_single(raw)
-    if node.tag == tag:
-        return raw
-    return tlv.header(tag, node.length) + node.value_of(raw)
-
-
 def eim_configurations(data: bytes) -> list[dict[str, Any]]:
-    value = codec.decode("GetEimConfigurationDataResponse", data)
+    value = decode_response("GetEimConfigurationData", data)
     return list(value.get("eimConfigurationDataList", []))
 
 
 def remove_status(data: bytes) -> int:
-    return int(codec.decode("NotificationSentResponse", data)["deleteNotificationStatus"])
+    return int(decode_response("RemoveNotificationFromList", data)["deleteNotificationStatus"])
 
 
 def default_smdp_address(data: bytes) -> str | None:
     """defaultSmdpAddress of an IpaEuiccDataResponse, if the eUICC has one."""
     try:
-        kind, value = codec.decode("IpaEuiccDataResponse", data)
+        kind, value = decode_response("IpaEuiccData", data)
     except DecodeError:
         return None
     if kind != "ipaEuiccData":

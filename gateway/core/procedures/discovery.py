@@ -35,6 +35,7 @@ from gateway.core.procedures.base import (
 from gateway.errors import RemoteProtocolError
 from gateway.spec import codec
 from gateway.spec.apdu import sw_error
+from gateway.spec.es10b import decode_response
 
 READING = "READING"
 ADDING = "ADDING"
@@ -82,7 +83,7 @@ class Discovery(Procedure):
         assert isinstance(answer, DeviceAnswer)
         if not answer.replies or answer.replies[0].sw != 0x9000:
             raise RemoteProtocolError("AddInitialEim was not executed")
-        kind, value = codec.decode("AddInitialEimResponse", answer.replies[0].data)
+        kind, value = decode_response("AddInitialEim", answer.replies[0].data)
         if kind != "addInitialEimOk":
             raise RemoteProtocolError(f"AddInitialEim refused: {value}")
         added = str((env.config.initial_eim or {}).get("eimId"))

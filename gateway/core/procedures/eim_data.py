@@ -31,6 +31,7 @@ from gateway.core.procedures.base import (
 from gateway.errors import DecodeError
 from gateway.spec import codec, signed, tlv
 from gateway.spec.apdu import sw_error
+from gateway.spec.es10b import decode_response, encode_request
 
 COLLECTING = "COLLECTING"
 IPA_ONLY_TAGS = (0xA8, 0xA9)   # ipaCapabilities, deviceInfo
@@ -71,7 +72,7 @@ class EimData(Procedure):
             return COLLECTING, [DeviceWork(())]
         if self.ctx["ipa_tags"]:
             value["tagList"] = b"".join(tlv.encode_tag(t) for t in euicc_tags)
-            request = codec.encode("IpaEuiccDataRequest", value)
+            request = encode_request("IpaEuiccData", value)
         else:
             request = raw
         return COLLECTING, [DeviceWork((Call("IpaEuiccData", request),))]
@@ -110,7 +111,7 @@ class EimData(Procedure):
         return self.ctx["tid"] is not None and all(tlv.outer_tag(p) != _TAG_TRANSACTION_ID for p in parts)
 
     def _done(self, response: bytes) -> list[Output]:
-        codec.decode("IpaEuiccDataResponse", response)
+        decode_response("IpaEuiccData", response)
         return [Note("ipaEuiccData", "ok"), Finish("ok", "", {"data": response})]
 
     def on_error(self, env: Env, previous: str, why: str) -> list[Output]:

@@ -40,6 +40,7 @@ from gateway.core.procedures.base import (
 )
 from gateway.errors import DecodeError
 from gateway.spec import codec, signed, tlv
+from gateway.spec.es10b import decode_response
 
 LOADING = "LOADING"
 RECOVERING = "RECOVERING"
@@ -108,7 +109,7 @@ class EimPackage(Procedure):
         if node.tag != signed.TAG_EUICC_PACKAGE_RESULT:
             raise DecodeError(f"tag {node.tag:X} is not an EuiccPackageResult", type_name="EuiccPackageResult")
         result = es10.euicc_package_result(raw)
-        ok = codec.decode("EuiccPackageResult", raw)[0] == "euiccPackageResultSigned"
+        ok = decode_response("LoadEuiccPackage", raw)[0] == "euiccPackageResultSigned"
         outcome = "ok" if ok else "failed"
         return [Note("euiccPackage", outcome, ",".join(self.ctx.get("ops", []))),
                 Finish(outcome, "", {"epr": raw, "seq": result.seq_number})]
