@@ -405,19 +405,20 @@ def json_dumps(value: Any) -> str:
 # --- the ledger -------------------------------------------------------------------------------
 
 
-def check_ledger(f: Fleet) -> tuple[list[str], list[str], dict[str, int]]:
+def check_ledger(devices: list[Device], smdp: SmdppServer, eim: EimServer
+                 ) -> tuple[list[str], list[str], dict[str, int]]:
     """(every discrepancy between the eUICCs' own logs and the peers' records -- a lost or
     duplicated result or notification, an eUICC left in an RSP session --, resources left
     held on the eUICCs, the figures)."""
     problems: list[str] = []
     leaks: list[str] = []
     figures: Counter[str] = Counter()
-    smdp_ders = {n.der for n in f.smdp.service.notifications}
-    svc = f.eim.service
+    smdp_ders = {n.der for n in smdp.service.notifications}
+    svc = eim.service
     eim_result_ders = {r.der for dev in svc.devices.values() for r in dev.results if r.der}
     eim_note_ders = {n.der for dev in svc.devices.values() for n in dev.notifications} | {
         n.der for n in svc.unassigned}
-    for d in f.devices:
+    for d in devices:
         name = f"device {d.run.number} ({d.run.link}, {d.eid.hex()})"
         if d.agent_error is not None:
             problems.append(f"{name}: the agent failed: {d.agent_error}")
@@ -496,8 +497,8 @@ def check_ledger(f: Fleet) -> tuple[list[str], list[str], dict[str, int]]:
             problems.append(f"{name}: the eUICC state file still holds notifications")
         figures["device_sessions"] += d.sessions
         figures["transport_errors"] += d.transport_errors
-    figures["smdp_notifications"] = len(f.smdp.service.notifications)
-    for session in f.smdp.service.sessions.values():
+    figures["smdp_notifications"] = len(smdp.service.notifications)
+    for session in smdp.service.sessions.values():
         if session.state != "closed":
             figures[f"smdp_sessions_left_{session.state}"] += 1
     figures["channels_left_open"] = len(leaks)

@@ -82,7 +82,7 @@ async def test_sigkill_at_random_instants_loses_no_result_runs_no_package_twice(
             await asyncio.sleep(0.2)
         exit_code = await gw.stop()
         await f.stop_all_devices()
-        problems, leaks, figures = check_ledger(f)
+        problems, leaks, figures = check_ledger(f.devices, f.smdp, f.eim)
         took = time.monotonic() - started
         print(f"crash test: seed {SEED}: {gw.kills} kills ({early} during start-up), {gw.starts} starts, "
               f"{rounds} rounds ordered, {took:.0f} s; {figures}")
