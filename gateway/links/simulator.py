@@ -196,6 +196,12 @@ class UdpLinkSimulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def set_profile(self, profile: ProfileSource) -> None:
+        """Change the link of every flow, present and future (a link that degrades mid-test)."""
+        self._source = profile
+        for flow in self._flows.values():
+            flow.up.profile = flow.down.profile = _profile(profile, flow.peer)
+
     def _lost(self, profile: LinkProfile) -> bool:
         if profile.loss and self._rng.random() < profile.loss:
             self.stats.dropped += 1

@@ -158,17 +158,20 @@ async def test_a_wrong_size_hint_costs_no_time_or_errors(coap_server: CoapServer
     assert transport.speculative_requests == 15 and elapsed < 2.0
 
 
-async def test_a_coap_dtls_session_survives_10_percent_loss_each_way(
+async def test_an_established_coap_dtls_session_survives_10_percent_loss_each_way(
         coap_server: CoapServer, handler: ScriptedHandler) -> None:
+    # the handshake runs on a clean link: under loss it can stall (docs/device-link.md §8)
     from hil.euicc.card import ApduLayer
     async with UdpLinkSimulator(("127.0.0.1", coap_server._config.dtls_port),
-                                LinkProfile(rtt_s=0.02, loss=0.1), seed=3) as sim:
+                                LinkProfile(rtt_s=0.02), seed=3) as sim:
         transport = CoapAgentTransport("127.0.0.1", sim.listen_port, eid_of(3), identity="dev3",
                                        psk=b"psk-of-device-3", block_timeout=0.5, block_retries=8)
         agent = Agent(Agent.make_status(eid_of(3), buffer_size=16 * 1024), ApduLayer(lambda r: b""), transport)
         big = p.Batch(2, es10_steps(60), aid=ISD_R_AID)
-        handler.batches[eid_of(3)] = [p.Batch(1, es10_steps(1), aid=ISD_R_AID), big]
         try:
+            await agent.run_session()
+            sim.set_profile(LinkProfile(rtt_s=0.02, loss=0.1))
+            handler.batches[eid_of(3)] = [p.Batch(1, es10_steps(1), aid=ISD_R_AID), big]
             report = await agent.run_session()
         finally:
             await transport.close()
