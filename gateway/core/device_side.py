@@ -47,7 +47,10 @@ class DeviceSide(Turn):
         due = self.config.notification_check_s
         if s.retrieved_at is None or (due is not None and self.now - s.retrieved_at >= due):
             s.want_retrieve = True       # notifications left by anything else (first contact, daily)
-        changed = s.plmn is not None and status.plmn is not None and status.plmn != s.plmn
+        # a PLMN change is the eIM's to hear (notifyStateChange, rPLMN), unless the policies
+        # that caused it report it themselves (StateReportPending)
+        changed = (s.plmn is not None and status.plmn is not None and status.plmn != s.plmn
+                   and not s.policy_report_pending)
         self.note_status(status)
         if s.eims is None:
             if self.config.eims:

@@ -109,8 +109,21 @@ class OperatorAction:
     args: tuple[tuple[str, str], ...] = ()
 
 
+@serial.register
+@dataclass(frozen=True, slots=True)
+class StateReportPending:
+    """The edge policies owe the eIM this device's state-change report (a gateway.policy
+    ReportStateChange, posted by the runtime): `pending` from the decision until the eIM
+    answered that report (`Policies.report_sent`). Meanwhile the engine adds no
+    notifyStateChange of its own for the PLMN change the switch causes: one report per switch."""
+
+    eid: bytes
+    now: float
+    pending: bool
+
+
 Event: TypeAlias = (DeviceHello | DeviceResult | EimPackageReceived | BackhaulAnswered
-                    | BackhaulFailed | TimerFired | OperatorAction)
+                    | BackhaulFailed | TimerFired | OperatorAction | StateReportPending)
 
 
 def to_bytes(event: Event) -> bytes:
@@ -120,7 +133,7 @@ def to_bytes(event: Event) -> bytes:
 def from_bytes(data: bytes) -> Event:
     value = serial.loads(data)
     if not isinstance(value, (DeviceHello, DeviceResult, EimPackageReceived, BackhaulAnswered,
-                              BackhaulFailed, TimerFired, OperatorAction)):
+                              BackhaulFailed, TimerFired, OperatorAction, StateReportPending)):
         from gateway.errors import DecodeError
         raise DecodeError(f"not an event: {type(value).__name__}", type_name="engine event")
     return value

@@ -40,6 +40,7 @@ from gateway.core.events import (
     EimPackageReceived,
     Event,
     OperatorAction,
+    StateReportPending,
     TimerFired,
 )
 from gateway.core.package_side import PackageSide
@@ -76,6 +77,7 @@ class DeviceSession:
         self.timers: dict[str, float] = {}
         self.retrieved_at: float | None = None
         self.state_change_cause: str | None = None      # to report with the next poll
+        self.policy_report_pending = False              # the policies report the PLMN change (StateReportPending)
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class DeviceSession:
             "done_keys": self.done_keys, "plmn": self.plmn, "imei": self.imei,
             "max_batch_bytes": self.max_batch_bytes, "timers": self.timers,
             "retrieved_at": self.retrieved_at, "state_change_cause": self.state_change_cause,
+            "policy_report_pending": self.policy_report_pending,
         }
         return serial.dumps(data)
 
@@ -149,6 +152,7 @@ class DeviceSession:
         s.timers = dict(d["timers"])
         s.retrieved_at = d["retrieved_at"]
         s.state_change_cause = d["state_change_cause"]
+        s.policy_report_pending = bool(d.get("policy_report_pending", False))   # absent in older blobs
         return s
 
     # -- entry point -------------------------------------------------------------------------
@@ -170,6 +174,8 @@ class DeviceSession:
             ctx.on_timer(event.name)
         elif isinstance(event, OperatorAction):
             ctx.on_operator(event.kind, dict(event.args))
+        elif isinstance(event, StateReportPending):
+            self.policy_report_pending = event.pending
         ctx.settle()
         store = [a for a in out if isinstance(a, A.STORE_ACTIONS)]
         rest = [a for a in out if not isinstance(a, A.STORE_ACTIONS)]

@@ -291,3 +291,33 @@ def test_a_lost_batch_of_reads_is_sent_again_but_not_twice() -> None:
     assert eng.state_of(EID) == "download:CHALLENGE"
     out = eng.handle(hello(now=60.0))                    # lost again: the download gives up
     assert eng.state_of(EID) != "download:CHALLENGE"
+
+
+def _poll_value(out: list[A.Action]) -> dict[str, Any]:
+    (poll,) = [p for p in posts(out) if p.function == "GetEimPackage"]
+    kind, value = esipa.decode_from_ipa(poll.body)
+    assert kind == "getEimPackageRequest"
+    return dict(value)
+
+
+def test_a_plmn_change_the_policies_report_themselves_is_not_reported_again_by_the_engine() -> None:
+    eng = engine()
+    out = eng.handle(hello(now=0.0, plmn="26201"))
+    eng.handle(E.BackhaulAnswered(EID, 0.1, posts(out)[0].request_id, NO_PACKAGE))
+    eng.handle(E.StateReportPending(EID, 1.0, True))            # a fallback decided: its report is owed
+    eng.restore(EID, eng.sessions[EID].to_blob())               # and survives a restart
+    out = eng.handle(hello(now=10.0, plmn="310410"))            # the device is back on the fallback network
+    assert "notifyStateChange" not in _poll_value(out)
+    eng.handle(E.BackhaulAnswered(EID, 10.1, posts(out)[0].request_id, NO_PACKAGE))
+    eng.handle(E.StateReportPending(EID, 20.0, False))          # the policy's report reached the eIM
+    out = eng.handle(hello(now=30.0, plmn="310410"))
+    assert "notifyStateChange" not in _poll_value(out)          # nothing changed since
+    eng.handle(E.BackhaulAnswered(EID, 30.1, posts(out)[0].request_id, NO_PACKAGE))
+    out = eng.handle(hello(now=40.0, plmn="26202"))             # a change of its own: the engine reports it
+    value = _poll_value(out)
+    assert "notifyStateChange" in value and value["rPLMN"] == bytes.fromhex("62F220")
+
+
+def test_state_report_pending_round_trips_as_an_event() -> None:
+    event = E.StateReportPending(EID, 5.0, True)
+    assert E.from_bytes(E.to_bytes(event)) == event
