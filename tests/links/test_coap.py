@@ -236,7 +236,7 @@ async def test_agent_command_line_runs_a_session_over_dtls(coap_server: CoapServ
 
 async def test_documented_limit_aiocoap_keeps_dtls_sessions_after_clients_close(
         coap_server: CoapServer, handler: ScriptedHandler) -> None:
-    """docs/device-link.md §8: close_notify does not end a server session (aiocoap 0.4.17)."""
+    """docs/device-link.md §9: close_notify does not end a server session (aiocoap 0.4.17)."""
     agents = [agent_for(coap_server, n) for n in (1, 2, 3)]
     for agent in agents:
         await agent.run_session()

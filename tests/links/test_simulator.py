@@ -160,7 +160,7 @@ async def test_a_wrong_size_hint_costs_no_time_or_errors(coap_server: CoapServer
 
 async def test_an_established_coap_dtls_session_survives_10_percent_loss_each_way(
         coap_server: CoapServer, handler: ScriptedHandler) -> None:
-    # the handshake runs on a clean link: under loss it can stall (docs/device-link.md §8)
+    # the handshake runs on a clean link: under loss it can stall (docs/device-link.md §9)
     from hil.euicc.card import ApduLayer
     async with UdpLinkSimulator(("127.0.0.1", coap_server._config.dtls_port),
                                 LinkProfile(rtt_s=0.02), seed=3) as sim:
