@@ -33,13 +33,18 @@ import aiocoap.resource
 from aiocoap.numbers import codes
 from aiocoap.optiontypes import BlockOption
 
-from gateway.errors import AccessDenied, UnknownDevice
+from gateway.errors import AccessDenied, ConfigError, UnknownDevice
 from gateway.links.base import DeviceRegistry, UplinkHandler, answer
 from gateway.links.protocol import ErrorCode, ErrorMsg, Downlink, encode_downlink
 
 log = logging.getLogger(__name__)
 
 RESOURCE_PREFIX = ("ipae", "v1")
+# tinydtls as bundled by DTLSSocket 0.2.3 (tests/links/test_dtls_limits.py, docs/dtls-limits.md):
+# a longer PSK overflows a 16-byte buffer (no handshake; a 59..64-byte key crashes the server),
+# a longer identity never completes a handshake
+MAX_PSK = 16
+MAX_PSK_IDENTITY = 32
 CONTENT_FORMAT_CBOR_SEQ = 63
 BLOCK_SIZE = 1024
 DEFAULT_MAX_UPLINK = 64 * 1024
@@ -53,6 +58,15 @@ _CODE_FOR_ERROR = {
     ErrorCode.UNEXPECTED: codes.CONFLICT,
     ErrorCode.INTERNAL: codes.INTERNAL_SERVER_ERROR,
 }
+
+
+def check_dtls_credentials(registry: DeviceRegistry) -> None:
+    """ConfigError naming every device whose PSK or identity DTLS cannot use."""
+    bad = [f"{d.identity!r} (PSK {len(d.secret)} B, identity {len(d.identity.encode())} B)" for d in registry
+           if len(d.secret) > MAX_PSK or len(d.identity.encode()) > MAX_PSK_IDENTITY]
+    if bad:
+        raise ConfigError(f"DTLS takes PSKs of at most {MAX_PSK} bytes and identities of at most "
+                          f"{MAX_PSK_IDENTITY} bytes: {', '.join(bad[:10])}" + (" ..." if len(bad) > 10 else ""))
 
 
 def resource_path(eid: bytes) -> tuple[str, ...]:
@@ -75,6 +89,10 @@ class RegistryCredentials(aiocoap.credentials.CredentialsMap):  # type: ignore[m
             device = self._registry.by_identity(identity.decode("utf-8"))
         except (UnicodeDecodeError, UnknownDevice):
             raise KeyError(identity) from None
+        if len(device.secret) > MAX_PSK:  # never hand tinydtls a key it cannot hold
+            log.error("PSK of %r is %d bytes; tinydtls takes at most %d", device.identity,
+                      len(device.secret), MAX_PSK)
+            raise KeyError(identity)
         return device.secret, device.identity
 
     def __bool__(self) -> bool:
@@ -249,6 +267,7 @@ class CoapServer:
     def __init__(self, handler: UplinkHandler, registry: DeviceRegistry, config: CoapServerConfig) -> None:
         if config.plain_port is not None and not config.allow_plain:
             raise ValueError("plain CoAP needs allow_plain=True (lab use only)")
+        check_dtls_credentials(registry)
         self._config = config
         self._registry = registry
         self.dtls_site = DeviceLinkResource(handler, registry, max_uplink=config.max_uplink, plain=False)

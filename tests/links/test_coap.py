@@ -244,3 +244,14 @@ async def test_documented_limit_aiocoap_keeps_dtls_sessions_after_clients_close(
     await asyncio.sleep(0.3)
     pool = coap_server._contexts[0].request_interfaces[0].token_interface.message_interface._pool
     assert len(pool._connections) == 3  # if this fails, aiocoap now evicts: update the doc
+
+
+def test_server_refuses_credentials_dtls_cannot_use(handler: ScriptedHandler) -> None:
+    from gateway.errors import ConfigError
+    from gateway.links.base import DeviceCredential
+    too_long = DeviceRegistry([DeviceCredential("dev1", eid_of(1), bytes(17))])
+    with pytest.raises(ConfigError, match="at most 16 bytes"):
+        CoapServer(handler, too_long, CoapServerConfig(dtls_port=free_udp_pair()))
+    long_identity = DeviceRegistry([DeviceCredential("d" * 33, eid_of(1), bytes(16))])
+    with pytest.raises(ConfigError, match="'d{33}'"):
+        CoapServer(handler, long_identity, CoapServerConfig(dtls_port=free_udp_pair()))
