@@ -23,6 +23,11 @@ from gateway.config.schema import setting, table
 from gateway.config.secret import Secret
 from gateway.errors import ConfigError
 
+# DTLSSocket/tinydtls keeps PSKs in 16-byte buffers and overflows them with longer keys, and
+# keeps identities in 32 bytes (docs/dtls-limits.md): the configuration admits only what works.
+DTLS_PSK_LEN = 16
+DTLS_PSK_IDENTITY_MAX = 32
+
 SERVICE_GROUP = "ipae-gateway"
 
 
@@ -32,8 +37,9 @@ def _hex_psk(value: Any) -> str | None:
         key = bytes.fromhex(text)
     except ValueError:
         return "a PSK as an even number of hex digits"
-    if not 16 <= len(key) <= 64:
-        return "a PSK of 16 to 64 bytes (32 to 128 hex digits)"
+    if len(key) != DTLS_PSK_LEN:
+        return (f"a PSK of exactly {DTLS_PSK_LEN} bytes ({2 * DTLS_PSK_LEN} hex digits): the DTLS stack "
+                "takes no other length (docs/dtls-limits.md)")
     return None
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.config.credentials import Credentials, check_permissions
+from gateway.config.credentials import DTLS_PSK_IDENTITY_MAX, Credentials, check_permissions
 from gateway.config.devices import Device, Located, load_devices_csv, load_devices_toml, read_toml, resolve_fleet
 from gateway.config.model import (
     ApiSection,
@@ -202,6 +202,9 @@ def _cross_check(config: Config, origins: Origins, creds_path: Path, entries: li
         if not enabled[entry.link]:
             raise ConfigError(f"device uses link {entry.link!r}, which is not enabled (links.{entry.link}.enabled)",
                               file=file, key=f"{key}.link")
+        if entry.link == "coap" and not 1 <= len(entry.identity.encode()) <= DTLS_PSK_IDENTITY_MAX:
+            raise ConfigError(f"a DTLS PSK identity of 1 to {DTLS_PSK_IDENTITY_MAX} bytes (the DTLS stack takes no "
+                              "longer one, docs/dtls-limits.md)", file=file, key=f"{key}.identity")
         if entry.link == "coap" and links.coap.dtls and entry.identity not in config.credentials.dtls_psk:
             raise ConfigError(f"no DTLS PSK for the identity of device {entry.eid} ({file} {key})",
                               file=creds, key=dotted("dtls_psk", entry.identity))

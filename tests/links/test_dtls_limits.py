@@ -40,11 +40,6 @@ HANDSHAKE_WAIT_S = 3.0  # a loopback handshake takes milliseconds; a failed one 
 pytestmark = pytest.mark.timeout(120)
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None,
                                    reason="needs the openssl command line tool (a non-tinydtls DTLS client)")
-config_beyond_the_stack = pytest.mark.xfail(
-    strict=True,
-    reason="gateway/config accepts CoAP PSKs of up to 64 bytes and identities of up to 128 characters, "
-           "beyond what DTLSSocket/tinydtls handles (docs/dtls-limits.md); remove this marker with the config fix")
-
 
 class _Echo(aiocoap.resource.Resource):  # type: ignore[misc]
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
@@ -220,7 +215,6 @@ def test_the_shipped_config_accepts_a_16_byte_psk_for_a_32_byte_coap_identity(tm
     assert _config_accepts(_etc(tmp_path), LONGEST_PSK, LONGEST_IDENTITY)
 
 
-@config_beyond_the_stack
 def test_every_psk_and_identity_length_the_config_accepts_completes_a_coaps_request(tmp_path: Path) -> None:
     etc = _etc(tmp_path)
     psk_lengths = [n for n in range(1, 81) if _config_accepts(etc, n, 8)]
