@@ -1,10 +1,11 @@
 """Round trips of a complete direct profile download: `python bench/round_trips.py [--json]`.
 
 Drives the engine (gateway.core) against a software eUICC (hil.euicc) through the in-memory
-device link and the reference agent, for the scenario the issue counts: the eIM orders a
-download of a 30 KB profile, then its enable, until every notification and result has been
-delivered and removed from the eUICC. The SM-DP+ and eIM are the in-test responders of
-tests/core/peers.py (the real peers in hil/peers come later).
+device link and the reference agent, and against the real SM-DP+ and eIM peers (hil/peers,
+in this process, over HTTPS with a generated test PKI), for the scenario the issue counts:
+the eIM orders a download of a 30 KB profile, then its enable, until every notification and
+result has been delivered and removed from the eUICC (tests/core/driver.py performs the
+engine's actions).
 
 - download_round_trips: exchanges that carried a batch (one batch down, its results up).
   The device's last uplink, carrying the results of the final batch, is answered by Idle;
@@ -30,15 +31,11 @@ import json  # noqa: E402
 import tempfile  # noqa: E402
 from typing import Any  # noqa: E402
 
-from gateway.core.engine import EimEndpoint, Engine, EngineConfig  # noqa: E402
 from gateway.links.memory import MemoryLink  # noqa: E402
 from hil.euicc import SoftEuicc  # noqa: E402
 from hil.euicc.eim import eim_config_from  # noqa: E402
 from hil.pki import generate_pki  # noqa: E402
-from tests.core.peers import MiniEim, MiniSmdp  # noqa: E402
-from tests.core.rig import EngineRig, make_agent  # noqa: E402
-
-ICCID = bytes.fromhex("98001032547698103214")
+from tests.core.driver import ICCID_DIGITS, make_agent, running_peers  # noqa: E402
 
 
 class CountingCard(SoftEuicc):
@@ -52,28 +49,31 @@ class CountingCard(SoftEuicc):
 async def measure(profile_bytes: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         pki = generate_pki(tmp)
-        smdp, eim = MiniSmdp(pki, profile_bytes=profile_bytes), MiniEim(pki)
-        card = CountingCard(pki, pki.eid_bytes)
-        card.state.eims.append(eim_config_from(card, eim.initial_eim()))
-        card.commit()
-        engine = Engine(EngineConfig(eims=(EimEndpoint(eim.eim_id, eim.fqdn),), seed=1))
-        rig = EngineRig(engine, smdp, eim)
-        link = MemoryLink(rig)
-        eim.queue_trigger(card.eid, "1$smdp.example$MATCH-1", b"\x01")
-        eim.queue_package(card.eid, eim.euicc_package_request(card.eid, [("enable", {"iccid": ICCID})], b"\x02"))
-        agent, _ = make_agent(link, card)
-        report = await agent.run_session()
-        ok = (bool(card.profiles) and card.profiles[0].state == "enabled" and not card.notifications
-              and report.error is None)
-        return {
-            "profile_bytes": profile_bytes,
-            "download_round_trips": report.batches,
-            "link_round_trips": report.exchanges,
-            "per_apdu_round_trips": card.apdus,
-            "downlink_bytes": report.downlink_bytes,
-            "uplink_bytes": report.uplink_bytes,
-            "completed": ok,
-        }
+        async with running_peers(pki) as peers:
+            card = CountingCard(pki, pki.eid_bytes)
+            card.state.eims.append(eim_config_from(card, peers.eim_data()))
+            card.commit()
+            peers.eim.service.register(card.eid, euicc_certificate=card.identity.certificate_der)
+            link = MemoryLink(peers.driver())
+            await peers.download(card.eid, await peers.order(size=profile_bytes))
+            await peers.psmo(card.eid, {"op": "enable", "iccid": ICCID_DIGITS})
+            agent, _ = make_agent(link, card)
+            report = await agent.run_session()
+            results = await peers.results(card.eid)
+            notes = await peers.smdp_notifications()
+            ok = (bool(card.profiles) and card.profiles[0].state == "enabled" and not card.notifications
+                  and report.error is None and len(results) == 2 and len(notes) == 2
+                  and all(r["verified"] for r in results + notes))
+            return {
+                "profile_bytes": profile_bytes,
+                "download_round_trips": report.batches,
+                "link_round_trips": report.exchanges,
+                "per_apdu_round_trips": card.apdus,
+                "downlink_bytes": report.downlink_bytes,
+                "uplink_bytes": report.uplink_bytes,
+                "peers": "hil.peers (HTTPS)",
+                "completed": ok,
+            }
 
 
 def main(argv: list[str] | None = None) -> int:
