@@ -5,9 +5,10 @@
     python -m hil.agent --transport mqtt --host broker --port 8883 --ca-file ca.pem \
         --eid 8904... --identity dev1 --password secret
 
-The eUICC backend is named by `--backend module:factory` (a callable returning an object with
-`transmit(apdu) -> bytes`); the default is the software eUICC's APDU layer with an echoing ES10
-dispatcher, which is enough to exercise a link.
+The eUICC backend: `--soft-euicc PKI_DIR [--euicc-state FILE]` runs the project's software
+eUICC (hil.euicc.SoftEuicc) for this EID; `--backend module:factory` names any callable that
+returns an object with `transmit(apdu) -> bytes` (a modem, a PC/SC reader); without either, the
+software eUICC's APDU layer with an echoing ES10 dispatcher, which is enough to exercise a link.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ def _echo_backend() -> Any:
     return ApduLayer(lambda request: request)
 
 
-def _load_backend(spec: str | None) -> Any:
+def _load_backend(spec: str | None, args: argparse.Namespace | None = None) -> Any:
+    if args is not None and args.soft_euicc:
+        from pathlib import Path
+
+        from hil.euicc import SoftEuicc
+        return SoftEuicc(Path(args.soft_euicc), bytes.fromhex(args.eid),
+                         state_path=Path(args.euicc_state) if args.euicc_state else None)
     if spec is None:
         return _echo_backend()
     module, _, name = spec.partition(":")
@@ -51,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true", help="CoAP without DTLS (lab gateways only)")
     p.add_argument("--buffer-size", type=int, default=4096)
     p.add_argument("--backend", help="module:factory returning the eUICC backend")
+    p.add_argument("--soft-euicc", metavar="PKI_DIR", help="use the software eUICC with this test PKI")
+    p.add_argument("--euicc-state", metavar="FILE", help="the software eUICC's non-volatile state file")
     p.add_argument("--sessions", type=int, default=1, help="wake-ups to run (0 = forever)")
     p.add_argument("--max-sleep", type=float, default=5.0, help="cap on the Idle retry_after between wake-ups")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -78,7 +87,7 @@ async def run(args: argparse.Namespace) -> int:
     if len(eid) != 16:
         raise SystemExit("--eid must be 32 hex digits")
     transport = make_transport(args, eid)
-    agent = Agent(Agent.make_status(eid, buffer_size=args.buffer_size), _load_backend(args.backend), transport)
+    agent = Agent(Agent.make_status(eid, buffer_size=args.buffer_size), _load_backend(args.backend, args), transport)
     failed = False
     try:
         n = 0

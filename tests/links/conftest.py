@@ -1,9 +1,9 @@
 """Peers for the device-link tests: a scripted gateway handler, device credentials, a CoAP/DTLS
 server on loopback, and Debian's mosquitto on a free loopback port with a generated config.
 
-The eUICC behind the agent is the project's software eUICC APDU layer (hil.euicc.card) with a
-scripted ES10 dispatcher that echoes each request (so responses exercise 61xx chaining); the
-full ES10 implementation is not needed to test the links.
+The eUICC behind the agent is the software eUICC (hil.euicc.SoftEuicc, in test_soft_euicc.py) or,
+where only the link is under test, its APDU layer (hil.euicc.card.ApduLayer) with a scripted ES10
+dispatcher that echoes each request, so that responses of any size exercise 61xx chaining.
 """
 
 from __future__ import annotations
