@@ -24,6 +24,11 @@ from tests.core.driver import ICCID, Peers, make_agent, mid_session, restart_ser
 SMALL = 1024   # profile size for the matrices: every ES10b command kind, few BPP segments
 
 
+def smdp_sessions_open(peers: Peers) -> list[str]:
+    """RSP sessions the SM-DP+ still holds open (in-process view of the peer's state)."""
+    return [s.state for s in peers.smdp.service.sessions.values() if s.state != "closed"]
+
+
 async def download_error(peers: Peers, eid: bytes) -> dict[str, Any]:
     ((_, result),) = (await peers.one_result_per_package(eid)).items()
     assert result["kind"] == "profileDownloadError", result
@@ -65,6 +70,7 @@ async def test_smdp_refusing_after_authenticate_server_cancels_on_the_euicc_and_
         assert report.error is None and not mid_session(card) and card.profiles == []
         assert driver.posted.count("cancelSession") == 1          # the SM-DP+ was told
         assert [a.result for a in driver.audits("cancelSession")] == ["ok"]   # the eUICC signed it
+        assert smdp_sessions_open(peers) == []
         await download_error(peers, card.eid)
 
 
@@ -182,6 +188,7 @@ async def test_euicc_error_status_at_any_command_of_a_download_leaves_no_session
             assert card.profiles == []
             if "authenticateClient" in driver.posted:
                 assert driver.posted.count("cancelSession") == 1
+                assert smdp_sessions_open(peers) == []
 
 
 async def test_lost_load_euicc_package_response_is_recovered_from_the_euicc_not_resent(pki: RspPki) -> None:
@@ -243,6 +250,8 @@ async def test_a_malformed_smdp_answer_ends_the_download_cleanly(pki: RspPki, fu
         assert report.error is None and not mid_session(card) and card.profiles == []
         await download_error(peers, card.eid)
         assert driver.posted.count("cancelSession") == (0 if function == "initiateAuthentication" else 1)
+        if function != "initiateAuthentication":
+            assert smdp_sessions_open(peers) == []
 
 
 PACKAGE_COMMANDS = 19   # APDUs the card receives for one clean EuiccPackageRequest session
