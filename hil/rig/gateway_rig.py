@@ -12,6 +12,7 @@ polling the eIM), the refresh after an enable/disable, until Idle.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,19 @@ class WakeTotals:
             self.problems.append(problem)
 
 
+class _Problems(logging.Handler):
+    """The gateway's own warnings (an unreachable peer, a refused request) into the rig's totals."""
+
+    def __init__(self, totals: WakeTotals) -> None:
+        super().__init__(logging.WARNING)
+        self.totals = totals
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()[:300]
+        if text not in self.totals.problems:
+            self.totals.problems.append(text)
+
+
 class RigGateway:
     """`async with RigGateway(...) as gw: await gw.wake()`; `gw.totals` counts what the link carried."""
 
@@ -78,9 +92,12 @@ class RigGateway:
         self.link = MemoryLink(self.runtime)
         self.agent = Agent(Agent.make_status(self.eid, imei=RIG_IMEI), self.backend,
                            MemoryAgentTransport(self.link, self.eid))
+        self._problems = _Problems(self.totals)
+        logging.getLogger("gateway").addHandler(self._problems)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        logging.getLogger("gateway").removeHandler(self._problems)
         try:
             await self.runtime.drain(5.0)
             await self.runtime.close()

@@ -21,6 +21,15 @@ import aiohttp
 from gateway.errors import NetworkError, RemoteProtocolError
 
 OPEN_STATES = ("queued", "delivered")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def loopback_port(fqdn: str | None) -> int | None:
+    """The port of an eIM FQDN on this machine ("127.0.0.1:8444"), else None."""
+    if not fqdn:
+        return None
+    host, _, port = fqdn.rpartition(":")
+    return int(port) if host in LOOPBACK_HOSTS and port.isdigit() and 0 < int(port) < 65536 else None
 
 
 class PeerAdmin:
@@ -100,10 +109,15 @@ class PeerAdmin:
 
 
 @contextlib.asynccontextmanager
-async def local_peers(pki: Any) -> AsyncIterator[tuple[str, str]]:
-    """The SM-DP+ and eIM peers in this process on free loopback ports: (eim_url, smdp_url)."""
+async def local_peers(pki: Any, *, eim_port: int = 0, smdp_port: int = 0) -> AsyncIterator[tuple[str, str]]:
+    """The SM-DP+ and eIM peers in this process on loopback: (eim_url, smdp_url).
+
+    `eim_port` 0 picks a free port; a card that already holds the test eIM's configuration
+    knows it by its FQDN (127.0.0.1:port), so a later run must start the eIM on that port;
+    likewise a profile sends its notifications to the SM-DP+ address it was installed from.
+    """
     from hil.peers.eim import EimServer
     from hil.peers.smdpp import SmdppServer
 
-    async with SmdppServer(pki) as smdp, EimServer(pki, smdp_url=smdp.url) as eim:
+    async with SmdppServer(pki, port=smdp_port) as smdp, EimServer(pki, smdp_url=smdp.url, port=eim_port) as eim:
         yield eim.url, smdp.url

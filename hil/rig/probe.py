@@ -140,6 +140,9 @@ def describe_profile(value: dict[str, Any]) -> dict[str, Any]:
             out[name] = value[key]
     if "isdpAid" in value:
         out["isdpAid"] = value["isdpAid"].hex().upper()
+    addresses = sorted({n["notificationAddress"] for n in value.get("notificationConfigurationInfo", [])})
+    if addresses:
+        out["notificationAddresses"] = addresses
     return out
 
 

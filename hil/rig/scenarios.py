@@ -33,7 +33,7 @@ from gateway.spec import codec
 from hil.rig.backends import Counting, RigBackend
 from hil.rig.gateway_rig import RigGateway
 from hil.rig.isdr import IsdR
-from hil.rig.peers import OPEN_STATES, PeerAdmin, local_peers
+from hil.rig.peers import OPEN_STATES, PeerAdmin, local_peers, loopback_port
 from hil.rig.probe import CardFacts, probe_card, read_notifications, read_profiles
 from hil.rig.report import StepLog
 
@@ -127,6 +127,42 @@ def _probe(counter: Counting, log: StepLog, options: RigOptions) -> CardFacts:
             isdr.close()
 
 
+# euiccResult codes of the PSMOs (SGP.32 §5.9.x EnableResult, DisableResult, DeleteResult)
+RESULT_NAMES = {0: "ok", 1: "iccidOrAidNotFound", 2: "profileNotInExpectedState", 3: "disallowedByPolicy",
+                5: "catBusy", 127: "undefinedError"}
+NOTIFYING = ("enableResult", "disableResult", "deleteResult")
+
+
+def psmo_results(result: Any) -> list[tuple[str, int]]:
+    """(operation, code) of each PSMO in an EuiccPackageResult as the eIM peer shows it; [] otherwise."""
+    if not isinstance(result, dict):
+        return []
+    signed = result.get("euiccPackageResultSigned")
+    if not isinstance(signed, dict):
+        return []
+    items = signed.get("euiccPackageResultDataSigned", {}).get("euiccResult", [])
+    out = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and len(item) == 1:
+            ((op, code),) = item.items()
+            if isinstance(code, int):
+                out.append((str(op), code))
+    return out
+
+
+def _local_ports(facts: CardFacts) -> tuple[int, int]:
+    """Ports the in-process peers must use for a card set up by an earlier run (0: any).
+
+    The card addresses the eIM by the FQDN in its eIM configuration, and a profile's
+    notifications go to the SM-DP+ address it was installed from.
+    """
+    eim = next((p for p in (loopback_port(e.get("eimFqdn")) for e in facts.eims) if p), None)
+    addresses = [a for p in facts.profiles for a in p.get("notificationAddresses", [])]
+    addresses += [n["address"] for n in facts.notifications]
+    smdp = next((p for p in map(loopback_port, addresses) if p and p != eim), None)
+    return eim or 0, smdp or 0
+
+
 def card_now(backend: Counting) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(profiles, pending notifications) as the card reports them now."""
     with IsdR(backend) as isdr:
@@ -147,7 +183,9 @@ async def _state_changing(counter: Counting, log: StepLog, options: RigOptions, 
         elif options.eim_url or options.smdp_url:
             raise CheckFailed("give both --eim and --smdp, or neither (the rig then starts its own peers)")
         else:
-            eim_url, smdp_url = await stack.enter_async_context(local_peers(options.pki))
+            eim_port, smdp_port = _local_ports(facts)
+            eim_url, smdp_url = await stack.enter_async_context(
+                local_peers(options.pki, eim_port=eim_port, smdp_port=smdp_port))
             log.note(f"peers started in this process: eIM {eim_url}, SM-DP+ {smdp_url}")
         admin = await stack.enter_async_context(PeerAdmin(eim_url, smdp_url, ca_file))
         with log.step("eIM knows the eUICC") as s:
@@ -158,6 +196,9 @@ async def _state_changing(counter: Counting, log: StepLog, options: RigOptions, 
             if ours is None and facts.eims:
                 raise CheckFailed(f"the card's eIMs are {', '.join(e['eimId'] for e in facts.eims)}, not the rig's "
                                   f"eIM {eim_id}: it would refuse the rig's packages")
+            if ours is not None and ours.get("eimFqdn") not in (None, identity["eimFqdn"]):
+                raise CheckFailed(f"the card knows eIM {eim_id} at {ours['eimFqdn']}, the eIM peer is at "
+                                  f"{identity['eimFqdn']}: run the peers there (python -m hil.peers.eim --port ...)")
             if ours is None:
                 initial = codec.decode("EimConfigurationData", bytes.fromhex(identity["eimConfigurationData"]))
             # the eIM checks a certificate against the test CI: a non-test card's (run with the
@@ -232,8 +273,18 @@ class _Operations:
             record["packageState"] = package["state"]
             if package["state"] != "done":
                 raise CheckFailed(f"the eIM recorded {package['state']}: {package.get('result')}")
+            results = psmo_results(package.get("result"))
+            record["euiccResults"] = results
+            if results:
+                s.detail += "; eUICC: " + ", ".join(f"{op} {RESULT_NAMES.get(code, code)}" for op, code in results)
+            failed = [(op, code) for op, code in results if code != 0]
+            if failed:
+                raise CheckFailed("the eUICC refused: " + ", ".join(f"{op} {RESULT_NAMES.get(code, code)} ({code})"
+                                                                  for op, code in failed))
+        # each profile change leaves one notification on the card for the peers
+        expected = 1 if not results else sum(1 for op, _ in results if op in NOTIFYING)
         with self.log.step(f"{name}: notifications delivered") as s:
-            await self._wake_until(lambda: self._notifications_delivered(before), f"{name} notifications")
+            await self._wake_until(lambda: self._notifications_delivered(before + expected), f"{name} notifications")
             delivered = await self.admin.delivered(self.eid)
             s.detail = f"{delivered - before} new at the peers, none pending on the card"
             record["notificationsDelivered"] = delivered - before
@@ -254,14 +305,17 @@ class _Operations:
         package = await self.admin.package(self.eid, package_id)
         return None if package["state"] in OPEN_STATES else package
 
-    async def _notifications_delivered(self, before: int) -> bool | None:
+    async def _notifications_delivered(self, at_least: int) -> bool | None:
         _, pending = await asyncio.to_thread(card_now, self.counter)
         if pending:
             return None
-        return True if await self.admin.delivered(self.eid) > before else None
+        return True if await self.admin.delivered(self.eid) >= at_least else None
 
     async def _wake_until(self, done: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """Wake the device until `done()` has an answer; the pause between wake-ups grows to 1 s
+        so a rig waiting on an unreachable peer does not hammer a real card."""
         deadline = time.monotonic() + self.timeout_s
+        pause = 0.05
         while True:
             await self.gw.wake()
             outcome = await done()
@@ -270,4 +324,5 @@ class _Operations:
             if time.monotonic() > deadline:
                 problems = "; ".join(self.gw.totals.problems[-3:]) or "no error reported"
                 raise CheckFailed(f"no {what} after {self.timeout_s:.0f} s ({problems})")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(pause)
+            pause = min(1.0, pause * 2)

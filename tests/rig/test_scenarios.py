@@ -160,3 +160,31 @@ async def test_a_card_bound_to_another_eim_is_reported_not_forced(card: SoftEuic
     result = await run_scenario(SoftBackend(card), options(pki, "download", peers))
     assert not result.ok and "someone-elses-eim" in (result.error or "")
     assert card.profiles == [] and [c.eim_id for c in card.state.eims] == ["someone-elses-eim"]
+
+
+async def test_a_psmo_the_euicc_refuses_fails_the_scenario_with_the_euicc_result(
+        card: SoftEuicc, pki: RspPki, peers: tuple[EimServer, SmdppServer]) -> None:
+    backend = SoftBackend(card)
+    download = await run_scenario(backend, options(pki, "download", peers))
+    iccid = download.operations[0]["iccid"]
+    assert (await run_scenario(backend, options(pki, "disable", peers, iccid=iccid))).error == (
+        "CheckFailed: the eUICC refused: disableResult profileNotInExpectedState (2)")
+    assert profile(card, iccid).state == "disabled" and card.notifications == []
+
+
+async def test_wake_ups_back_off_while_a_peer_is_unreachable_and_the_log_says_why(
+        card: SoftEuicc, pki: RspPki, peers: tuple[EimServer, SmdppServer]) -> None:
+    """The SM-DP+ goes away after the download: the enable notification cannot be delivered."""
+    eim, smdp = peers
+    backend = SoftBackend(card)
+    download = await run_scenario(backend, options(pki, "download", peers))
+    iccid = download.operations[0]["iccid"]
+    await smdp.stop()     # the profile's notification address; the rig's admin queries go to another one
+    async with SmdppServer(pki) as elsewhere:
+        result = await run_scenario(backend, RigOptions("enable", pki, eim_url=eim.url, smdp_url=elsewhere.url,
+                                                        iccid=iccid, timeout_s=2.0))
+    assert not result.ok and "no enable notifications after 2 s" in (result.error or "")
+    assert "handleNotification" in (result.error or "")
+    step = next(s for s in result.steps if s.name == "enable: notifications delivered")
+    assert step.apdus < 120          # a handful of wake-ups in 2 s, not a busy loop
+    assert len(card.notifications) == 1 and profile(card, iccid).state == "enabled"
