@@ -141,6 +141,7 @@ class DeviceLinkResource(aiocoap.resource.Resource):  # type: ignore[misc]
         self._plain = plain
         self._block_wait_s = block_wait_s
         self._downlinks: dict[tuple[bytes, str | None], asyncio.Future[bytes]] = {}
+        self._tags: dict[bytes, list[str | None]] = {}  # per EID, oldest first
         self.exchanges = 0
         self.refused = 0
         self.blocks_served = 0
@@ -186,9 +187,12 @@ class DeviceLinkResource(aiocoap.resource.Resource):  # type: ignore[misc]
         key = (eid, tag)
         fut = self._downlinks.get(key)
         if fut is None:
-            stale = [k for k in self._downlinks if k[0] == eid]
-            for k in stale[:-3]:  # a device has at most a few exchanges in flight
-                self._downlinks.pop(k).cancel()
+            tags = self._tags.setdefault(eid, [])
+            while len(tags) >= 4:  # a device has at most a few exchanges in flight
+                old = self._downlinks.pop((eid, tags.pop(0)), None)
+                if old is not None:
+                    old.cancel()
+            tags.append(tag)
             loop = asyncio.get_running_loop()
             fut = self._downlinks[key] = loop.create_future()
             # like aiocoap's Block2 cache: a downlink stays fetchable for MAX_TRANSMIT_WAIT
@@ -198,13 +202,18 @@ class DeviceLinkResource(aiocoap.resource.Resource):  # type: ignore[misc]
     def _expire(self, key: tuple[bytes, str | None], fut: asyncio.Future[bytes]) -> None:
         if self._downlinks.get(key) is fut:
             del self._downlinks[key]
+            tags = self._tags.get(key[0], [])
+            if key[1] in tags:
+                tags.remove(key[1])
+            if not tags:
+                self._tags.pop(key[0], None)
         fut.cancel()
 
     def _publish(self, eid: bytes, tag: str | None, payload: bytes) -> None:
         for key in {(eid, tag), (eid, None)}:
             fut = self._slot(eid, key[1])
             if fut.done():
-                self._downlinks.pop(key, None)
+                self._expire(key, fut)
                 fut = self._slot(eid, key[1])
             fut.set_result(payload)
 

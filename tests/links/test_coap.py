@@ -255,3 +255,17 @@ def test_server_refuses_credentials_dtls_cannot_use(handler: ScriptedHandler) ->
     long_identity = DeviceRegistry([DeviceCredential("d" * 33, eid_of(1), bytes(16))])
     with pytest.raises(ConfigError, match="'d{33}'"):
         CoapServer(handler, long_identity, CoapServerConfig(dtls_port=free_udp_pair()))
+
+
+async def test_a_block_request_for_an_exchange_that_never_comes_gets_4_08(coap_server: CoapServer) -> None:
+    coap_server.dtls_site._block_wait_s = 0.5
+    ctx = await aiocoap.Context.create_client_context(transports=["tinydtls"])
+    ctx.client_credentials[f"coaps://127.0.0.1:{port_of(coap_server)}/*"] = aiocoap.credentials.DTLS(
+        psk=b"psk-of-device-1", client_identity=b"dev1")
+    try:
+        uri = f"coaps://127.0.0.1:{port_of(coap_server)}/ipae/v1/{eid_of(1).hex()}?x=77"
+        msg = aiocoap.Message(code=aiocoap.POST, uri=uri, block2=BlockOption.BlockwiseTuple(3, False, 6))
+        response = await asyncio.wait_for(ctx.request(msg, handle_blockwise=False).response, 10)
+    finally:
+        await ctx.shutdown()
+    assert response.code == aiocoap.REQUEST_ENTITY_INCOMPLETE
