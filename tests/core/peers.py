@@ -51,7 +51,8 @@ class MiniSmdp:
             subject, reason = self.refuse[function]
             header = es9p.ResponseHeader(es9p.FAILED, es9p.StatusCodeData(subject, reason))
             return es9p.header_only_json(header)
-        return getattr(self, "_" + function)(body)
+        out: bytes = getattr(self, "_" + function)(body)
+        return out
 
     def metadata(self) -> bytes:
         return codec.encode("StoreMetadataRequest", {
@@ -133,16 +134,16 @@ class MiniSmds:
     def handle(self, function: str, body: bytes) -> bytes:
         self.calls.append(function)
         if function == es11.INITIATE_AUTHENTICATION:
-            req = es11.InitiateAuthenticationRequest.from_json(body)
+            init = es11.InitiateAuthenticationRequest.from_json(body)
             smdp = MiniSmdp(self.pki, address=self.address)
             return smdp._initiateAuthentication(es9p.InitiateAuthenticationRequest(
-                req.euicc_challenge, req.euicc_info1, self.address).to_json())
+                init.euicc_challenge, init.euicc_info1, self.address).to_json())
         if function == es11.AUTHENTICATE_CLIENT:
-            req = es9p.AuthenticateClientRequest.from_json(body)
-            kind, _ = codec.decode("AuthenticateServerResponse", req.authenticate_server_response)
+            auth = es9p.AuthenticateClientRequest.from_json(body)
+            kind, _ = codec.decode("AuthenticateServerResponse", auth.authenticate_server_response)
             assert kind == "authenticateResponseOk"
             return es11.AuthenticateClientResponse(
-                tuple(es11.EventEntry(e, a) for e, a in self.events), req.transaction_id).to_json()
+                tuple(es11.EventEntry(e, a) for e, a in self.events), auth.transaction_id).to_json()
         raise AssertionError(f"unexpected ES11 function {function}")
 
 

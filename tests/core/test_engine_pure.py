@@ -256,7 +256,7 @@ def test_engine_config_refuses_unusable_values() -> None:
     for bad in ({"segment_size": 0}, {"max_batch_bytes": 10}, {"refresh": "reboot"}, {"idle_retry_s": 0},
                 {"initial_eim": {"eimFqdn": "x"}}):
         with pytest.raises(ConfigError):
-            EngineConfig(**bad)  # type: ignore[arg-type]
+            EngineConfig(**bad)
 
 
 def test_a_device_waits_at_most_uplink_wait_s_for_a_slow_backhaul() -> None:
