@@ -39,7 +39,8 @@ BACKEND_SYNTAX = "soft[,eid=EID][,state=FILE] | serial:DEVICE[,segment=N][,baud=
 class RigBackend(Protocol):
     """What every rig backend offers (the device agent only needs `transmit`)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     @property
     def description(self) -> str: ...

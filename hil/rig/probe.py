@@ -191,8 +191,11 @@ def check_test_card(certificates: dict[str, bytes], eid: bytes | None, ci: x509.
     except (ValueError, TypeError, InvalidSignature):
         return TestCardVerdict(False, "the eUICC certificate is not issued by its EUM certificate", **subjects)
     serials = euicc.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)
-    if eid is not None and serials and str(serials[0].value).upper() != eid.hex().upper():
-        return TestCardVerdict(False, f"the eUICC certificate names EID {serials[0].value}, the card "
+    named = serials[0].value if serials else None
+    if isinstance(named, bytes):
+        named = named.decode("ascii", "replace")
+    if eid is not None and named is not None and named.upper() != eid.hex().upper():
+        return TestCardVerdict(False, f"the eUICC certificate names EID {named}, the card "
                                f"{eid.hex().upper()}", **subjects)
     return TestCardVerdict(True, "eUICC -> EUM -> test CI chain verified", **subjects)
 

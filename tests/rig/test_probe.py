@@ -1,0 +1,60 @@
+"""The test-card check that guards every state-changing scenario, and the probe's readings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from hil.pki import RspPki, generate_pki
+from hil.rig.probe import bits, check_test_card, describe_profile
+
+OTHER_EID = "89049032000000000000000000000172"
+
+
+def certs(pki: RspPki, eid: str) -> dict[str, bytes]:
+    _, cert = pki.issue_euicc(eid)
+    return {"eumCertificate": pki.eum.cert_der, "euiccCertificate": cert.public_bytes(Encoding.DER)}
+
+
+def test_a_card_whose_chain_ends_at_the_test_ci_is_a_test_card(pki: RspPki) -> None:
+    verdict = check_test_card(certs(pki, pki.eid), pki.eid_bytes, pki.ci.cert)
+    assert verdict.test_card and "chain verified" in verdict.reason
+
+
+def test_a_card_without_certificates_is_not_proven_a_test_card(pki: RspPki) -> None:
+    verdict = check_test_card({}, pki.eid_bytes, pki.ci.cert)
+    assert not verdict.test_card and "GetCerts" in verdict.reason
+
+
+def test_unreadable_certificates_are_not_a_test_card(pki: RspPki) -> None:
+    verdict = check_test_card({"eumCertificate": b"\x30\x03\x02\x01\x00", "euiccCertificate": b""},
+                              pki.eid_bytes, pki.ci.cert)
+    assert not verdict.test_card and "unreadable" in verdict.reason
+
+
+def test_a_card_under_another_ci_is_not_a_test_card(pki: RspPki, tmp_path: Path) -> None:
+    other = generate_pki(tmp_path / "production-like")
+    verdict = check_test_card(certs(other, other.eid), other.eid_bytes, pki.ci.cert)
+    assert not verdict.test_card and "not issued by the test CI" in verdict.reason
+
+
+def test_an_euicc_certificate_of_another_eid_is_not_this_card(pki: RspPki) -> None:
+    verdict = check_test_card(certs(pki, OTHER_EID), pki.eid_bytes, pki.ci.cert)
+    assert not verdict.test_card and OTHER_EID in verdict.reason
+
+
+def test_an_euicc_certificate_not_signed_by_the_eum_given_is_refused(pki: RspPki, tmp_path: Path) -> None:
+    other = generate_pki(tmp_path / "other")
+    mixed = {"eumCertificate": pki.eum.cert_der, "euiccCertificate": certs(other, pki.eid)["euiccCertificate"]}
+    verdict = check_test_card(mixed, pki.eid_bytes, pki.ci.cert)
+    assert not verdict.test_card and "not issued by its EUM" in verdict.reason
+
+
+def test_profile_and_notification_readings() -> None:
+    assert bits((b"\x50", 4), ("install", "enable", "disable", "delete")) == ["enable", "delete"]
+    assert describe_profile({"iccid": bytes.fromhex("98940000000000000001"), "profileState": 1,
+                             "notificationConfigurationInfo": [
+                                 {"profileManagementOperation": (b"\xf0", 4), "notificationAddress": "dp.example"}]}
+                            ) == {"iccid": "89490000000000000010", "state": "enabled",
+                                  "notificationAddresses": ["dp.example"]}
