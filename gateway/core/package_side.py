@@ -105,6 +105,10 @@ class PackageSide(Turn):
     def start_next(self) -> None:
         s = self.s
         while s.proc is None and s.queue:
+            if s.queue[0]["via"] != "internal" and not s.eims_read and self.config.initial_eim is not None:
+                # polled before the eUICC was read: it may still need the initial eIM (and its
+                # key, to verify the package), which the read decides
+                return
             item = s.queue.pop(0)
             proc = PROCEDURES[item["kind"]]()
             proc.ctx.update(request=item["raw"], eim_id=item["eim_id"])

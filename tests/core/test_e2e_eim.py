@@ -183,3 +183,19 @@ async def test_eim_tls_trust_read_from_the_euicc_goes_with_every_esipa_request(p
         await agent.run_session()
         last = driver.of(A.PostEsipa)[-1]
         assert last.tls_trust == ("certificate", pki.tls_ca.cert_der)
+
+
+async def test_an_eim_package_waits_for_the_initial_eim_to_be_added_to_a_fresh_euicc(pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card = SoftEuicc(pki, pki.eid_bytes)                 # fresh: no eIM yet
+        peers.eim.service.register(card.eid, euicc_certificate=card.identity.certificate_der)
+        # the configured eIM is polled before the eUICC was read (saves a round trip) ...
+        driver = peers.driver(peers.config(initial_eim=peers.eim_data()))
+        await peers.psmo(card.eid, {"op": "getRAT"})
+        agent, _ = make_agent(MemoryLink(driver), card)
+        await agent.run_session()
+        # ... but its package runs only once AddInitialEim gave the eUICC the eIM's key
+        assert [e.eim_id for e in card.state.eims] == [peers.eim.service.eim_id]
+        ((_, result),) = (await peers.one_result_per_package(card.eid)).items()
+        assert result["kind"] == "euiccPackageResultSigned" and result["verified"]
+        assert card.state.eims[0].counter == 1 and card.notifications == []
