@@ -115,17 +115,19 @@ class LiveRegistry(DeviceRegistry):
         return len(self._current)
 
 
-def link_credentials(config: Config) -> list[DeviceCredential]:
+def link_credentials(config: Config, link: str) -> list[DeviceCredential]:
+    """The identities one link accepts: DTLS PSKs for CoAP; for MQTT the broker checks the
+    passwords, and the registry only binds each user name to its EID."""
     out = []
     for d in config.devices:
-        if d.link == "coap":
+        if d.link != link:
+            continue
+        if link == "coap":
             psk = config.credentials.psk(d.identity)
             if psk is None:
-                if config.links.coap.dtls:
-                    raise ConfigError(f"no DTLS PSK for {d.identity!r}", key=f"dtls_psk.{d.identity}")
-                psk = MQTT_BROKER_AUTHENTICATED
+                raise ConfigError(f"no DTLS PSK for {d.identity!r}", key=f"dtls_psk.{d.identity}")
             out.append(DeviceCredential(d.identity, d.eid, psk))
-        elif d.link == "mqtt":
+        else:
             out.append(DeviceCredential(d.identity, d.eid, MQTT_BROKER_AUTHENTICATED))
     return out
 
@@ -154,7 +156,7 @@ class Daemon:
         self._make_engine = make_engine or (lambda c: Engine(engine_config(c)))
         self._runtime_options = runtime_options
         self.metrics = GatewayMetrics()
-        self.link_registry = LiveRegistry()
+        self.registries = {"coap": LiveRegistry(), "mqtt": LiveRegistry()}
         self.stop_event = asyncio.Event()
         self.reloads = 0
         self.started_at = clock()
@@ -235,7 +237,8 @@ class Daemon:
             self.runtime.on_audit = self._profile_webhook
             self.runtime.on_queued = self._kick_webhooks
             self.groups = GroupOperations(self, self.astore, lambda: self.config.policies.groups, clock=self.clock)
-            self.link_registry.replace(link_credentials(cfg))
+            for link, live in self.registries.items():
+                live.replace(link_credentials(cfg, link))
             await self._start_links(stack)
             await self._start_inject(stack)
             api = ApiServer(self, cfg.api.socket_path,
@@ -314,7 +317,7 @@ class Daemon:
         if links.coap.enabled:
             if not links.coap.dtls:
                 raise ConfigError("the daemon serves CoAP over DTLS only", key="links.coap.dtls")
-            coap = CoapServer(self.gate, self.link_registry, CoapServerConfig(
+            coap = CoapServer(self.gate, self.registries["coap"], CoapServerConfig(
                 host=links.coap.listen, dtls_port=links.coap.port))
             await coap.start()
             stack.push_async_callback(coap.close)
@@ -327,7 +330,7 @@ class Daemon:
             password = self.config.credentials.mqtt.password
             if mqtt.tls and mqtt.ca_file is None:
                 raise ConfigError("MQTT over TLS needs the broker's CA bundle in this build", key="links.mqtt.ca_file")
-            gateway = MqttGateway(self.gate, self.link_registry, MqttConfig(
+            gateway = MqttGateway(self.gate, self.registries["mqtt"], MqttConfig(
                 host=mqtt.broker_host, port=mqtt.broker_port, username=mqtt.username or "",
                 password=password.reveal() if password is not None else "",
                 client_id=self.config.mqtt_client_id, ca_file=str(mqtt.ca_file) if mqtt.tls and mqtt.ca_file else None,
@@ -559,7 +562,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
-            credentials = link_credentials(new)
+            credentials = {link: link_credentials(new, link) for link in self.registries}
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             self.notifier.status(f"reload refused: {exc}")
@@ -576,7 +579,8 @@ class Daemon:
         if self._redactor is not None:
             self._redactor.set_secrets(new.credentials.secret_values())
         logging.getLogger().setLevel(new.gateway.log_level.upper())
-        self.link_registry.replace(credentials)
+        for link, live in self.registries.items():
+            live.replace(credentials[link])
         self.policies.reload(new.policies)
         if old.policies.webhooks != new.policies.webhooks or old.credentials.webhooks != new.credentials.webhooks:
             restart_needed.append("policies.webhooks")
