@@ -6,16 +6,21 @@ Theory of operation (DESIGN principle 10, Hypercorn's `worker_serve`). `Daemon.r
    logging with every secret given to the redaction filter;
 2. opens the store (releasing leases a dead process left), registers the configured fleet,
    builds the engine and restores every stored session into it;
-3. starts the backhaul client, the runtime, the device links (CoAP/DTLS, MQTT), the ESipa
-   inject endpoint and the management API, then re-sends what the sessions had in flight
-   (`Engine.resume`) and tells systemd READY;
-4. runs its loops in one TaskGroup -- the watchdog, the outbox drainer -- until SIGTERM or
-   SIGINT sets the stop event; SIGHUP (or POST /v1/reload) re-reads the configuration and
-   swaps the device list, credentials and policies in place: links keep running and no
-   session is dropped;
+3. starts the backhaul client, the runtime, the edge policies (gateway.policy: the
+   `PolicyGate` sits between the links and the runtime, so links -> gate -> runtime ->
+   engine), the device links (CoAP/DTLS, MQTT), the ESipa inject endpoint and the management
+   API, then re-sends what the sessions had in flight (`Engine.resume`), gives the engine the
+   pushed packages still waiting in the inbox, and tells systemd READY;
+4. runs its loops in one TaskGroup -- the watchdog, the outbox drainer, the policy tick, the
+   webhook dispatcher, one loop per modem on a serial port (the daemon plays that device's
+   agent) -- until SIGTERM or SIGINT sets the stop event; SIGHUP (or POST /v1/reload)
+   re-reads the configuration and swaps the device list, credentials, northbound trust and
+   policies in place: links keep running and no session is dropped (what only a restart can
+   change -- listeners, the broker login -- is named in the log and the reload answer);
 5. on stop: STOPPING to systemd, the runtime stops taking uplinks (devices get Idle) and
-   in-flight work drains within `gateway.shutdown_grace_s`; then links, inject endpoint
-   and API close, what is left is cancelled, the WAL is checkpointed and the store closed.
+   in-flight work drains within `gateway.shutdown_grace_s`; devices still waiting then get
+   Idle too; links, inject endpoint and API close, what is left is cancelled, the WAL is
+   checkpointed and the store closed.
 
 Everything that needs the time takes the injected clock (principle 5).
 """
