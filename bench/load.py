@@ -84,7 +84,7 @@ async def _device(agent: Agent, card: SoftEuicc, package: Any, order_iccid: byte
         await agent.run_session()
         if (not package.pending and not card.notifications
                 and any(p.iccid == order_iccid for p in card.profiles)):
-            return package.state == "done"
+            return bool(package.state == "done")
         await asyncio.sleep(wake_s)
     return False
 

@@ -36,6 +36,7 @@ from gateway.links.base import DeviceCredential, DeviceRegistry
 from gateway.links.mqtt import MqttConfig, acl_text
 from gateway.service import demo
 from gateway.spec import codec, tlv
+from gateway.store import Store
 from hil.agent.agent import Agent
 from hil.agent.coap_transport import CoapAgentTransport
 from hil.agent.mqtt_transport import MqttAgentTransport
@@ -368,7 +369,7 @@ async def fleet(count: int, *, wake_s: float = 0.3, agent_timeout_s: float = 6.0
             gateway = GatewayProcess(config, eim_json, workdir / "gateway.log", workdir / "notify.sock")
             stack.callback(gateway.close)
             stack.push_async_callback(gateway.stop)
-            devices = []
+            devices: list[Device] = []
             (workdir / "cards").mkdir(exist_ok=True)
             the_fleet = Fleet(workdir, pki, smdp, eim, gateway, devices, coap_port, wake_s, agent_timeout_s)
             for r in runs:
@@ -400,6 +401,23 @@ async def _close_transport(d: Device) -> None:
 
 def json_dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+def check_gateway_store(db_path: Path) -> tuple[list[str], dict[str, int]]:
+    """What the stopped gateway left in its database: intact, and nothing half-done."""
+    problems: list[str] = []
+    with Store.open(db_path) as store:
+        store.check()   # PRAGMA quick_check: StoreCorrupt if the SIGKILLs broke the file
+        stats = store.stats()
+        states = Counter(s.state for s in store.sessions.list())
+        open_entries = [e for e in store.inbox.entries() if e.state != "done"]
+    for e in open_entries:
+        problems.append(f"gateway inbox entry {e.key} of {e.eid.hex()} left {e.state}")
+    if stats["outbox_pending"]:
+        problems.append(f"{stats['outbox_pending']} gateway outbox entries never delivered")
+    figures = {"db_bytes": stats["db_bytes"], "audit_records": stats["audit_last_id"],
+               **{f"gateway_sessions_{state}": n for state, n in states.items()}}
+    return problems, figures
 
 
 # --- the ledger -------------------------------------------------------------------------------
@@ -458,7 +476,7 @@ def check_ledger(devices: list[Device], smdp: SmdppServer, eim: EimServer
             if times > 1:
                 problems.append(f"{name}: the eUICC ran counter {counter} {times} times")
         for p in record.packages:
-            if p.kind != "euiccPackageRequest" or p.pending:
+            if p.kind != "euiccPackageRequest" or p.pending or p.counter is None:
                 continue
             kinds = [r.kind for r in record.results if r.package_id == p.package_id]
             ran = accepted[p.counter] > 0
@@ -498,8 +516,8 @@ def check_ledger(devices: list[Device], smdp: SmdppServer, eim: EimServer
         figures["device_sessions"] += d.sessions
         figures["transport_errors"] += d.transport_errors
     figures["smdp_notifications"] = len(smdp.service.notifications)
-    for session in smdp.service.sessions.values():
-        if session.state != "closed":
-            figures[f"smdp_sessions_left_{session.state}"] += 1
+    for rsp in smdp.service.sessions.values():
+        if rsp.state != "closed":
+            figures[f"smdp_sessions_left_{rsp.state}"] += 1
     figures["channels_left_open"] = len(leaks)
     return problems, leaks, dict(figures)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability_fleet import Fleet, check_ledger, fleet
+from reliability_fleet import Fleet, check_gateway_store, check_ledger, fleet
 
 SOAK = os.environ.get("IPAE_CRASH_SOAK") == "1"
 KILLS = int(os.environ.get("IPAE_CRASH_KILLS") or (1000 if SOAK else 100))
@@ -51,7 +51,7 @@ async def _keep_ordering(f: Fleet, stop: asyncio.Event) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600 if SOAK else 420)
+@pytest.mark.timeout(max(420, 4 * KILLS + 10 * DEVICES))
 async def test_sigkill_at_random_instants_loses_no_result_runs_no_package_twice() -> None:
     rng = random.Random(SEED)
     print(f"crash test: seed {SEED} (IPAE_CRASH_SEED={SEED} replays the kill schedule), "
@@ -83,6 +83,9 @@ async def test_sigkill_at_random_instants_loses_no_result_runs_no_package_twice(
         exit_code = await gw.stop()
         await f.stop_all_devices()
         problems, leaks, figures = check_ledger(f.devices, f.smdp, f.eim)
+        store_problems, store_figures = check_gateway_store(f.workdir / "etc" / "state" / "gateway.sqlite3")
+        problems += store_problems
+        figures.update(store_figures)
         took = time.monotonic() - started
         print(f"crash test: seed {SEED}: {gw.kills} kills ({early} during start-up), {gw.starts} starts, "
               f"{rounds} rounds ordered, {took:.0f} s; {figures}")

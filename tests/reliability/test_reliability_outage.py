@@ -45,7 +45,7 @@ from gateway.core.retry import CircuitBreaker
 from gateway.links.memory import MemoryLink
 from gateway.service import demo
 from gateway.service.runtime import HttpBackhaul, Runtime
-from gateway.store import AsyncStore
+from gateway.store import AsyncStore, Store
 from hil.agent.agent import Agent
 from hil.agent.memory_transport import MemoryAgentTransport
 from hil.peers.common import iccid_to_str
@@ -123,6 +123,14 @@ async def _scenario(loop: WarpLoop, workdir: Path) -> dict[str, Any]:
         inject_port = demo._free_tcp()
         eim = await stack.enter_async_context(EimServer(
             pki, smdp_url=smdp.url, inject_url=f"https://127.0.0.1:{inject_port}"))
+        # how often a result is handed to the eIM (a re-send of one already stored is answered, not stored)
+        deliveries = {"results_handed_over": 0}
+        take_result = eim.service.take_result
+
+        async def counting_take_result(device: Any, choice: Any) -> Any:
+            deliveries["results_handed_over"] += 1
+            return await take_result(device, choice)
+        eim.service.take_result = counting_take_result  # type: ignore[method-assign]
         astore = await AsyncStore.open(workdir / "gateway.sqlite3")
         stack.push_async_callback(astore.close)
         engine = Engine(EngineConfig(eims=(EimEndpoint(eim.service.eim_id, eim.fqdn),),
@@ -143,9 +151,13 @@ async def _scenario(loop: WarpLoop, workdir: Path) -> dict[str, Any]:
         stack.push_async_callback(inject.stop)
         link = MemoryLink(runtime)
         now = sc.clock()
+
+        def register(s: Store) -> None:
+            for n in range(1, DEVICES + 1):
+                s.devices.register(make_eid(n), "coap", f"outage-{n}", now=now)
+        await astore.run(register)
         for n in range(1, DEVICES + 1):
             eid = make_eid(n)
-            await astore.run(lambda s, eid=eid, n=n: s.devices.register(eid, "coap", f"outage-{n}", now=now))
             card = TracedEuicc(pki, eid, state_path=workdir / "cards" / f"{eid.hex()}.json")
             eim.service.register(eid, euicc_certificate=card.identity.certificate_der,
                                  eum_certificate=card.identity.eum_certificate_der)
@@ -210,6 +222,7 @@ async def _scenario(loop: WarpLoop, workdir: Path) -> dict[str, Any]:
             sc.stop.set()
             await asyncio.gather(*tasks)
         problems, leaks, figures = check_ledger(sc.devices, smdp, eim)
+        figures.update(deliveries)
         return {"problems": problems, "leaks": leaks, "figures": figures, "ran_in_outage": ran_in_outage,
                 "still_pending": still_pending, "pushed": len(pushed), "got_in_outage": got_in_outage,
                 "failed_posts": failed_posts, "caught_up_s": caught_up_s}
