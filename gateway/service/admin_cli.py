@@ -64,7 +64,7 @@ def _socket(args: argparse.Namespace) -> Path:
         return Path(args.socket)
     try:
         return load_config(args.config).api.socket_path
-    except ConfigError:
+    except (ConfigError, OSError):   # no readable configuration here: the packaged default
         return DEFAULT_SOCKET
 
 
