@@ -148,3 +148,41 @@ def test_pcsc_without_pyscard_or_reader_says_what_is_missing() -> None:
     if not readers:
         with pytest.raises(CardUnavailable, match="no PC/SC reader"):
             open_backend("pcsc")
+
+
+class StandInConnection:
+    """Stands in for pyscard's CardConnection (no reader on the build machine: a mock, and only
+    of pyscard's calling convention): transmit(list of ints) -> (data, sw1, sw2), reconnect, disconnect."""
+
+    def __init__(self, card: SoftEuicc) -> None:
+        self.card = card
+        self.resets = 0
+        self.connected = True
+
+    def transmit(self, apdu: list[int]) -> tuple[list[int], int, int]:
+        if not self.connected:
+            raise RuntimeError("Card not connected")
+        response = self.card.transmit(bytes(apdu))
+        return list(response[:-2]), response[-2], response[-1]
+
+    def reconnect(self, disposition: int) -> None:
+        self.resets += 1
+        self.card.power_cycle()
+
+    def disconnect(self) -> None:
+        self.connected = False
+
+
+async def test_pcsc_backend_runs_the_probe_through_pyscards_calling_convention(card: SoftEuicc, pki: RspPki) -> None:
+    from hil.rig import RigOptions, run_scenario
+    from hil.rig.backends import PcscBackend
+
+    connection = StandInConnection(card)
+    backend = PcscBackend(connection, "Stand-in Reader 00 00", atr=bytes.fromhex("3B9F96801F878031E073FE211B674A4C"))
+    assert backend.name == "pcsc" and "Stand-in Reader" in backend.description and "3B9F" in backend.description
+    result = await run_scenario(backend, RigOptions("probe", pki))
+    assert result.ok, result.error
+    assert result.card is not None and result.card.eid == card.eid
+    backend.close()
+    with pytest.raises(CardUnavailable, match="PC/SC transmit failed"):
+        backend.transmit(bytes.fromhex("0070000001"))
