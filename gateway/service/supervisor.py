@@ -91,6 +91,7 @@ EXIT_CONFIG = 2
 MQTT_BROKER_AUTHENTICATED = b"broker-authenticated"  # MQTT devices log in at the broker, not here
 DRAIN_IDLE_S = 5.0
 POLICY_TICK_S = 60.0
+STATUS_EVERY_S = 10.0
 
 
 class LiveRegistry(DeviceRegistry):
@@ -362,13 +363,17 @@ class Daemon:
     # --- loops -----------------------------------------------------------------------------
 
     async def _watchdog_loop(self) -> None:
+        """WATCHDOG every half WatchdogSec; STATUS when the picture changed."""
         interval = self.notifier.watchdog_interval_s
+        last = ""
         while True:
-            if interval is None:
-                await asyncio.sleep(3600)
-                continue
-            self.notifier.watchdog()
-            await asyncio.sleep(interval)
+            if interval is not None:
+                self.notifier.watchdog()
+            line = self._status_line()
+            if line != last:
+                self.notifier.status(line)
+                last = line
+            await asyncio.sleep(min(interval, STATUS_EVERY_S) if interval is not None else STATUS_EVERY_S)
 
     async def _drain_loop(self) -> None:
         """Deliver outbox entries (PostEsipa/PostEs9 kept while a server was down)."""
@@ -614,8 +619,10 @@ class Daemon:
         return token.reveal() if token is not None else None
 
     def _status_line(self) -> str:
+        circuits = [server for server, state in self.backhaul_states().items() if state != "closed"]
         return (f"{len(self.config.devices)} devices; links {', '.join(self._links) or 'none'}; "
-                f"{self.runtime.pending_exchanges} exchanges pending")
+                f"{self.runtime.pending_exchanges} exchanges pending; "
+                + (f"backhaul down: {', '.join(circuits)}" if circuits else "backhaul ok"))
 
     def backhaul_states(self) -> dict[str, str]:
         now = self.clock()
