@@ -299,9 +299,10 @@ class Peers:
         endpoints = tuple(EimEndpoint(e.service.eim_id, e.fqdn) for e in (eims if eims is not None else (self.eim,)))
         return EngineConfig(eims=endpoints, **{"seed": 7, **more})
 
-    def driver(self, config: EngineConfig | None = None) -> EngineDriver:
+    def driver(self, config: EngineConfig | None = None, *, esipa_binding: str = "asn1") -> EngineDriver:
         trust = TlsTrust(ca_file=str(self.pki.tls_trust_path))
-        return EngineDriver(Engine(config or self.config()), HttpBackhaul(self.http, trust=trust))
+        return EngineDriver(Engine(config or self.config()),
+                            HttpBackhaul(self.http, trust=trust, esipa_binding=esipa_binding))
 
 
 @asynccontextmanager

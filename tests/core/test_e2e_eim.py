@@ -9,8 +9,10 @@ counting in-memory device link as in tests/core/driver.py.
 
 from __future__ import annotations
 
-from gateway.core import actions as A
+import pytest
+
 from gateway.backhaul.inject_server import InjectServer, server_ssl_context
+from gateway.core import actions as A
 from gateway.links.memory import MemoryLink
 from gateway.spec import codec
 from hil.euicc import Faults, SoftEuicc
@@ -199,3 +201,21 @@ async def test_an_eim_package_waits_for_the_initial_eim_to_be_added_to_a_fresh_e
         ((_, result),) = (await peers.one_result_per_package(card.eid)).items()
         assert result["kind"] == "euiccPackageResultSigned" and result["verified"]
         assert card.state.eims[0].counter == 1 and card.notifications == []
+
+
+@pytest.mark.xfail(strict=True, reason="gateway.service.runtime.HttpBackhaul posts the engine's DER body "
+                   "unchanged on the JSON binding (the eIM answers 400); the conversion is the runtime's")
+async def test_download_enable_and_data_request_work_over_the_esipa_json_binding(pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card = peers.card()
+        driver = peers.driver(esipa_binding="json")
+        await peers.download(card.eid, await peers.order(size=2048))
+        await peers.psmo(card.eid, {"op": "enable", "iccid": ICCID_DIGITS})
+        await peers.queue(card.eid, "ipa-euicc-data", {"tags": ["euiccInfo2", "deviceInfo"]})
+        agent, _ = make_agent(MemoryLink(driver), card)
+        await agent.run_session()
+        assert [(p.iccid, p.state) for p in card.profiles] == [(ICCID, "enabled")]
+        results = await peers.one_result_per_package(card.eid)
+        assert [r["kind"] for r in results.values()] == [
+            "profileDownloadTriggerResult", "euiccPackageResultSigned", "ipaEuiccData"]
+        assert all(r["verified"] for r in results.values()) and card.notifications == []
