@@ -219,3 +219,23 @@ async def test_download_enable_and_data_request_work_over_the_esipa_json_binding
         assert [r["kind"] for r in results.values()] == [
             "profileDownloadTriggerResult", "euiccPackageResultSigned", "ipaEuiccData"]
         assert all(r["verified"] for r in results.values()) and card.notifications == []
+
+
+async def test_the_software_euicc_echoes_the_eim_transaction_id_whatever_the_tag_list(pki: RspPki) -> None:
+    from gateway.spec import apdu
+    from gateway.spec.es10b import decode_response, encode_request
+    card = SoftEuicc(pki, pki.eid_bytes)
+    request = encode_request("IpaEuiccData", {"tagList": bytes.fromhex("BF20"), "eimTransactionId": b"\x01\x02"})
+    opened, _ = apdu.split_response(card.transmit(apdu.manage_channel_open()))
+    channel = opened[0]
+    card.transmit(apdu.with_channel(apdu.select(apdu.ISD_R_AID), channel))
+    answer = b""
+    for command in apdu.store_data(request):
+        answer = card.transmit(apdu.with_channel(command, channel))
+    data, sw = apdu.split_response(answer)
+    while sw >> 8 == 0x61:
+        more, sw = apdu.split_response(card.transmit(apdu.with_channel(apdu.get_response(sw & 0xFF), channel)))
+        data += more
+    assert sw == 0x9000
+    kind, value = decode_response("IpaEuiccData", data)
+    assert kind == "ipaEuiccData" and value["eimTransactionId"] == b"\x01\x02" and "euiccInfo1" in value
