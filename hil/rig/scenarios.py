@@ -116,6 +116,13 @@ async def run_scenario(backend: RigBackend, options: RigOptions) -> ScenarioResu
 
 
 def _probe(counter: Counting, log: StepLog, options: RigOptions) -> CardFacts:
+    device_info = getattr(counter.inner, "device_info", None)
+    if callable(device_info):        # a modem: what it says about itself (AT commands, no APDU)
+        with log.step("modem status", soft=True) as s:
+            info = device_info()
+            s.data = {"imei": info.imei, "plmn": info.plmn, "signalDbm": info.signal_dbm}
+            s.detail = f"IMEI {info.imei or '?'}, PLMN {info.plmn or 'none'}, signal " + (
+                f"{info.signal_dbm} dBm" if info.signal_dbm is not None else "unknown")
     isdr = IsdR(counter)
     with log.step("select ISD-R") as s:
         isdr.open()
