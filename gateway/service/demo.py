@@ -192,14 +192,14 @@ def _free_udp_pair() -> int:
 
 @contextlib.asynccontextmanager
 async def _mosquitto_broker(directory: Path, users: list[tuple[str, str]],
-                            acl: str) -> AsyncIterator[int]:
+                            acl: str, port: int | None = None) -> AsyncIterator[int]:
     from gateway.links.mqtt import write_password_file
 
     directory.mkdir(parents=True, exist_ok=True)
     password_file, acl_file = directory / "passwd", directory / "acl"
     write_password_file(password_file, users)
     acl_file.write_text(acl)
-    port = _free_tcp()
+    port = port or _free_tcp()
     conf = directory / "mosquitto.conf"
     conf.write_text("\n".join([
         "per_listener_settings false", f"user {getpass.getuser()}", "allow_anonymous false",

@@ -44,7 +44,7 @@ from gateway.core.actions import Audit, PostEs9, PostEs11, PostEsipa, from_bytes
 from gateway.core.engine import EimEndpoint, Engine, EngineConfig
 from gateway.core.events import BackhaulAnswered, EimPackageReceived
 from gateway.core.retry import BreakerState, CircuitBreaker
-from gateway.errors import ConfigError, DecodeError, GatewayError
+from gateway.errors import ConfigError, DecodeError, GatewayError, NetworkError, TransportTimeout
 from gateway.spec import esipa
 from gateway.links.base import DeviceCredential, DeviceRegistry
 from gateway.links.coap import CoapServer, CoapServerConfig
@@ -92,6 +92,7 @@ MQTT_BROKER_AUTHENTICATED = b"broker-authenticated"  # MQTT devices log in at th
 DRAIN_IDLE_S = 5.0
 POLICY_TICK_S = 60.0
 STATUS_EVERY_S = 10.0
+MQTT_RETRY_MAX_S = 60.0
 
 
 class LiveRegistry(DeviceRegistry):
@@ -180,6 +181,7 @@ class Daemon:
         self.webhooks: webhooks.WebhookDispatcher | None = None
         self.groups: GroupOperations
         self._policy_state: dict[tuple[bytes, str], bytes] = {}
+        self._mqtt_pending: tuple[MqttGateway, str] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -270,6 +272,8 @@ class Daemon:
                 loops = [tg.create_task(self._watchdog_loop(), name="watchdog"),
                          tg.create_task(self._drain_loop(), name="outbox drainer")]
                 loops.append(tg.create_task(self._policy_tick_loop(), name="policy tick"))
+                if self._mqtt_pending is not None:
+                    loops.append(tg.create_task(self._mqtt_connect_loop(*self._mqtt_pending), name="mqtt connect"))
                 if self.webhooks is not None:
                     loops.append(tg.create_task(self.webhooks.run(self.stop_event), name="webhooks"))
                 if cfg.links.serial.enabled:
@@ -341,9 +345,18 @@ class Daemon:
                 password=password.reveal() if password is not None else "",
                 client_id=self.config.mqtt_client_id, ca_file=str(mqtt.ca_file) if mqtt.tls and mqtt.ca_file else None,
                 keepalive=mqtt.keepalive_s), share_group=mqtt.shared_group)
-            await gateway.start()
             stack.push_async_callback(gateway.close)
-            self._links["mqtt"] = f"{'mqtts' if mqtt.tls else 'mqtt'}://{mqtt.broker_host}:{mqtt.broker_port}"
+            url = f"{'mqtts' if mqtt.tls else 'mqtt'}://{mqtt.broker_host}:{mqtt.broker_port}"
+            try:
+                await gateway.start()
+                self._links["mqtt"] = url
+            except (NetworkError, TransportTimeout) as exc:
+                # the broker may come up after the gateway (same host, boot order): CoAP and serial
+                # devices are served meanwhile, and the broker is tried again in the background
+                log.error("MQTT broker %s unreachable (%s): retrying in the background", url, exc)
+                await gateway.close()
+                self._links["mqtt"] = f"{url} (connecting)"
+                self._mqtt_pending = (gateway, url)
         if links.serial.enabled:
             self._links["serial"] = ", ".join(d.identity for d in self.config.devices if d.link == "serial")
 
@@ -395,6 +408,22 @@ class Daemon:
             self._drain_wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drain_wakeup.wait(), delay)
+
+    async def _mqtt_connect_loop(self, gateway: MqttGateway, url: str) -> None:
+        delay = 1.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await gateway.start()
+            except (NetworkError, TransportTimeout) as exc:
+                await gateway.close()
+                delay = min(delay * 2, MQTT_RETRY_MAX_S)
+                log.warning("MQTT broker %s still unreachable (%s): next try in %.0f s", url, exc, delay)
+                continue
+            self._links["mqtt"] = url
+            self._mqtt_pending = None
+            log.info("MQTT broker %s connected", url)
+            return
 
     async def _serial_loop(self, device: Device) -> None:
         """A modem on the gateway's own serial port: the gateway plays its device agent."""

@@ -32,10 +32,14 @@ from daemon_support import (
     wait_for_socket,
 )
 
+from gateway.links.base import DeviceCredential, DeviceRegistry
+from gateway.links.mqtt import MqttConfig, acl_text
+from gateway.service import demo
 from gateway.spec import codec
 from gateway.store import Store
 from hil.agent.agent import Agent
 from hil.agent.coap_transport import CoapAgentTransport
+from hil.agent.mqtt_transport import MqttAgentTransport
 from hil.euicc import SoftEuicc
 from hil.modem_emulator import EmulatorThread, ModemEmulator, Quirks
 from hil.pki import RspPki, generate_pki
@@ -352,3 +356,42 @@ async def test_sigterm_with_a_backhaul_that_hangs_drains_within_the_grace_and_id
         silent.close()
     with Store.open(lay.db) as store:
         store.check()
+
+
+async def test_a_broker_that_comes_up_after_the_gateway_is_connected_in_the_background(
+        workdir: Path, pki: RspPki) -> None:
+    broker_port = free_tcp_port()
+    gateway_password, device_password = "gw-pass-" + "a" * 16, "dev-pass-" + "b" * 16
+    lay = layout(workdir, [1], extra=f'[links.mqtt]\nenabled = true\nbroker_host = "127.0.0.1"\n'
+                                     f'broker_port = {broker_port}\ntls = false\nallow_plain_lab = true\n'
+                                     f'username = "ipae-gateway"\n',
+                 credentials_extra=f'[mqtt]\npassword = "{gateway_password}"\n')
+    eid = make_eid(2)
+    fleet = lay.directory / "devices.d" / "fleet.toml"
+    fleet.write_text(fleet.read_text() + f'[[device]]\neid = "{eid.hex()}"\nlink = "mqtt"\nidentity = "mq2"\n')
+    daemon = start_daemon(lay)
+    try:
+        daemon.wait_notify("READY=1")                   # CoAP devices are served meanwhile
+        await wait_for_socket(lay.socket_path)
+        status, body = await daemon.get("/v1/status")
+        assert body["links"]["mqtt"].endswith("(connecting)") and "coap" in body["links"]
+
+        registry = DeviceRegistry([DeviceCredential("mq2", eid, device_password.encode())])
+        async with demo._mosquitto_broker(workdir / "broker", [("ipae-gateway", gateway_password),
+                                                               ("mq2", device_password)],
+                                          acl_text("ipae-gateway", registry), port=broker_port):
+            for _ in range(300):
+                status, body = await daemon.get("/v1/status")
+                if not body["links"]["mqtt"].endswith("(connecting)"):
+                    break
+                await asyncio.sleep(0.1)
+            assert body["links"]["mqtt"] == f"mqtt://127.0.0.1:{broker_port}"
+            transport = MqttAgentTransport(MqttConfig(host="127.0.0.1", port=broker_port, username="mq2",
+                                                      password=device_password, client_id="agent-mq2"), eid)
+            try:
+                report = await Agent(Agent.make_status(eid), SoftEuicc(pki, eid), transport).run_session()
+            finally:
+                await transport.close()
+            assert report.error is None and report.idle_after_s is not None
+    finally:
+        assert stop_daemon(daemon) == 0
