@@ -283,3 +283,19 @@ async def test_euicc_error_status_at_any_command_of_a_package_gives_exactly_one_
             assert result["kind"] == "eimPackageResultResponseError" and not ran
         assert card.notifications == []               # the kept result was removed after the ack
 
+
+
+async def test_indirect_download_refused_by_the_smdp_is_cancelled_through_the_eim(pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card = peers.card(indirect=True)
+        driver = peers.driver()
+        activation = await peers.order(size=SMALL, eid="89049032000000000000000000000256")   # another EID's
+        await peers.download(card.eid, activation)
+        agent, _ = make_agent(MemoryLink(driver), card)
+        report = await agent.run_session()
+        assert report.error is None and not mid_session(card) and card.profiles == []
+        assert [f for f in driver.posted if f[0].islower()] == []          # never the SM-DP+ directly
+        assert driver.posted.count("CancelSession") == 1                   # told through the eIM
+        assert [a.result for a in driver.audits("cancelSession")] == ["ok"]
+        assert smdp_sessions_open(peers) == []                             # the eIM relayed it
+        await download_error(peers, card.eid)
