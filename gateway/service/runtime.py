@@ -222,7 +222,27 @@ class Runtime:
         lock = self._locks.setdefault(event.eid, asyncio.Lock())
         async with lock:
             actions = self.engine.handle(event)
-            await self.apply(actions, event.now, contact=contact)
+            try:
+                await self.apply(actions, event.now, contact=contact)
+            except GatewayError:
+                await self._rewind(event.eid)
+                raise
+
+    async def _rewind(self, eid: bytes) -> None:
+        """The step's transaction failed, so none of its actions happened: put the engine's session
+        back to what the store holds (the engine already moved on in memory)."""
+        restore = getattr(self.engine, "restore", None)
+        forget = getattr(self.engine, "forget", None)
+        try:
+            session = await self.astore.run(lambda s: s.sessions.get(eid))
+        except GatewayError as exc:
+            log.error("session of %s cannot be re-read after a failed step (%s): dropped from memory",
+                      eid.hex(), exc, extra=log_fields(eid=eid))
+            session = None
+        if session is not None and restore is not None:
+            restore(eid, session.blob)
+        elif forget is not None:
+            forget(eid)
 
     async def apply(self, actions: list[Action], now: float, *,
                     contact: tuple[bytes, dict[str, Any] | None] | None = None) -> None:

@@ -28,7 +28,7 @@ from gateway.errors import NetworkError, RemoteProtocolError
 from gateway.links.protocol import BatchMsg, DeviceStatus, ErrorCode, ErrorMsg, Hello, Idle
 from gateway.service.runtime import Runtime, RuntimeOptions, iccid_digits, profile_change
 from gateway.spec import codec
-from gateway.store import AsyncStore, Store
+from gateway.store import AsyncStore, Store, StoreDiskFull
 
 HERE = Path(__file__).resolve().parent
 HELLO = Hello(DeviceStatus(eid=EID, imei="356938035643809"))
@@ -271,3 +271,26 @@ async def test_a_removed_notification_queues_its_webhook_event_in_the_same_trans
     assert seen == [("enable", 3)] and kicked == [True]
     pending = await astore.run(lambda s: s.outbox.pending())
     assert [(e.key, e.eid) for e in pending] == [("enable:3", EID)]
+
+
+async def test_a_step_whose_transaction_fails_rewinds_the_engine_to_the_stored_session(
+        astore: AsyncStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = Engine(EngineConfig(eims=(EimEndpoint("eim.test", "eim.test:8443"),), seed=1))
+    backhaul = RecordingBackhaul(error=NetworkError("down"))
+    runtime = Runtime(engine, astore, backhaul, clock=lambda: 10.0,
+                      options=RuntimeOptions(exchange_timeout_s=0.2, busy_retry_s=7))
+    real = Runtime._apply_store
+
+    def disk_full(self: Runtime, *args: object) -> int:
+        raise StoreDiskFull("database or disk is full")
+
+    monkeypatch.setattr(Runtime, "_apply_store", disk_full)
+    downlink = await runtime.exchange(EID, HELLO)
+    assert isinstance(downlink, ErrorMsg) and downlink.code == ErrorCode.INTERNAL
+    assert backhaul.posts == [] and EID not in engine.sessions       # nothing happened, nothing remembered
+
+    monkeypatch.setattr(Runtime, "_apply_store", real)
+    await runtime.exchange(EID, HELLO)                                 # the same wake-up, now with a disk
+    await runtime.close()
+    assert [p.function for p in backhaul.posts][:1] == ["GetEimPackage"]
+    assert await astore.run(lambda s: s.sessions.get(EID)) is not None
