@@ -65,7 +65,7 @@ class Device:
     identity: str
     name: str | None
     segment_size: int
-    max_batch_bytes: int
+    max_batch_bytes: int | None
     poll_interval_s: float
     source: str
 

@@ -178,8 +178,10 @@ class ApiSection:
 @dataclass(frozen=True, slots=True)
 class DeviceDefaultsSection:
     segment_size: int = setting(255, "STORE DATA segment size for devices that do not set one", min=16, max=255)
-    max_batch_bytes: int = setting(
-        4096, "Largest APDU batch sent in one downlink (the agent's buffer)", min=256, max=1024 * 1024)
+    max_batch_bytes: int | None = setting(
+        None, "Largest APDU batch sent in one downlink, for agents that cannot stream; unset: the "
+        "device's own report decides (a streaming agent applies any batch through a 4 KB buffer)",
+        min=256, max=1024 * 1024)
     poll_interval_s: float = setting(
         3600.0, "Wake-up interval suggested to an idle device", min=1, max=7 * 86400)
 

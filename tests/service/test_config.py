@@ -97,7 +97,7 @@ password = "{MQTT_PASSWORD}"
     meter, tracker = config.devices[0], config.devices[1]
     assert meter.eid == bytes.fromhex("89049032123451234512345678901235")
     assert (meter.segment_size, meter.max_batch_bytes, meter.poll_interval_s) == (200, 2048, 7200.0)
-    assert (tracker.segment_size, tracker.max_batch_bytes) == (255, 4096)
+    assert (tracker.segment_size, tracker.max_batch_bytes) == (255, None)
     assert config.credentials.psk("meter-0001") == bytes.fromhex(PSK_HEX)
     assert config.device_by_identity("mqtt", "tracker-0002") is config.devices[3]
 
