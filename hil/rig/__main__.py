@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eim", help="eIM peer URL (default: start the peers in this process)")
     p.add_argument("--smdp", help="SM-DP+ peer URL (with --eim)")
     p.add_argument("--iccid", help="profile for enable / disable / delete")
+    p.add_argument("--agent", choices=("device", "gateway"), default="device",
+                   help="device side: the reference device agent (default), or the gateway's own serial "
+                        "device driving the modem (serial backends)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per operation (default 60)")
     p.add_argument("--json", action="store_true", help="end with one JSON summary line on stdout")
     p.add_argument("--i-know-this-changes-the-card", dest="allow_any_card", action="store_true",
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"scenario": args.scenario, "ok": False, "error": str(exc)}))
         return EXIT_USAGE
     options = RigOptions(args.scenario, RspPki.load(args.pki), eim_url=args.eim, smdp_url=args.smdp,
-                         iccid=args.iccid, allow_any_card=args.allow_any_card, timeout_s=args.timeout, out=out)
+                         iccid=args.iccid, allow_any_card=args.allow_any_card, timeout_s=args.timeout, out=out,
+                         agent=args.agent)
     try:
         result = asyncio.run(run_scenario(backend, options))
     finally:

@@ -8,12 +8,17 @@ in-memory device link (gateway.links.memory, the same encode/decode/EID-check pa
 CoAP/MQTT), and gives the agent the rig's card backend (in a worker thread, one APDU at a
 time). Each `wake()` is one sensor wake-up: Hello, the batches the engine decides (after
 polling the eIM), the refresh after an enable/disable, until Idle.
+
+With `local_modem` (a modem on the rig's serial port) the device side is instead the gateway's
+own serial device (gateway.links.serial.LocalModemDevice), as the daemon runs a modem wired to
+the gateway itself: no agent, no link encoding, the batches go to the modem's AT driver.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,8 @@ from gateway.backhaul.http import BackhaulHttp, HttpLimits, TlsTrust
 from gateway.core.config import EimEndpoint, EngineConfig
 from gateway.core.engine import Engine
 from gateway.links.memory import MemoryLink
+from gateway.links.serial.local import LocalModemDevice
+from gateway.links.serial.modem import AsyncModemEuicc
 from gateway.service.runtime import HttpBackhaul, Runtime, RuntimeOptions
 from gateway.store import AsyncStore
 from hil.agent.agent import Agent, SessionReport
@@ -63,13 +70,47 @@ class _Problems(logging.Handler):
             self.totals.problems.append(text)
 
 
+@dataclass
+class CountingModem:
+    """The gateway-side modem API (AsyncModemEuicc) counting each command APDU for the step log."""
+
+    modem: Any                    # gateway.links.serial.AsyncModemEuicc
+    counter: Any                  # hil.rig.backends.Counting
+    refreshes: list[str] = field(default_factory=list)
+
+    async def send(self, apdu: bytes) -> tuple[bytes, int]:
+        started = time.monotonic()
+        try:
+            return await self.modem.send(apdu)  # type: ignore[no-any-return]
+        finally:
+            self.counter.apdus += 1
+            self.counter.seconds += time.monotonic() - started
+
+    async def open_channel(self, aid: bytes) -> int:
+        self.counter.apdus += 2      # MANAGE CHANNEL + SELECT (one AT+CCHO on most modems)
+        return await self.modem.open_channel(aid)  # type: ignore[no-any-return]
+
+    async def close_channel(self, channel: int) -> None:
+        self.counter.apdus += 1
+        await self.modem.close_channel(channel)
+
+    async def refresh(self, kind: str) -> None:
+        self.refreshes.append(kind)
+        await self.modem.refresh(kind)
+
+    async def device_info(self) -> Any:
+        return await self.modem.device_info()
+
+
 class RigGateway:
     """`async with RigGateway(...) as gw: await gw.wake()`; `gw.totals` counts what the link carried."""
 
     def __init__(self, backend: RigBackend, eid: bytes, *, tls_ca_file: str, eim_id: str, eim_fqdn: str,
                  initial_eim: dict[str, Any] | None = None, segment_size: int = 255,
-                 workdir: Path | None = None) -> None:
+                 workdir: Path | None = None, local_modem: Any = None) -> None:
         self.backend = AsyncBackend(backend)
+        self.counter = backend
+        self.local_modem = local_modem        # a ModemEuicc: the gateway drives it itself
         self.eid = eid
         self.config = EngineConfig(segment_size=segment_size, eims=(EimEndpoint(eim_id, eim_fqdn),),
                                    initial_eim=initial_eim, idle_retry_s=60, uplink_wait_s=20.0)
@@ -92,6 +133,11 @@ class RigGateway:
         self.link = MemoryLink(self.runtime)
         self.agent = Agent(Agent.make_status(self.eid, imei=RIG_IMEI), self.backend,
                            MemoryAgentTransport(self.link, self.eid))
+        self.local: LocalModemDevice | None = None
+        self.local_api: CountingModem | None = None
+        if self.local_modem is not None:
+            self.local_api = CountingModem(AsyncModemEuicc(self.local_modem), self.counter)
+            self.local = LocalModemDevice(self.local_api, self.runtime, self.eid)  # type: ignore[arg-type]
         self._problems = _Problems(self.totals)
         logging.getLogger("gateway").addHandler(self._problems)
         return self
@@ -107,11 +153,15 @@ class RigGateway:
             if self._tmp is not None:
                 self._tmp.cleanup()
 
-    async def wake(self) -> SessionReport:
-        report = await self.agent.run_session()
-        self.totals.add(report)
-        return report
+    async def wake(self) -> None:
+        """One wake-up of the device (the agent's session, or the gateway's own modem session)."""
+        if self.local is not None:
+            session = await self.local.run_session()
+            self.totals.add(SessionReport(exchanges=session.exchanges, batches=len(session.results),
+                                          results=session.results, error=session.error))
+            return
+        self.totals.add(await self.agent.run_session())
 
     @property
     def refreshes(self) -> list[str]:
-        return self.backend.refreshes
+        return self.local_api.refreshes if self.local_api is not None else self.backend.refreshes

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 from gateway.errors import GatewayError
 from gateway.spec import codec
-from hil.rig.backends import Counting, RigBackend
+from hil.rig.backends import Counting, RigBackend, SerialBackend
 from hil.rig.gateway_rig import RigGateway
 from hil.rig.isdr import IsdR
 from hil.rig.peers import OPEN_STATES, PeerAdmin, local_peers, loopback_port
@@ -57,6 +57,8 @@ class RigOptions:
     iccid: str | None = None              # enable/disable/delete: which profile
     allow_any_card: bool = False
     timeout_s: float = 60.0               # per operation
+    agent: str = "device"                 # device: the reference agent; gateway: the gateway's own
+                                          # serial device drives the modem (serial backends)
     out: TextIO | None = None
 
 
@@ -216,8 +218,18 @@ async def _state_changing(counter: Counting, log: StepLog, options: RigOptions, 
             s.detail = (f"eIM {eim_id} at {identity['eimFqdn']}; "
                         + ("the gateway adds it to the card (AddInitialEim)" if initial is not None
                            else "already on the card"))
+        local_modem = None
+        if options.agent == "gateway":
+            if not isinstance(counter.inner, SerialBackend):
+                raise CheckFailed("--agent gateway drives a modem: it needs a serial backend")
+            local_modem = counter.inner.modem
+        elif options.agent != "device":
+            raise CheckFailed(f"unknown agent {options.agent!r} (device or gateway)")
         gw = await stack.enter_async_context(RigGateway(counter, eid, tls_ca_file=ca_file, eim_id=eim_id,
-                                                        eim_fqdn=identity["eimFqdn"], initial_eim=initial))
+                                                        eim_fqdn=identity["eimFqdn"], initial_eim=initial,
+                                                        local_modem=local_modem))
+        log.note("device side: " + ("the gateway's own serial device (LocalModemDevice) on the modem"
+                                    if local_modem is not None else "the reference device agent over the memory link"))
         ops = _Operations(counter, log, admin, gw, eid, options.timeout_s, result)
         iccid = options.iccid
         scenario = options.scenario

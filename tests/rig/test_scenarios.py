@@ -194,3 +194,22 @@ async def test_wake_ups_back_off_while_a_peer_is_unreachable_and_the_log_says_wh
     step = next(s for s in result.steps if s.name == "enable: notifications delivered")
     assert step.apdus < 120          # a handful of wake-ups in 2 s, not a busy loop
     assert len(card.notifications) == 1 and profile(card, iccid).state == "enabled"
+
+
+async def test_lifecycle_with_the_gateway_driving_the_modem_itself(card: SoftEuicc, pki: RspPki,
+                                                                   pty_pair: tuple[str, str],
+                                                                   peers: tuple[EimServer, SmdppServer]) -> None:
+    """--agent gateway: the daemon's path for a modem wired to the gateway (LocalModemDevice)."""
+    with backend_for("serial", card, pty_pair) as backend:
+        result = await run_scenario(backend, options(pki, "lifecycle", peers, agent="gateway"))
+    assert result.ok, result.error
+    assert [o["name"] for o in result.operations if o["ok"]] == ["download", "enable", "disable", "delete"]
+    assert card.profiles == [] and card.notifications == []
+    assert events_at_peers(*peers, card.eid) == ["delete", "disable", "enable", "install"]
+    runs = [s for s in result.steps if s.name.endswith("gateway runs it on the card")]
+    assert all(s.apdus > 0 for s in runs)
+
+
+async def test_gateway_agent_needs_a_modem(card: SoftEuicc, pki: RspPki, peers: tuple[EimServer, SmdppServer]) -> None:
+    result = await run_scenario(SoftBackend(card), options(pki, "download", peers, agent="gateway"))
+    assert not result.ok and "needs a serial backend" in (result.error or "")
