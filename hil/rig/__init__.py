@@ -1,7 +1,8 @@
 """Hardware-in-the-loop rig: the project's flows on a real eUICC (modem, card reader) or the soft one.
 
-    python -m hil.rig SCENARIO --backend soft|serial:/dev/ttyUSB2[,segment=128]|pcsc[:READER] \
-        --pki DIR [--eim URL --smdp URL] [--iccid ICCID] [--json] [--i-know-this-changes-the-card]
+    python -m hil.rig SCENARIO --backend soft|serial:/dev/ttyUSB2[,segment=128]|pcsc[:READER] \\
+        --pki DIR [--eim URL --smdp URL] [--iccid ICCID] [--agent device|gateway] [--json] \\
+        [--i-know-this-changes-the-card]
 
 Modules: backends (one interface for the software eUICC, an AT modem via gateway.links.serial,
 PC/SC via pyscard), isdr (the probes' ES10b caller), probe (read-only probes and the test-card

@@ -2,7 +2,7 @@
 
     python -m hil.rig probe --backend serial:/dev/ttyUSB2,segment=128 --pki pki
     python -m hil.rig lifecycle --backend soft --pki pki --json
-    python -m hil.rig enable --backend pcsc:0 --pki pki --iccid 8949... \
+    python -m hil.rig enable --backend pcsc:0 --pki pki --iccid 8949... \\
         --eim https://127.0.0.1:8444 --smdp https://127.0.0.1:8443
 
 Scenarios: probe (read-only, safe on any card); download, enable, disable, delete, lifecycle
