@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", choices=("device", "gateway"), default="device",
                    help="device side: the reference device agent (default), or the gateway's own serial "
                         "device driving the modem (serial backends)")
+    p.add_argument("--link", choices=("memory", "coap"), default="memory",
+                   help="memory: the gateway's engine and runtime with an in-memory device link (default); "
+                        "coap: the whole daemon (ipae-gateway run) with the agent over CoAP/DTLS")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per operation (default 60)")
     p.add_argument("--json", action="store_true", help="end with one JSON summary line on stdout")
     p.add_argument("--i-know-this-changes-the-card", dest="allow_any_card", action="store_true",
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     options = RigOptions(args.scenario, RspPki.load(args.pki), eim_url=args.eim, smdp_url=args.smdp,
                          iccid=args.iccid, allow_any_card=args.allow_any_card, timeout_s=args.timeout, out=out,
-                         agent=args.agent)
+                         agent=args.agent, link=args.link)
     try:
         result = asyncio.run(run_scenario(backend, options))
     finally:

@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from gateway.errors import GatewayError
 from gateway.spec import codec
 from hil.rig.backends import Counting, RigBackend, SerialBackend
+from hil.rig.daemon_rig import DaemonRig
 from hil.rig.gateway_rig import RigGateway
 from hil.rig.isdr import IsdR
 from hil.rig.peers import OPEN_STATES, PeerAdmin, local_peers, loopback_port
@@ -59,6 +60,8 @@ class RigOptions:
     timeout_s: float = 60.0               # per operation
     agent: str = "device"                 # device: the reference agent; gateway: the gateway's own
                                           # serial device drives the modem (serial backends)
+    link: str = "memory"                  # memory: engine+runtime, in-memory link; coap: the whole
+                                          # daemon, the agent over CoAP/DTLS
     out: TextIO | None = None
 
 
@@ -225,11 +228,23 @@ async def _state_changing(counter: Counting, log: StepLog, options: RigOptions, 
             local_modem = counter.inner.modem
         elif options.agent != "device":
             raise CheckFailed(f"unknown agent {options.agent!r} (device or gateway)")
-        gw = await stack.enter_async_context(RigGateway(counter, eid, tls_ca_file=ca_file, eim_id=eim_id,
-                                                        eim_fqdn=identity["eimFqdn"], initial_eim=initial,
-                                                        local_modem=local_modem))
+        gw: RigGateway | DaemonRig
+        if options.link == "coap":
+            if local_modem is not None:
+                raise CheckFailed("--agent gateway runs without a device link: use it with --link memory")
+            with log.step("gateway daemon up") as s:
+                gw = await stack.enter_async_context(DaemonRig(counter, eid, tls_ca_file=ca_file, eim_id=eim_id,
+                                                               eim_fqdn=identity["eimFqdn"], initial_eim=initial))
+                s.detail = "ipae-gateway run's Daemon, CoAP/DTLS link on loopback"
+        elif options.link == "memory":
+            gw = await stack.enter_async_context(RigGateway(counter, eid, tls_ca_file=ca_file, eim_id=eim_id,
+                                                            eim_fqdn=identity["eimFqdn"], initial_eim=initial,
+                                                            local_modem=local_modem))
+        else:
+            raise CheckFailed(f"unknown link {options.link!r} (memory or coap)")
         log.note("device side: " + ("the gateway's own serial device (LocalModemDevice) on the modem"
-                                    if local_modem is not None else "the reference device agent over the memory link"))
+                                    if local_modem is not None else
+                                    f"the reference device agent over the {options.link} link"))
         ops = _Operations(counter, log, admin, gw, eid, options.timeout_s, result)
         iccid = options.iccid
         scenario = options.scenario
@@ -258,7 +273,7 @@ class _Operations:
     counter: Counting
     log: StepLog
     admin: PeerAdmin
-    gw: RigGateway
+    gw: RigGateway | DaemonRig
     eid: bytes
     timeout_s: float
     result: ScenarioResult

@@ -213,3 +213,17 @@ async def test_lifecycle_with_the_gateway_driving_the_modem_itself(card: SoftEui
 async def test_gateway_agent_needs_a_modem(card: SoftEuicc, pki: RspPki, peers: tuple[EimServer, SmdppServer]) -> None:
     result = await run_scenario(SoftBackend(card), options(pki, "download", peers, agent="gateway"))
     assert not result.ok and "needs a serial backend" in (result.error or "")
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_lifecycle_through_the_whole_daemon_over_coap_dtls(kind: str, card: SoftEuicc, pki: RspPki,
+                                                                 pty_pair: tuple[str, str],
+                                                                 peers: tuple[EimServer, SmdppServer]) -> None:
+    """--link coap: `ipae-gateway run`'s Daemon, the reference agent over CoAP/DTLS, the card behind it."""
+    with backend_for(kind, card, pty_pair) as backend:
+        result = await run_scenario(backend, options(pki, "lifecycle", peers, link="coap"))
+    assert result.ok, result.error
+    assert any(s.name == "gateway daemon up" and s.ok for s in result.steps)
+    assert [o["name"] for o in result.operations if o["ok"]] == ["download", "enable", "disable", "delete"]
+    assert card.profiles == [] and card.notifications == []
+    assert events_at_peers(*peers, card.eid) == ["delete", "disable", "enable", "install"]
