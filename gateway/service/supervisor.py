@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import signal
 import time
@@ -93,6 +94,7 @@ DRAIN_IDLE_S = 5.0
 POLICY_TICK_S = 60.0
 STATUS_EVERY_S = 10.0
 MQTT_RETRY_MAX_S = 60.0
+BIND_RETRY_S = 5.0
 
 
 class LiveRegistry(DeviceRegistry):
@@ -329,7 +331,7 @@ class Daemon:
                 raise ConfigError("the daemon serves CoAP over DTLS only", key="links.coap.dtls")
             coap = CoapServer(self.gate, self.registries["coap"], CoapServerConfig(
                 host=links.coap.listen, dtls_port=links.coap.port))
-            await coap.start()
+            await self._listen_coap(coap, links.coap.listen, links.coap.port)
             stack.push_async_callback(coap.close)
             self._links["coap"] = f"{'coaps' if links.coap.dtls else 'coap'}://[{links.coap.listen}]:{links.coap.port}"
         if links.mqtt.enabled:
@@ -359,6 +361,21 @@ class Daemon:
                 self._mqtt_pending = (gateway, url)
         if links.serial.enabled:
             self._links["serial"] = ", ".join(d.identity for d in self.config.devices if d.link == "serial")
+
+    async def _listen_coap(self, coap: CoapServer, host: str, port: int) -> None:
+        """Bind the CoAP/DTLS port; a port still held by a previous instance that is going away
+        (a restart right after a kill) is tried again for a few seconds."""
+        deadline = time.monotonic() + BIND_RETRY_S
+        while True:
+            try:
+                await coap.start()
+                return
+            except OSError as exc:
+                await coap.close()
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise ConfigError(f"cannot listen on [{host}]:{port}: {exc.strerror}",
+                                      key="links.coap.port") from None
+                await asyncio.sleep(0.2)
 
     async def _start_inject(self, stack: contextlib.AsyncExitStack) -> None:
         inject = self.config.northbound.inject

@@ -395,3 +395,14 @@ async def test_a_broker_that_comes_up_after_the_gateway_is_connected_in_the_back
             assert report.error is None and report.idle_after_s is not None
     finally:
         assert stop_daemon(daemon) == 0
+
+
+def test_a_coap_port_held_by_another_program_is_refused_with_exit_2_naming_the_key(workdir: Path) -> None:
+    lay = layout(workdir, [1])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", lay.coap_port))
+        daemon = start_daemon(lay)
+        assert daemon.process.wait(30) == 2
+        err = daemon.stderr()
+        stop_daemon(daemon)
+    assert "links.coap.port" in err and "cannot listen" in err and "Traceback" not in err
