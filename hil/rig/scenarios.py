@@ -10,7 +10,8 @@ state-changing scenarios (`download`, `enable`, `disable`, `delete`, `lifecycle`
    its certificates at the eIM, and give the eUICC the eIM's configuration if it has none
    (AddInitialEim, done by the engine as a factory would);
 3. for each operation: the eIM queues it (an activation code for a fresh SM-DP+ order, or a
-   PSMO), the device agent wakes until the eIM holds a result (`RigGateway`), then until
+   PSMO), the device agent wakes until the eIM holds a result (`RigGateway`; `DaemonRig` with
+   --link coap), then until
    the card has no pending notification left and the peers received the new ones; finally
    the card's own ProfileInfoList must show the expected state.
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
+
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hil.pki import RspPki, generate_pki
 from hil.rig.probe import bits, check_test_card, describe_profile
@@ -58,3 +61,37 @@ def test_profile_and_notification_readings() -> None:
                                  {"profileManagementOperation": (b"\xf0", 4), "notificationAddress": "dp.example"}]}
                             ) == {"iccid": "89490000000000000010", "state": "enabled",
                                   "notificationAddresses": ["dp.example"]}
+
+
+class GarbageCard:
+    """A card whose every answer is one of the given byte strings, in turn."""
+
+    name = "garbage"
+    description = "a card answering arbitrary bytes"
+
+    def __init__(self, answers: list[bytes]) -> None:
+        self.answers = answers
+        self.sent = 0
+
+    def transmit(self, apdu: bytes) -> bytes:
+        self.sent += 1
+        return self.answers[self.sent % len(self.answers)]
+
+    def refresh(self, kind: str) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.binary(max_size=40), st.binary(max_size=40).map(lambda b: b + b"\x90\x00"),
+                          st.sampled_from([b"\x01\x90\x00", b"\x61\x10", b"\x6c\x05", b"\x6a\x82", b""])),
+                min_size=1, max_size=8))
+def test_a_card_answering_anything_gives_a_result_never_a_crash(pki: RspPki, answers: list[bytes]) -> None:
+    from hil.rig import RigOptions, run_scenario
+
+    result = asyncio.run(run_scenario(GarbageCard(answers), RigOptions("probe", pki)))  # type: ignore[arg-type]
+    assert result.ok or result.error
+    assert result.error is None or not result.error.startswith("internal error"), result.error
+    assert all(s.detail or s.ok for s in result.steps)
