@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.core.retry import BackoffPolicy
 from gateway.errors import ConfigError
-from gateway.links.protocol import REFRESH_MODEM_RESET, REFRESH_UICC_RESET
+from gateway.links.protocol import MAX_MESSAGE, REFRESH_MODEM_RESET, REFRESH_UICC_RESET
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,13 @@ class EngineConfig:
     request_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(2.0, 60.0, 3))
     delivery_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(5.0, 3600.0, None))
     poll_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(2.0, 30.0, 1))
-    bpp_size_hint: int | None = 32 * 1024         # announced before a BPP batch (Batch.next_size_hint)
+    # Batch.next_size_hint estimates (the engine cannot know these sizes before the server's
+    # answer; a CoAP agent fetches that many Block2 blocks with its uplink, and a wrong hint only
+    # costs it speculative requests answered 4.02 at once, or one round trip): the BPP, announced
+    # with PrepareDownload (capped by the device's batch budget), and AuthenticateServer, announced
+    # with the challenge (SM-DP+ certificate, serverSigned1, signature: typically 0.8-1.5 KB)
+    bpp_size_hint: int | None = 32 * 1024
+    authenticate_server_size_hint: int | None = 2048
     epr_and_notifications: bool = False          # send an EPR with the notifications it caused
     recent_packages: int = 32                    # package keys kept in the blob to refuse duplicates
     seed: int | None = None                      # jitter PRNG seed (tests); None = random
@@ -65,5 +71,9 @@ class EngineConfig:
             raise ConfigError("idle_retry_s and busy_retry_s must be >= 1", key="idle_retry_s")
         if self.uplink_wait_s is not None and self.uplink_wait_s <= 0:
             raise ConfigError("uplink_wait_s must be > 0", key="uplink_wait_s")
+        for key in ("bpp_size_hint", "authenticate_server_size_hint"):
+            hint = getattr(self, key)
+            if hint is not None and not 0 <= hint <= MAX_MESSAGE:
+                raise ConfigError(f"{key} must be 0..{MAX_MESSAGE}", key=key)
         if self.initial_eim is not None and "eimId" not in self.initial_eim:
             raise ConfigError("the initial eIM needs an eimId", key="initial_eim")

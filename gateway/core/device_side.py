@@ -11,33 +11,82 @@ backhaul: one batch folding the procedure's calls and the delivery track's (plan
 Idle until the next timer. A slow backhaul does not hold a device beyond `uplink_wait_s`:
 the "uplink" timer answers it with what is ready, and what arrives later waits for its next
 wake.
+
+Exchanges are idempotent. An agent that could not deliver a Result, or did not get its
+downlink, sends the same Result again (docs/device-link.md §1): its replies are applied once
+only. While the downlink that answers it is being decided (`answering`, kept across a
+restart), the repeat just becomes the pending uplink; once it was decided (`last_reply`: the
+encoded downlink, in the session blob), the repeat gets that same downlink again. A Hello or
+the Result of the next batch ends that window: a Result older than that is refused.
+
+Device limits: each step must fit the agent's `buffer_size` and each batch its
+`max_batch_bytes` (planner). A call of the procedure that cannot fit at all fails the
+procedure (its FAILURE row cancels the eUICC's RSP session where one is open) with an audit
+note naming the call and the limit. `next_size_hint` is set wherever the next downlink can
+be foreseen: exactly for the rest of a part cut by the byte budget, else the procedure's
+estimate (gateway.core.procedures.base.Procedure.next_downlink_hint), never above what the
+device's budget lets one batch carry. A wrong hint only costs the agent a few speculative
+block requests or one round trip (docs/device-link.md §5).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from typing import Any
 
 from gateway.core import actions as A
 from gateway.core import es10
 from gateway.core.events import DeviceResult
-from gateway.core.planner import Part, plan
+from gateway.core.planner import Part, batch_budget, downlink_size, oversize, plan
 from gateway.core.procedures import notifications as N
 from gateway.core.procedures.base import DEVICE, FAILED, Call, DeviceAnswer, Failure, Reply
 from gateway.core.procedures.discovery import Discovery, eim_summary
 from gateway.core.procedures.eim_package import EimPackage
 from gateway.core.turn import NOTIF, PROC, RETRY_PREFIX, UPLINK_TIMER, Turn, removed_ok
 from gateway.errors import GatewayError
-from gateway.links.protocol import STOPPED_CARD, DeviceStatus, ErrorCode
+from gateway.links.protocol import (
+    MAX_MESSAGE,
+    STOPPED_CARD,
+    BatchMsg,
+    BatchResult,
+    DeviceStatus,
+    ErrorCode,
+    ErrorMsg,
+    Idle,
+    decode_downlink,
+    encode_downlink,
+)
 
 
 LOST = "lost"   # the stop reason given to owners of a batch the device never answered
+DEVICE_LIMIT = "DeviceLimit"   # failure class: a call that cannot fit the device's buffer or budget
+
+
+def result_digest(result: BatchResult) -> bytes:
+    """Identifies a Result's content, to tell a faithful repeat from a different one."""
+    h = hashlib.sha256(str(result.stopped).encode())
+    for r in result.results:
+        h.update(len(r.data).to_bytes(4, "big") + r.data + r.sw.to_bytes(2, "big"))
+    return h.digest()[:8]
+
+
+def replayed(eid: bytes, encoded: bytes) -> A.SendBatch | A.ReplyIdle | A.ReplyError:
+    """The downlink action for a downlink the session kept (encoded as on the wire)."""
+    down = decode_downlink(encoded)
+    if isinstance(down, BatchMsg):
+        return A.SendBatch(eid, down.batch)
+    if isinstance(down, Idle):
+        return A.ReplyIdle(eid, down.retry_after_s)
+    assert isinstance(down, ErrorMsg)
+    return A.ReplyError(eid, down.code, down.text)
 
 
 class DeviceSide(Turn):
     def on_hello(self, status: DeviceStatus) -> None:
         s = self.s
+        s.answering, s.last_reply = None, None      # the device started over: no repeat expected
         if s.uplink_pending:
             self.audit("deviceLink", "superseded", "a new uplink replaced the pending one")
         if s.in_flight is not None:
@@ -68,16 +117,43 @@ class DeviceSide(Turn):
         s.plmn = status.plmn if status.plmn is not None else s.plmn
         s.imei = status.imei if status.imei is not None else s.imei
         s.max_batch_bytes = status.max_batch_bytes
+        s.buffer_size = status.buffer_size
 
     def on_result(self, event: DeviceResult) -> None:
         s = self.s
-        self.note_status(event.status)
-        if s.in_flight is None or event.result.batch_id != s.in_flight["batch_id"]:
-            self.out.append(A.ReplyError(s.eid, int(ErrorCode.UNEXPECTED),
-                                         f"no batch {event.result.batch_id} in flight"))
+        batch_id = event.result.batch_id
+        if s.in_flight is not None and batch_id == s.in_flight["batch_id"]:
+            self.note_status(event.status)
+            s.answering = {"to": batch_id, "digest": result_digest(event.result)}
+            s.last_reply = None
+            s.uplink_pending = True
+            self.apply_results(tuple(Reply(r.data, r.sw) for r in event.result.results), event.result.stopped)
             return
-        s.uplink_pending = True
-        self.apply_results(tuple(Reply(r.data, r.sw) for r in event.result.results), event.result.stopped)
+        if s.answering is not None and batch_id == s.answering["to"]:
+            # its downlink is still being decided (or was lost in a restart): it answers this one
+            self.repeated(event.result, s.answering["digest"], "answered when ready")
+            s.uplink_pending = True
+            return
+        if s.last_reply is not None and batch_id == s.last_reply["to"]:
+            self.repeated(event.result, s.last_reply["digest"], "same downlink again")
+            self.out.append(replayed(s.eid, s.last_reply["down"]))
+            return
+        self.out.append(A.ReplyError(s.eid, int(ErrorCode.UNEXPECTED), f"no batch {batch_id} in flight"))
+
+    def repeated(self, result: BatchResult, digest: bytes, what: str) -> None:
+        differs = "" if result_digest(result) == digest else "; it differs from the first, which stands"
+        self.audit("deviceLink", "repeat", f"Result for batch {result.batch_id} received again: {what}{differs}")
+
+    def reply(self, action: A.SendBatch | A.ReplyIdle) -> None:
+        """Answer the pending uplink; the answer to a Result is kept to answer a repeat of it."""
+        s = self.s
+        if s.answering is not None:
+            down = BatchMsg(action.batch) if isinstance(action, A.SendBatch) else Idle(action.retry_after_s)
+            s.last_reply = {"to": s.answering["to"], "digest": s.answering["digest"],
+                            "down": encode_downlink(down)}
+            s.answering = None
+        s.uplink_pending = False
+        self.out.append(action)
 
     def apply_results(self, replies: tuple[Reply, ...], stopped: str | None) -> None:
         s = self.s
@@ -216,6 +292,11 @@ class DeviceSide(Turn):
         if s.want_discover:
             calls.append(Call("GetEimConfigurationData", es10.get_eim_configuration_data()))
             items.append(["discover"])
+        fits = [i for i, c in enumerate(calls) if self.oversize(c) is None]
+        if len(fits) < len(calls):
+            self.audit("deviceLink", "deferred", "; ".join(str(self.oversize(calls[i]))
+                                                         for i in range(len(calls)) if i not in fits))
+            calls, items = [calls[i] for i in fits], [items[i] for i in fits]
         return (Part(NOTIF, tuple(calls)) if calls else None), items
 
     def settle(self, force: bool = False) -> None:
@@ -234,6 +315,7 @@ class DeviceSide(Turn):
                 self.out.append(A.StartTimer(s.eid, UPLINK_TIMER, self.now + wait))
             return
         self.stop_uplink_timer()
+        self.refuse_oversize()
         parts: list[Part] = []
         if s.work is not None:
             parts.append(s.work)
@@ -242,12 +324,11 @@ class DeviceSide(Turn):
             parts.append(notif)
         if not parts:
             busy = self.blocked() and self.config.busy_retry_s
-            self.out.append(A.ReplyIdle(s.eid, int(busy) if busy else self.idle_for()))
-            s.uplink_pending = False
+            self.reply(A.ReplyIdle(s.eid, int(busy) if busy else self.idle_for()))
             return
         s.counter += 1
         planned = plan(parts, s.counter & 0xFFFFFFFF, segment_size=self.config.segment_size,
-                       max_batch_bytes=s.max_batch_bytes or self.config.max_batch_bytes)
+                       max_batch_bytes=self.max_batch_bytes(), buffer_size=s.buffer_size)
         owners = [[o, n] for o, n in planned.owners]
         if s.work is not None:
             rest = next((p for p in planned.leftover if p.owner == PROC), None)
@@ -264,16 +345,52 @@ class DeviceSide(Turn):
             proc_part = [[[c.name, c.request, c.segment] for c in sent],
                          parts[0].refresh if proc_count == len(parts[0].calls) else None]
         batch = planned.batch
-        if s.proc is not None and proc_count and not s.work:
-            hint = s.proc.next_downlink_hint(self.config)
-            if hint is not None:
-                batch = dataclasses.replace(batch, next_size_hint=hint)
+        hint = self.next_size_hint() if proc_count else None
+        if hint is not None:
+            batch = dataclasses.replace(batch, next_size_hint=hint)
         s.in_flight = {"batch_id": planned.batch.batch_id, "owners": owners,
                        "notif": items if sent_notif else [], "proc_part": proc_part,
                        "resent": s.resend_once}
         s.resend_once = False
-        s.uplink_pending = False
-        self.out.append(A.SendBatch(s.eid, batch))
+        self.reply(A.SendBatch(s.eid, batch))
+
+    def max_batch_bytes(self) -> int | None:
+        return self.s.max_batch_bytes or self.config.max_batch_bytes
+
+    def next_size_hint(self) -> int | None:
+        """The size of the downlink that will answer this batch's Result, when foreseeable."""
+        s = self.s
+        if s.work is not None:
+            # the rest of a part cut by the byte budget: the next batch starts with it
+            rest = plan([s.work], (s.counter + 1) & 0xFFFFFFFF, segment_size=self.config.segment_size,
+                        max_batch_bytes=self.max_batch_bytes(), buffer_size=s.buffer_size)
+            if rest.leftover:       # that batch will carry a hint of its own, about as large
+                return downlink_size(dataclasses.replace(rest.batch, next_size_hint=downlink_size(rest.batch)))
+            return downlink_size(rest.batch)
+        if s.proc is None:
+            return None
+        hint = s.proc.next_downlink_hint(self.config)
+        if hint is None:
+            return None
+        return min(hint, batch_budget(self.max_batch_bytes()), MAX_MESSAGE)
+
+    def refuse_oversize(self) -> None:
+        """A procedure call that cannot fit this device fails the procedure (which cancels an open
+        RSP session); the delivery track's calls are small, one that cannot fit waits."""
+        s = self.s
+        for _ in range(3):      # the cleanup's calls (CancelSession) in turn; a second failure ends in ERROR
+            if s.work is None or s.proc is None:
+                return
+            why = next((w for c in s.work.calls if (w := self.oversize(c)) is not None), None)
+            if why is None:
+                return
+            self.audit("deviceLink", "refused", f"{why}: {s.proc.KIND} cannot run on this device")
+            s.work, s.replies = None, []
+            self.feed(FAILED, Failure("device", DEVICE_LIMIT, why))
+
+    def oversize(self, call: Call) -> str | None:
+        return oversize(call, segment_size=self.config.segment_size, buffer_size=self.s.buffer_size,
+                        max_batch_bytes=self.max_batch_bytes())
 
     def stop_uplink_timer(self) -> None:
         if self.s.timers.pop(UPLINK_TIMER, None) is not None:

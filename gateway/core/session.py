@@ -19,7 +19,8 @@ This module holds the session's state and its persistence; what one event does t
 *turn* (gateway.core.turn, split into device_side, package_side and backhaul_side).
 Everything is plain data (`to_blob`/`from_blob`, CBOR): after a restart, `resume` re-sends
 the requests that were in flight and re-arms the timers; a Result for the batch that was in
-flight is still accepted; a Hello while a batch is in flight means the device lost it.
+flight is still accepted, and a repeated Result is answered as the first one was
+(gateway.core.device_side); a Hello while a batch is in flight means the device lost it.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class DeviceSession:
         self.plmn: str | None = None
         self.imei: str | None = None
         self.max_batch_bytes: int | None = None
+        self.buffer_size: int | None = None             # the agent's DeviceStatus.buffer_size
+        self.answering: dict[str, Any] | None = None    # the Result whose downlink is being decided
+        self.last_reply: dict[str, Any] | None = None   # the last Result answered, and its downlink
         self.timers: dict[str, float] = {}
         self.retrieved_at: float | None = None
         self.state_change_cause: str | None = None      # to report with the next poll
@@ -104,7 +108,8 @@ class DeviceSession:
             "done_keys": self.done_keys, "plmn": self.plmn, "imei": self.imei,
             "max_batch_bytes": self.max_batch_bytes, "timers": self.timers,
             "retrieved_at": self.retrieved_at, "state_change_cause": self.state_change_cause,
-            "policy_report_pending": self.policy_report_pending,
+            "policy_report_pending": self.policy_report_pending, "buffer_size": self.buffer_size,
+            "answering": self.answering, "last_reply": self.last_reply,
         }
         return serial.dumps(data)
 
@@ -153,6 +158,9 @@ class DeviceSession:
         s.retrieved_at = d["retrieved_at"]
         s.state_change_cause = d["state_change_cause"]
         s.policy_report_pending = bool(d.get("policy_report_pending", False))   # absent in older blobs
+        s.buffer_size = d.get("buffer_size")
+        s.answering = _thaw(d["answering"]) if d.get("answering") is not None else None
+        s.last_reply = _thaw(d["last_reply"]) if d.get("last_reply") is not None else None
         return s
 
     # -- entry point -------------------------------------------------------------------------

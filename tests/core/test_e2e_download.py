@@ -42,7 +42,9 @@ async def test_direct_download_then_enable_of_a_30kb_profile_takes_six_exchanges
         assert [(r["kind"], r["verified"]) for r in results.values()] == [
             ("profileDownloadTriggerResult", True), ("euiccPackageResultSigned", True)]
         hinted = [a.batch for a in driver.of(A.SendBatch) if a.batch.next_size_hint is not None]
-        assert len(hinted) == 1 and hinted[0].steps[0].apdus[0][5:7] == b"\xbf\x21"   # PrepareDownload
+        assert [(b.steps[0].apdus[0][5:7], b.next_size_hint) for b in hinted] == [
+            (b"\xbf\x2e", 2048),           # the challenge: AuthenticateServer follows
+            (b"\xbf\x21", 32 * 1024)]      # PrepareDownload: the BPP follows
 
 
 async def test_the_eim_gets_the_installation_result_byte_for_byte_as_the_euicc_signed_it(pki: RspPki) -> None:

@@ -105,9 +105,18 @@ def test_plan_cuts_the_first_part_at_the_byte_budget_and_keeps_the_refresh_for_i
     assert all(s.stop_if_data for s in planned.batch.steps)
 
 
-def test_plan_sends_one_call_even_when_it_alone_exceeds_the_budget() -> None:
-    planned = plan([Part("proc", (_call(1, 250),))], 1, max_batch_bytes=10)
-    assert len(planned.batch.steps) == 1
+def test_a_call_that_cannot_fit_the_device_is_named_and_never_planned() -> None:
+    from gateway.core.planner import oversize
+    big = _call(1, 1500)       # 6 STORE DATA blocks: a ~1.5 KB step item
+    why = oversize(big, buffer_size=1024)
+    assert why is not None and "c1" in why and "buffers 1024 bytes" in why
+    assert oversize(big, buffer_size=4096) is None
+    why = oversize(big, max_batch_bytes=1000)
+    assert why is not None and "accepts 1000 bytes" in why
+    with pytest.raises(LocalProtocolError):
+        plan([Part("proc", (big,))], 1, buffer_size=1024)
+    with pytest.raises(LocalProtocolError):
+        plan([Part("proc", (big,))], 1, max_batch_bytes=1000)
 
 
 def test_plan_splits_a_call_into_store_data_blocks_of_the_segment_size() -> None:
@@ -184,22 +193,34 @@ from hypothesis import strategies as st  # noqa: E402
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(3, 600), min_size=1, max_size=30), st.lists(st.integers(3, 300), max_size=5),
-       st.one_of(st.none(), st.integers(50, 5000)), st.integers(16, 255))
-def test_plan_keeps_every_call_in_order_within_budget(sizes: list[int], extra: list[int],
-                                                      budget: int | None, segment: int) -> None:
-    proc = Part("proc", tuple(_call(i, n, segment=True) for i, n in enumerate(sizes)), "uicc-reset")
-    notif = Part("notif", tuple(_call(100 + i, n) for i, n in enumerate(extra)))
-    parts = [proc] + ([notif] if extra else [])
+       st.one_of(st.none(), st.integers(50, 5000)), st.integers(16, 255),
+       st.one_of(st.none(), st.integers(256, 2048)))
+def test_plan_keeps_every_call_in_order_within_budget(sizes: list[int], extra: list[int], budget: int | None,
+                                                      segment: int, buffer: int | None) -> None:
+    from dataclasses import replace
+
+    from gateway.core.planner import oversize, step_item_size
+    from gateway.links.protocol import MAX_MESSAGE, BatchMsg, encode_downlink
+
+    def fitting(calls: list[Call]) -> tuple[Call, ...]:     # what the session lets through
+        return tuple(c for c in calls if oversize(c, segment_size=segment, buffer_size=buffer,
+                                                  max_batch_bytes=budget) is None)
+    proc = Part("proc", fitting([_call(i, n, segment=True) for i, n in enumerate(sizes)]), "uicc-reset")
+    notif = Part("notif", fitting([_call(100 + i, n) for i, n in enumerate(extra)]))
+    sizes = [n for i, n in enumerate(sizes) if f"c{i}" in {c.name for c in proc.calls}]
+    extra = [n for i, n in enumerate(extra) if f"c{100 + i}" in {c.name for c in notif.calls}]
+    parts = [p for p in (proc, notif) if p.calls]
     sent: list[str] = []
     batches = 0
     while parts:
-        planned = plan(parts, batches, segment_size=segment, max_batch_bytes=budget)
+        planned = plan(parts, batches, segment_size=segment, max_batch_bytes=budget, buffer_size=buffer)
         batches += 1
         steps = planned.batch.steps
         assert steps, "a batch always carries a call"
-        if budget is not None and len(steps) > 1:
-            from gateway.core.planner import BATCH_OVERHEAD, step_size
-            assert BATCH_OVERHEAD + sum(step_size(s) for s in steps) <= budget
+        # the exact wire size, even with the largest next_size_hint added after planning
+        hinted = replace(planned.batch, next_size_hint=MAX_MESSAGE)
+        assert len(encode_downlink(BatchMsg(hinted))) <= (budget if budget is not None else MAX_MESSAGE)
+        assert buffer is None or all(step_item_size(s) <= buffer for s in steps)
         for owner, count in planned.owners:
             part = next(p for p in parts if p.owner == owner)
             sent += [c.name for c in part.calls[:count]]
@@ -208,5 +229,5 @@ def test_plan_keeps_every_call_in_order_within_budget(sizes: list[int], extra: l
         assert (planned.batch.refresh == "uicc-reset") == last_proc_sent
         parts = list(planned.leftover)
         assert batches <= len(sizes) + len(extra)
-    assert sorted(sent) == sorted([f"c{i}" for i in range(len(sizes))] + [f"c{100 + i}" for i in range(len(extra))])
-    assert [n for n in sent if int(n[1:]) < 100] == [f"c{i}" for i in range(len(sizes))]
+    assert sorted(sent) == sorted(c.name for p in (proc, notif) for c in p.calls)
+    assert [n for n in sent if int(n[1:]) < 100] == [c.name for c in proc.calls]

@@ -183,6 +183,8 @@ class Procedure:
             self.ctx["failure_class"] = payload.error_class   # the cleanup may depend on it
         transition = self.TABLE.get((self.state, kind))
         if transition is None:
+            if isinstance(payload, Failure):    # a failure from outside the table (operator, device limits)
+                return self._fail(env, f"{payload.error_class}: {payload.detail}")
             return self._fail(env, f"{kind} not expected in state {self.state}")
         handler: Callable[[Env, object], tuple[str, list[Output]]] = getattr(self, transition.handler)
         try:

@@ -157,8 +157,12 @@ class Download(Procedure):
         return Request(tag, "es9", self.ctx["smdp"], es9_function, es9_body)
 
     def next_downlink_hint(self, config: EngineConfig) -> int | None:
-        # the answer to PrepareDownload is followed by the whole Bound Profile Package
-        return config.bpp_size_hint if self.state == PREPARING else None
+        # estimates: the sizes come with the server's answer, after the batch is sent
+        if self.state == PREPARING:
+            return config.bpp_size_hint              # the whole Bound Profile Package follows
+        if self.state == CHALLENGE:
+            return config.authenticate_server_size_hint   # AuthenticateServer follows
+        return None
 
     # -- transitions -----------------------------------------------------------------------
 

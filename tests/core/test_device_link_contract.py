@@ -1,0 +1,238 @@
+"""What the device link asks of the engine (docs/device-link.md §7), end to end.
+
+`next_size_hint` on the batches whose answer is large (measured over real CoAP/DTLS through
+the link simulator), `stopped = "data"` on the last BPP segment read as completion, each
+step within the agent's buffer and each batch within its byte budget (a call that cannot
+fit is refused cleanly), and idempotent exchanges: a Result the agent sends again gets the
+same downlink, its consequences never run twice, across a restart too.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gateway.core import actions as A
+from gateway.errors import NetworkError
+from gateway.links.base import DeviceCredential, DeviceRegistry
+from gateway.links.coap import CoapServer, CoapServerConfig
+from gateway.links.memory import MemoryLink
+from gateway.links.protocol import (
+    STOPPED_DATA,
+    BatchMsg,
+    Downlink,
+    Result,
+    Uplink,
+    encode_downlink,
+    encode_step,
+)
+from gateway.links.simulator import LinkProfile, UdpLinkSimulator
+from hil.agent.agent import Agent
+from hil.agent.coap_transport import CoapAgentTransport
+from hil.agent.memory_transport import MemoryAgentTransport
+from hil.pki import RspPki
+from tests.core.driver import ICCID, CardBackend, EngineDriver, Peers, make_agent, mid_session, running_peers
+
+
+def is_bpp(downlink: Downlink) -> bool:
+    return isinstance(downlink, BatchMsg) and downlink.batch.steps[0].apdus[0][5:7] == b"\xbf\x36"
+
+
+# -- 1. next_size_hint -----------------------------------------------------------------------------
+
+
+def free_udp_port() -> int:
+    """A UDP port p with p - 1 free too (aiocoap binds a DTLS server one below and adds 1)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port > 1025:
+            return port
+
+
+async def coap_download(peers: Peers, driver: EngineDriver, rtt_s: float) -> tuple[list[float], CoapAgentTransport]:
+    """One device downloads a 30 KB profile over CoAP/DTLS on a link of `rtt_s`: each exchange's time."""
+    card = peers.card()
+    await peers.download(card.eid, await peers.order())
+    registry = DeviceRegistry([DeviceCredential("sensor-1", card.eid, b"psk-of-sensor-1")])
+    async with CoapServer(driver, registry, CoapServerConfig(dtls_port=free_udp_port())) as server:
+        async with UdpLinkSimulator(("127.0.0.1", server._config.dtls_port), LinkProfile(rtt_s=rtt_s)) as sim:
+            transport = CoapAgentTransport("127.0.0.1", sim.listen_port, card.eid, identity="sensor-1",
+                                           psk=b"psk-of-sensor-1")
+            status = Agent.make_status(card.eid, imei="353290611234567", plmn="26201", buffer_size=48 * 1024)
+            agent = Agent(status, CardBackend(card), transport)
+            try:
+                report = await agent.run_session()
+            finally:
+                await transport.close()
+    assert report.error is None and report.transport_error is None
+    assert [p.iccid for p in card.profiles] == [ICCID]
+    return report.exchange_s, transport
+
+
+async def test_the_bpp_size_hint_saves_the_coap_round_trip_of_the_bpp_downlink(pki: RspPki) -> None:
+    rtt = 0.4
+    async with running_peers(pki) as peers:
+        plain = peers.driver(peers.config(bpp_size_hint=None, authenticate_server_size_hint=None))
+        without, t_without = await coap_download(peers, plain, rtt)
+        hinted = peers.driver()
+        with_hint, t_with = await coap_download(peers, hinted, rtt)
+    # exchange i answers with batch i; exchange 0 includes the DTLS handshake
+    bpp = next(i for i, a in enumerate(hinted.of(A.SendBatch)) if is_bpp(BatchMsg(a.batch)))
+    assert t_without.speculative_requests == 0
+    assert t_with.speculative_requests == 31 + 1     # BPP blocks 1..31, and block 1 after the challenge
+    assert without[bpp] >= 2 * rtt                   # block 0, then blocks 1..31: two round trips
+    assert with_hint[bpp] < without[bpp] - 0.6 * rtt  # every block came with the Result: one
+    print(f"BPP exchange over CoAP/DTLS at RTT {rtt}s: {without[bpp]:.2f}s without the hint, "
+          f"{with_hint[bpp]:.2f}s with it; session {sum(without):.2f}s -> {sum(with_hint):.2f}s")
+
+
+async def test_hints_are_capped_by_the_device_budget_and_exact_for_the_rest_of_a_split_bpp(pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card = peers.card()
+        driver = peers.driver()
+        await peers.download(card.eid, await peers.order())
+        agent, _ = make_agent(MemoryLink(driver), card, max_batch_bytes=8192)
+        await agent.run_session()
+        batches = [a.batch for a in driver.of(A.SendBatch)]
+        sizes = [len(encode_downlink(BatchMsg(b))) for b in batches]
+        assert all(n <= 8192 for n in sizes)                 # whole downlinks, as MQTT carries them
+        first_bpp = next(i for i, b in enumerate(batches) if is_bpp(BatchMsg(b)))
+        assert batches[first_bpp - 1].next_size_hint == 8192  # PrepareDownload: the budget, not 32 KB
+        split = range(first_bpp, first_bpp + 4)               # 30 KB in 8 KB batches
+        for i in split[:-1]:
+            assert batches[i].next_size_hint == sizes[i + 1]   # the rest of the BPP: exact
+        assert [p.iccid for p in card.profiles] == [ICCID]
+
+
+# -- 2. stopped = "data" on the last BPP segment --------------------------------------------------
+
+
+@dataclass
+class LastSegmentStops:
+    """A handler shim: the last BPP segment of a downlink gets stop_if_data, so the real agent
+    reports stopped = "data" on it, as an agent that marks every segment would."""
+
+    inner: EngineDriver
+    stopped: list[str | None]
+
+    async def exchange(self, eid: bytes, uplink: Uplink) -> Downlink:
+        if isinstance(uplink, Result) and uplink.result.stopped == STOPPED_DATA:
+            self.stopped.append(uplink.result.stopped)
+        down = await self.inner.exchange(eid, uplink)
+        if is_bpp(down):
+            assert isinstance(down, BatchMsg)
+            steps = down.batch.steps
+            last = next(i for i, s in enumerate(steps) if not s.stop_if_data)   # the planner marks all others
+            steps = steps[:last] + (replace(steps[last], stop_if_data=True),) + steps[last + 1:]
+            down = BatchMsg(replace(down.batch, steps=steps))
+        return down
+
+
+async def test_stopped_data_on_the_last_bpp_segment_is_the_normal_end_of_the_load(pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card = peers.card()
+        driver = peers.driver()
+        await peers.download(card.eid, await peers.order())
+        shim = LastSegmentStops(driver, [])
+        agent, _ = make_agent(MemoryLink(shim), card)
+        report = await agent.run_session()
+        assert shim.stopped == [STOPPED_DATA]
+        assert [p.iccid for p in card.profiles] == [ICCID] and not mid_session(card)
+        assert [(a.result, a.detail) for a in driver.audits("download")] == [("ok", "installed")]
+        assert driver.audits("cancelSession") == [] and "cancelSession" not in driver.posted
+        assert report.batches == 5
+        ((_, result),) = (await peers.one_result_per_package(card.eid)).items()
+        assert result["kind"] == "profileDownloadTriggerResult" and result["verified"]
+
+
+# -- 3. device limits -------------------------------------------------------------------------------
+
+
+async def test_a_bpp_segment_larger_than_the_agent_buffer_is_refused_and_the_session_cancelled(
+        pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card = peers.card()
+        driver = peers.driver()
+        await peers.download(card.eid, await peers.order())
+        agent, _ = make_agent(MemoryLink(driver), card)
+        agent.status = replace(agent.status, buffer_size=1024)
+        report = await agent.run_session()
+        assert report.error is None and report.transport_error is None   # no step the agent refused
+        for a in driver.of(A.SendBatch):
+            assert all(len(encode_step(s)) <= 1024 for s in a.batch.steps)
+        (refused,) = [a for a in driver.audits("deviceLink") if a.result == "refused"]
+        assert "LoadBoundProfilePackage is a" in refused.detail and "buffers 1024 bytes" in refused.detail
+        assert "cancelSession" in driver.posted and not mid_session(card)       # eUICC and SM-DP+ told
+        assert card.profiles == []
+        assert [a.result for a in driver.audits("download")] == ["cancelling"]
+        ((_, result),) = (await peers.one_result_per_package(card.eid)).items()
+        assert result["kind"] == "profileDownloadError"          # one result, an error
+        assert driver.engine.state_of(card.eid) == "idle"
+        print(refused.detail)
+
+
+# -- 4. idempotent exchanges --------------------------------------------------------------------------
+
+
+@dataclass
+class DownlinkLost:
+    """The gateway got uplink number `lose_at` and answered, but the answer never reached the device."""
+
+    inner: MemoryAgentTransport
+    lose_at: int
+    count: int = 0
+
+    async def exchange(self, payload: bytes, buffer_size: int, size_hint: int | None = None
+                       ) -> AsyncIterator[bytes]:
+        self.count += 1
+        chunks = [c async for c in self.inner.exchange(payload, buffer_size, size_hint)]
+        if self.count == self.lose_at:
+            raise NetworkError("downlink lost")
+        for chunk in chunks:
+            yield chunk
+
+    async def close(self) -> None:
+        return None
+
+
+async def lose_the_bpp_downlink(peers: Peers, restart: bool) -> tuple[Any, EngineDriver, MemoryLink]:
+    card = peers.card()
+    driver = peers.driver()
+    link = MemoryLink(driver)
+    await peers.download(card.eid, await peers.order())
+    agent, _ = make_agent(link, card)
+    agent.transport = DownlinkLost(MemoryAgentTransport(link, card.eid), lose_at=4)   # PrepareDownload's Result
+    first = await agent.run_session()
+    assert first.transport_error is not None and card.profiles == []
+    if restart:
+        await driver.restart()
+    await agent.run_session()                   # the agent sends the same Result again
+    return card, driver, link
+
+
+async def test_a_result_sent_again_gets_the_same_bpp_and_its_consequences_run_once(pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card, driver, link = await lose_the_bpp_downlink(peers, restart=False)
+        bpps = [a.batch for a in driver.of(A.SendBatch) if is_bpp(BatchMsg(a.batch))]
+        assert len(bpps) == 2 and bpps[0] == bpps[1]               # the same batch, same batch_id
+        assert driver.posted.count("getBoundProfilePackage") == 1  # PrepareDownload's reply used once
+        assert [p.iccid for p in card.profiles] == [ICCID] and not mid_session(card)
+        (repeat,) = [a for a in driver.audits("deviceLink") if a.result == "repeat"]
+        assert "same downlink again" in repeat.detail and "differs" not in repeat.detail
+        assert len(await peers.one_result_per_package(card.eid)) == 1
+        assert link.downlink_kinds["ErrorMsg"] == 0
+
+
+async def test_a_result_sent_again_after_a_restart_gets_the_same_downlink_from_the_session_blob(
+        pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card, driver, _ = await lose_the_bpp_downlink(peers, restart=True)
+        bpps = [a.batch for a in driver.of(A.SendBatch) if is_bpp(BatchMsg(a.batch))]
+        assert len(bpps) == 2 and bpps[0] == bpps[1]
+        assert driver.posted.count("getBoundProfilePackage") == 1
+        assert [p.iccid for p in card.profiles] == [ICCID] and not mid_session(card)
+        assert len(await peers.one_result_per_package(card.eid)) == 1
