@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.core import actions as A
+from gateway.core import events as E
+from gateway.core.engine import EimEndpoint, Engine, EngineConfig
 from gateway.errors import NetworkError
 from gateway.links.base import DeviceCredential, DeviceRegistry
 from gateway.links.coap import CoapServer, CoapServerConfig
@@ -22,8 +24,11 @@ from gateway.links.memory import MemoryLink
 from gateway.links.protocol import (
     STOPPED_DATA,
     BatchMsg,
+    BatchResult,
+    DeviceStatus,
     Downlink,
     Result,
+    StepResult,
     Uplink,
     encode_downlink,
     encode_step,
@@ -32,6 +37,7 @@ from gateway.links.simulator import LinkProfile, UdpLinkSimulator
 from hil.agent.agent import Agent
 from hil.agent.coap_transport import CoapAgentTransport
 from hil.agent.memory_transport import MemoryAgentTransport
+from gateway.spec import codec, esipa
 from hil.pki import RspPki
 from tests.core.driver import ICCID, CardBackend, EngineDriver, Peers, make_agent, mid_session, running_peers
 
@@ -236,3 +242,80 @@ async def test_a_result_sent_again_after_a_restart_gets_the_same_downlink_from_t
         assert driver.posted.count("getBoundProfilePackage") == 1
         assert [p.iccid for p in card.profiles] == [ICCID] and not mid_session(card)
         assert len(await peers.one_result_per_package(card.eid)) == 1
+
+
+# -- 4, pure: the repeat's window, state by state ------------------------------------------------------
+
+EID = bytes.fromhex("89049032123451234512345678901235")
+NO_PACKAGE = esipa.encode_from_eim("getEimPackageResponse", ("eimPackageError", 1))
+SECOND_EIM = codec.encode("GetEimConfigurationDataResponse", {
+    "eimConfigurationDataList": [{"eimId": "eim-2", "eimFqdn": "eim2.example"}]})
+
+
+def first_contact(eng: Engine) -> A.SendBatch:
+    """Hello, the poll answered: the first-contact batch [RetrieveNotificationsList, GetEimConfigurationData]."""
+    (poll,) = [a for a in eng.handle(E.DeviceHello(EID, 0.0, DeviceStatus(EID))) if isinstance(a, A.PostEsipa)]
+    (batch,) = [a for a in eng.handle(E.BackhaulAnswered(EID, 0.1, poll.request_id, NO_PACKAGE))
+                if isinstance(a, A.SendBatch)]
+    return batch
+
+
+def found_second_eim(batch_id: int, first_sw: int = 0x6A88) -> E.DeviceResult:
+    """Its Result: the eUICC names an eIM the gateway did not know, which must now be polled."""
+    return E.DeviceResult(EID, 1.0, BatchResult(batch_id, (StepResult(b"", first_sw), StepResult(SECOND_EIM, 0x9000))))
+
+
+def of(out: list[A.Action], kind: type[Any]) -> list[Any]:
+    return [a for a in out if isinstance(a, kind)]
+
+
+def test_a_result_repeated_while_its_downlink_is_decided_is_applied_once_and_answered_once() -> None:
+    eng = Engine(EngineConfig(eims=(EimEndpoint("eim-1", "eim.example"),), seed=1))
+    batch = first_contact(eng)
+    out = eng.handle(found_second_eim(batch.batch.batch_id))
+    (poll,) = of(out, A.PostEsipa)                       # the new eIM is polled: the downlink waits
+    assert poll.eim_id == "eim-2" and of(out, A.SendBatch) == []
+    again = eng.handle(found_second_eim(batch.batch.batch_id, first_sw=0x6A80))   # the agent timed out
+    assert of(again, A.PostEsipa) == [] and [a for a in again if isinstance(a, A.DOWNLINKS)] == []
+    (note,) = [a for a in again if isinstance(a, A.Audit) and a.result == "repeat"]
+    assert "answered when ready" in note.detail and "differs from the first, which stands" in note.detail
+    out = eng.handle(E.BackhaulAnswered(EID, 2.0, poll.request_id, NO_PACKAGE))
+    (reply,) = [a for a in out if isinstance(a, A.DOWNLINKS)]     # one downlink, for the newest uplink
+    assert eng.sessions[EID].eims == [{"eimId": "eim-2", "eimFqdn": "eim2.example"}]
+
+
+def test_a_pending_result_survives_a_restart_and_its_repeat_is_answered_without_running_again() -> None:
+    config = EngineConfig(eims=(EimEndpoint("eim-1", "eim.example"),), seed=1)
+    eng = Engine(config)
+    batch = first_contact(eng)
+    out = eng.handle(found_second_eim(batch.batch.batch_id))
+    (saved,) = of(out, A.SaveSession)
+    (poll,) = of(out, A.PostEsipa)
+    restarted = Engine(config)                           # the gateway died with the uplink pending
+    restarted.restore(EID, saved.blob)
+    (reposted,) = of(restarted.resume(5.0), A.PostEsipa)
+    assert reposted.body == poll.body
+    out = restarted.handle(E.BackhaulAnswered(EID, 6.0, reposted.request_id, NO_PACKAGE))
+    assert [a for a in out if isinstance(a, A.DOWNLINKS)] == []   # nobody is waiting since the restart
+    out = restarted.handle(found_second_eim(batch.batch.batch_id))  # the agent sends its Result again
+    assert of(out, A.PostEsipa) == []
+    (reply,) = [a for a in out if isinstance(a, A.DOWNLINKS)]
+    assert isinstance(reply, A.SendBatch | A.ReplyIdle)
+
+
+def test_a_result_is_answered_the_same_until_the_next_result_or_a_hello_and_refused_after() -> None:
+    eng = Engine(EngineConfig(eims=(EimEndpoint("eim-1", "eim.example"),), seed=1))
+    batch = first_contact(eng)
+    failed = E.DeviceResult(EID, 1.0, BatchResult(batch.batch.batch_id, (StepResult(b"", 0x6A88),), "unexpected-sw"))
+    (first,) = of(eng.handle(failed), A.SendBatch)          # the reads are asked again
+    (saved,) = of(eng.handle(failed), A.SaveSession)
+    eng.restore(EID, saved.blob)                             # the kept downlink is in the blob
+    out = eng.handle(failed)
+    assert of(out, A.SendBatch) == [first] and eng.sessions[EID].counter == first.batch.batch_id
+    nxt = E.DeviceResult(EID, 2.0, BatchResult(first.batch.batch_id, (StepResult(b"", 0x6A88),), "unexpected-sw"))
+    assert len(of(eng.handle(nxt), A.SendBatch)) == 1
+    (late,) = [a for a in eng.handle(failed) if isinstance(a, A.DOWNLINKS)]   # older than the window
+    assert isinstance(late, A.ReplyError) and late.code == 6
+    eng.handle(E.DeviceHello(EID, 3.0, DeviceStatus(EID)))
+    (after_hello,) = [a for a in eng.handle(nxt) if isinstance(a, A.DOWNLINKS)]
+    assert isinstance(after_hello, A.ReplyError)
