@@ -142,7 +142,8 @@ class GatewayProcess:
             self._notify.setblocking(False)
         self._drain_notify()
         self.ready = False
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), "PYTHONUNBUFFERED": "1",
+               "IPAE_TEST_PARENT_PID": str(os.getpid())}
         for name in ("JOURNAL_STREAM", "WATCHDOG_PID", "WATCHDOG_USEC"):
             env.pop(name, None)
         with open(self.log_path, "ab") as log:
