@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--link", choices=("memory", "coap"), default="memory",
                    help="memory: the gateway's engine and runtime with an in-memory device link (default); "
                         "coap: the whole daemon (ipae-gateway run) with the agent over CoAP/DTLS")
+    p.add_argument("--download-mode", choices=("direct", "indirect"),
+                   help="profile download direct to the SM-DP+ (ES9+) or through the eIM (ESipa), set when the "
+                        "card gets the eIM's configuration (default: as the eIM offers it)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per operation (default 60)")
     p.add_argument("--json", action="store_true", help="end with one JSON summary line on stdout")
     p.add_argument("--i-know-this-changes-the-card", dest="allow_any_card", action="store_true",
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     options = RigOptions(args.scenario, RspPki.load(args.pki), eim_url=args.eim, smdp_url=args.smdp,
                          iccid=args.iccid, allow_any_card=args.allow_any_card, timeout_s=args.timeout, out=out,
-                         agent=args.agent, link=args.link)
+                         agent=args.agent, link=args.link, download_mode=args.download_mode)
     try:
         result = asyncio.run(run_scenario(backend, options))
     finally:

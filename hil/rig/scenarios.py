@@ -63,6 +63,8 @@ class RigOptions:
                                           # serial device drives the modem (serial backends)
     link: str = "memory"                  # memory: engine+runtime, in-memory link; coap: the whole
                                           # daemon, the agent over CoAP/DTLS
+    download_mode: str | None = None      # direct | indirect (through the eIM), set when the card gets
+                                          # the eIM's configuration; None: as the eIM offers it
     out: TextIO | None = None
 
 
@@ -214,6 +216,16 @@ async def _state_changing(counter: Counting, log: StepLog, options: RigOptions, 
                                   f"{identity['eimFqdn']}: run the peers there (python -m hil.peers.eim --port ...)")
             if ours is None:
                 initial = codec.decode("EimConfigurationData", bytes.fromhex(identity["eimConfigurationData"]))
+                if options.download_mode == "direct":
+                    initial.pop("indirectProfileDownload", None)
+                elif options.download_mode == "indirect":
+                    initial["indirectProfileDownload"] = None
+            elif options.download_mode is not None and options.download_mode != (
+                    "indirect" if ours.get("indirectProfileDownload") else "direct"):
+                raise CheckFailed(f"the card's configuration of eIM {eim_id} already sets "
+                                  f"{'indirect' if ours.get('indirectProfileDownload') else 'direct'} download; "
+                                  "--download-mode applies only when the card gets the eIM's configuration")
+            indirect = "indirectProfileDownload" in (initial if initial is not None else ours or {})
             # the eIM checks a certificate against the test CI: a non-test card's (run with the
             # override) is not given, and the eIM learns it from the card's own answers if it can
             trusted = facts.verdict is not None and facts.verdict.test_card
@@ -221,7 +233,8 @@ async def _state_changing(counter: Counting, log: StepLog, options: RigOptions, 
                                  counter=None if ours is None else ours.get("counterValue"))
             s.detail = (f"eIM {eim_id} at {identity['eimFqdn']}; "
                         + ("the gateway adds it to the card (AddInitialEim)" if initial is not None
-                           else "already on the card"))
+                           else "already on the card")
+                        + ("; downloads through the eIM (indirect)" if indirect else "; downloads direct (ES9+)"))
         local_modem = None
         if options.agent == "gateway":
             if not isinstance(counter.inner, SerialBackend):

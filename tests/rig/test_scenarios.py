@@ -227,3 +227,30 @@ async def test_lifecycle_through_the_whole_daemon_over_coap_dtls(kind: str, card
     assert [o["name"] for o in result.operations if o["ok"]] == ["download", "enable", "disable", "delete"]
     assert card.profiles == [] and card.notifications == []
     assert events_at_peers(*peers, card.eid) == ["delete", "disable", "enable", "install"]
+
+
+@pytest.mark.parametrize("mode", ["direct", "indirect"])
+async def test_download_direct_or_through_the_eim(mode: str, card: SoftEuicc, pki: RspPki,
+                                                  peers: tuple[EimServer, SmdppServer],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from hil.peers.eim import relay
+
+    relayed: list[str] = []      # a spy on the eIM's ES9+ relay: the real function still runs
+    original = relay.initiate_authentication
+
+    async def spy(eim: Any, value: Any) -> Any:
+        relayed.append("initiateAuthentication")
+        return await original(eim, value)
+
+    monkeypatch.setattr(relay, "initiate_authentication", spy)
+    backend = SoftBackend(card)
+    result = await run_scenario(backend, options(pki, "download", peers, download_mode=mode))
+    assert result.ok, result.error
+    assert relayed == (["initiateAuthentication"] if mode == "indirect" else [])
+    assert profile(card, result.operations[0]["iccid"]) is not None
+    probe = await run_scenario(backend, options(pki, "probe"))
+    assert probe.card is not None
+    assert probe.card.eims[0].get("indirectProfileDownload", False) == (mode == "indirect")
+    other = "direct" if mode == "indirect" else "indirect"
+    again = await run_scenario(backend, options(pki, "download", peers, download_mode=other))
+    assert not again.ok and "applies only when the card gets the eIM's configuration" in (again.error or "")
