@@ -9,6 +9,7 @@ same downlink, its consequences never run twice, across a restart too.
 
 from __future__ import annotations
 
+import base64
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -319,3 +320,23 @@ def test_a_result_is_answered_the_same_until_the_next_result_or_a_hello_and_refu
     eng.handle(E.DeviceHello(EID, 3.0, DeviceStatus(EID)))
     (after_hello,) = [a for a in eng.handle(nxt) if isinstance(a, A.DOWNLINKS)]
     assert isinstance(after_hello, A.ReplyError)
+
+
+async def test_an_eim_package_too_large_for_the_agent_buffer_gets_one_error_result_and_never_runs(
+        pki: RspPki) -> None:
+    async with running_peers(pki) as peers:
+        card = peers.card()
+        driver = peers.driver()
+        agent, _ = make_agent(MemoryLink(driver), card)
+        agent.status = replace(agent.status, buffer_size=512)
+        package = await peers.queue(card.eid, "eco", {"operations": [{
+            "op": "addEim", "eimId": "eim-2", "eimFqdn": "two.example", "counterValue": 0,
+            "eimCertificate": base64.b64encode(pki.eim_sign.cert_der).decode()}]})
+        report = await agent.run_session()
+        assert report.error is None and report.transport_error is None
+        (refused,) = [a for a in driver.audits("deviceLink") if a.result == "refused"]
+        assert "LoadEuiccPackage is a" in refused.detail and "buffers 512 bytes" in refused.detail
+        result = (await peers.one_result_per_package(card.eid))[package["packageId"]]
+        assert result["kind"] != "euiccPackageResultSigned", result
+        assert [e.eim_id for e in card.state.eims] == ["ipae-test-eim"] and card.state.eims[0].counter == 0
+        print(result["kind"], refused.detail)

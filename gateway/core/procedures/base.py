@@ -8,7 +8,9 @@ CBOR stores). It reacts to four kinds of input:
     DEVICE   the eUICC answered the ES10b calls it asked for (`DeviceAnswer`)
     ANSWER   a backhaul request it made was answered (`Answer`: tag + body)
     FAILED   a backhaul request it made failed for good (`Failure`): the session already
-             retried what was retryable, with gateway/core/retry.py
+             retried what was retryable, with gateway/core/retry.py; or the session stops
+             it (an operator's cancel, a call too large for the device): a `Failure` whose
+             state has no FAILED row is a failure like any other, named by its class
 
 `TABLE` maps (state, input) to the handler method and the states it may lead to: the one
 place that says what can happen. `feed` looks the pair up. A pair that is not in the table,
