@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.errors import RemoteProtocolError
 from gateway.spec import apdu as A
 from gateway.spec import es10b
 from hil.rig.backends import RigBackend
+
+
+MAX_CHAINED = 400          # GET RESPONSE / resend follow-ups of one command (400 x 256 > any ES10 answer)
 
 
 class IsdR:
@@ -35,12 +39,19 @@ class IsdR:
         self.close()
 
     def send(self, command: bytes) -> tuple[bytes, int]:
-        """One command APDU with 61xx/6Cxx chaining: (all data, final SW)."""
+        """One command APDU with 61xx/6Cxx chaining: (all data, final SW).
+
+        A card that keeps answering 61xx without data would chain for ever (the assembler bounds
+        the data, not the round trips): after MAX_CHAINED follow-ups it is a protocol error.
+        """
         assembler = A.ResponseAssembler(command)
         step = assembler.feed(self.backend.transmit(command))
-        while isinstance(step, A.SendNext):
+        for _ in range(MAX_CHAINED):
+            if not isinstance(step, A.SendNext):
+                return step.data, step.sw
             step = assembler.feed(self.backend.transmit(step.apdu))
-        return step.data, step.sw
+        raise RemoteProtocolError(f"the card still asks for GET RESPONSE after {MAX_CHAINED} follow-ups "
+                                  f"of {command[:4].hex().upper()}")
 
     def open(self) -> None:
         data, sw = self.send(A.manage_channel_open())

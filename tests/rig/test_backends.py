@@ -27,6 +27,9 @@ from hil.rig.isdr import IsdR
 from tests.rig.conftest import backend_for
 
 
+pytestmark = pytest.mark.timeout(60)
+
+
 @pytest.mark.parametrize(("text", "spec"), [
     ("soft", BackendSpec("soft")),
     ("soft,state=card.json,eid=89049032000000000000000000000163",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hil.pki import RspPki, generate_pki
 from hil.rig.probe import bits, check_test_card, describe_profile
 
+pytestmark = pytest.mark.timeout(60)
 OTHER_EID = "89049032000000000000000000000172"
 
 
@@ -88,10 +90,19 @@ class GarbageCard:
 @given(st.lists(st.one_of(st.binary(max_size=40), st.binary(max_size=40).map(lambda b: b + b"\x90\x00"),
                           st.sampled_from([b"\x01\x90\x00", b"\x61\x10", b"\x6c\x05", b"\x6a\x82", b""])),
                 min_size=1, max_size=8))
-def test_a_card_answering_anything_gives_a_result_never_a_crash(pki: RspPki, answers: list[bytes]) -> None:
+def test_a_card_answering_anything_gives_a_result_never_a_crash_nor_a_hang(pki: RspPki, answers: list[bytes]) -> None:
     from hil.rig import RigOptions, run_scenario
 
     result = asyncio.run(run_scenario(GarbageCard(answers), RigOptions("probe", pki)))  # type: ignore[arg-type]
     assert result.ok or result.error
     assert result.error is None or not result.error.startswith("internal error"), result.error
     assert all(s.detail or s.ok for s in result.steps)
+
+
+def test_a_card_that_never_stops_asking_for_get_response_is_a_protocol_error(pki: RspPki) -> None:
+    from hil.rig import RigOptions, run_scenario
+
+    card = GarbageCard([b"\x61\x10"])
+    result = asyncio.run(run_scenario(card, RigOptions("probe", pki)))  # type: ignore[arg-type]
+    assert not result.ok and "still asks for GET RESPONSE" in (result.error or "")
+    assert card.sent < 1000
