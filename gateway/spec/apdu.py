@@ -124,7 +124,7 @@ class UnknownStatus(CardError):
 
 
 class ResponseTooLong(RemoteProtocolError):
-    """GET RESPONSE chaining went past the configured cap on total response length."""
+    """GET RESPONSE chaining went past its caps: total response length, or fetches without data."""
 
 
 _SW_ERRORS: Final[dict[int, tuple[type[CardError], str]]] = {
@@ -348,11 +348,13 @@ class ResponseAssembler:
     `feed(response)` returns `SendNext(apdu)` while the card has more to give, and
     `Done(data, sw)` once a final status word arrives. GET RESPONSE is sent on the command's
     channel; `max_le` caps each GET RESPONSE (modems that fail on Le 00 want 255);
-    `max_length` caps the total data fetched; `max_le_retries` caps consecutive 6Cxx.
+    `max_length` caps the total data fetched; `max_le_retries` caps consecutive 6Cxx;
+    `max_empty_fetches` caps consecutive 61xx answers that carry no data (a broken card or
+    modem could otherwise keep a device's batch fetching forever).
     """
 
     def __init__(self, command_apdu: bytes, *, max_length: int = DEFAULT_MAX_RESPONSE,
-                 max_le: int = 256, max_le_retries: int = 2) -> None:
+                 max_le: int = 256, max_le_retries: int = 2, max_empty_fetches: int = 2) -> None:
         if len(command_apdu) < 4:
             raise LocalProtocolError(f"APDU of {len(command_apdu)} bytes has no header")
         if not 1 <= max_le <= 256:
@@ -365,6 +367,8 @@ class ResponseAssembler:
         self._max_le = max_le
         self._max_le_retries = max_le_retries
         self._le_retries = 0
+        self._max_empty_fetches = max_empty_fetches
+        self._empty_fetches = 0
         self._done = False
 
     @property
@@ -383,6 +387,9 @@ class ResponseAssembler:
         sw1 = sw >> 8
         if sw1 == 0x61:
             self._le_retries = 0
+            self._empty_fetches = 0 if data else self._empty_fetches + 1
+            if self._empty_fetches > self._max_empty_fetches:
+                raise ResponseTooLong(f"{self._empty_fetches} GET RESPONSE answers in a row carried no data")
             le = min(sw & 0xFF or 256, self._max_le)
             self._last = with_channel(get_response(le), self._channel)
             return SendNext(self._last, "get-response")

@@ -243,3 +243,20 @@ def test_assembler_fuzz_only_raises_gateway_errors(responses: list[bytes]) -> No
                 break
     except GatewayError:
         pass
+
+
+def test_a_card_answering_61xx_without_data_forever_is_stopped() -> None:
+    assembler = apdu.ResponseAssembler(apdu.store_data(b"\xbf\x2e\x00")[0])
+    with pytest.raises(apdu.ResponseTooLong):
+        for _ in range(100):
+            step = assembler.feed(bytes.fromhex("6110"))
+            assert isinstance(step, apdu.SendNext)
+
+
+def test_61xx_with_data_may_go_on_as_long_as_data_comes() -> None:
+    assembler = apdu.ResponseAssembler(apdu.store_data(b"\xbf\x2e\x00")[0])
+    assembler.feed(bytes.fromhex("6110"))
+    for _ in range(10):
+        assert isinstance(assembler.feed(b"\x01" * 16 + bytes.fromhex("6110")), apdu.SendNext)
+    done = assembler.feed(b"\x02" + bytes.fromhex("9000"))
+    assert isinstance(done, apdu.Done) and done.data == b"\x01" * 160 + b"\x02"
