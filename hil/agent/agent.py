@@ -2,7 +2,8 @@
 
 Theory of operation. A *session* starts when the sensor wakes: the agent sends Hello with its
 status (or the Result it could not deliver last time) and then loops: each downlink is either a
-Batch, applied on the eUICC while it streams in (`BatchRunner`), whose Result is the next
+Batch, applied on the eUICC while it streams in (gateway.links.batch_runner.BatchRunner, the
+same runner the gateway uses for a modem on its own port), whose Result is the next
 uplink; or Idle / ErrorMsg, which ends the session. Every uplink gets exactly one downlink, so a
 session of k batches costs k + 1 round trips. The transport (CoAP/DTLS, MQTT, in-memory) only
 moves one uplink and yields the downlink's bytes in order; the agent decodes them with a bounded
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from gateway.errors import DecodeError, TransportError
+from gateway.links.batch_runner import Backend, BatchRunner
 from gateway.links.protocol import (
     BatchHeader,
     BatchResult,
@@ -34,7 +36,6 @@ from gateway.links.protocol import (
     Uplink,
     encode_uplink,
 )
-from hil.agent.runner import Backend, BatchRunner
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,10 @@ class Agent:
             report.batches += 1
             report.apdus += runner.apdus_sent
             self._size_hint = head.next_size_hint
-            return await runner.close()
+            outcome = await runner.close()
+            if runner.refresh_failed:
+                self.status = replace(self.status, attach_failures=self.status.attach_failures + 1)
+            return outcome
         if head is None:
             raise DecodeError("empty downlink", type_name="Downlink")
         return head

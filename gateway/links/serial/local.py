@@ -4,26 +4,20 @@ Theory of operation. A sensor wired to the gateway (or a modem in the gateway it
 agent and no link to wake up on: `LocalModemDevice.run_session()` plays the agent's part in
 process. It reports the device's status (EID given, IMEI / PLMN / signal read from the modem)
 to the same `UplinkHandler` the network links call, and runs each Batch the handler answers
-directly on the modem, with the semantics of the device-link protocol (docs/device-link.md):
-the batch's AID is opened with AT+CCHO (or MANAGE CHANNEL + SELECT through AT+CSIM) and
-closed at the end; 61xx/6Cxx are chained per command; inside a step an APDU whose SW is not in
-`continue_sw`, or that answers data before the step's last APDU, ends the step; after a step a
-SW outside `continue_sw` stops the batch ("unexpected-sw"), as does data from a stop_if_data
-step ("data"); a modem or card failure stops it with "card-error"; the refresh instruction
-is applied last. Frozen dataclasses go to the handler as they are: nothing to encode locally.
+directly on the modem with the batch runner the reference agent uses (gateway.links.batch_runner: the
+device-link semantics of docs/device-link.md, section 3), the modem opening the batch's
+channel itself (AT+CCHO, or MANAGE CHANNEL + SELECT through AT+CSIM). A refresh the modem
+fails counts as an attach failure in the next status. Frozen dataclasses go to the handler as
+they are: nothing to encode locally.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
-from gateway.errors import GatewayError
 from gateway.links.base import UplinkHandler
+from gateway.links.batch_runner import BatchRunner, batch_header
 from gateway.links.protocol import (
-    STOPPED_CARD,
-    STOPPED_DATA,
-    STOPPED_SW,
     Batch,
     BatchMsg,
     BatchResult,
@@ -32,14 +26,10 @@ from gateway.links.protocol import (
     Hello,
     Idle,
     Result,
-    Step,
-    StepResult,
     Uplink,
 )
 from gateway.links.serial.modem import AsyncModemEuicc
-from gateway.spec.apdu import with_channel
 
-log = logging.getLogger(__name__)
 
 LOCAL_AGENT_VERSION = "ipae-gateway-serial/1"
 
@@ -86,42 +76,22 @@ class LocalModemDevice:
         return session
 
     async def run_batch(self, batch: Batch) -> BatchResult:
-        results: list[StepResult] = []
-        stopped: str | None = None
-        channel = 0
-        try:
-            if batch.aid is not None:
-                channel = await self.modem.open_channel(batch.aid)
-            for step in batch.steps:
-                result = await self._step(step, channel)
-                results.append(result)
-                if result.sw not in step.continue_sw:
-                    stopped = STOPPED_SW
-                    break
-                if step.stop_if_data and result.data:
-                    stopped = STOPPED_DATA
-                    break
-        except GatewayError as exc:
-            log.warning("local batch %d on %s: %s", batch.batch_id, self.eid.hex(), exc)
-            stopped = STOPPED_CARD
-        if channel:
-            try:
-                await self.modem.close_channel(channel)
-            except GatewayError as exc:
-                log.warning("closing channel %d: %s", channel, exc)
-        if batch.refresh is not None:
-            try:
-                await self.modem.refresh(batch.refresh)
-            except GatewayError as exc:
-                log.warning("refresh %s: %s", batch.refresh, exc)
-                self.attach_failures += 1
-        return BatchResult(batch.batch_id, tuple(results), stopped)
+        runner = BatchRunner(_ModemBackend(self.modem), batch_header(batch), channels=self.modem)
+        result = await runner.run(batch.steps)
+        if runner.refresh_failed:
+            self.attach_failures += 1
+        return result
 
-    async def _step(self, step: Step, channel: int) -> StepResult:
-        data, sw = b"", 0
-        last = len(step.apdus) - 1
-        for i, apdu in enumerate(step.apdus):
-            data, sw = await self.modem.send(with_channel(apdu, channel))
-            if i < last and (sw not in step.continue_sw or data):
-                break
-        return StepResult(data, sw)
+
+@dataclass
+class _ModemBackend:
+    """The modem as the batch runner's backend: commands by their class byte's host channel."""
+
+    modem: AsyncModemEuicc
+
+    async def transmit(self, apdu: bytes) -> bytes:
+        data, sw = await self.modem.send(apdu)
+        return data + sw.to_bytes(2, "big")
+
+    async def refresh(self, kind: str) -> None:
+        await self.modem.refresh(kind)
