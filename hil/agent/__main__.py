@@ -9,6 +9,7 @@ The eUICC backend: `--soft-euicc PKI_DIR [--euicc-state FILE]` runs the project'
 eUICC (hil.euicc.SoftEuicc) for this EID; `--backend module:factory` names any callable that
 returns an object with `transmit(apdu) -> bytes` (a modem, a PC/SC reader); without either, the
 software eUICC's APDU layer with an echoing ES10 dispatcher, which is enough to exercise a link.
+A backend with `close()` (sync or async) is closed when the agent exits.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import inspect
 import json
 import logging
 import sys
@@ -87,7 +89,12 @@ async def run(args: argparse.Namespace) -> int:
     if len(eid) != 16:
         raise SystemExit("--eid must be 32 hex digits")
     transport = make_transport(args, eid)
-    agent = Agent(Agent.make_status(eid, buffer_size=args.buffer_size), _load_backend(args.backend, args), transport)
+    try:
+        backend = _load_backend(args.backend, args)
+    except BaseException:
+        await transport.close()
+        raise
+    agent = Agent(Agent.make_status(eid, buffer_size=args.buffer_size), backend, transport)
     failed = False
     try:
         n = 0
@@ -104,8 +111,20 @@ async def run(args: argparse.Namespace) -> int:
             if args.sessions == 0 or n < args.sessions:
                 await asyncio.sleep(min(args.max_sleep, report.idle_after_s or args.max_sleep))
     finally:
-        await transport.close()
+        try:
+            await transport.close()
+        finally:
+            await close_backend(backend)
     return 1 if failed else 0
+
+
+async def close_backend(backend: object) -> None:
+    """Release the eUICC backend (a modem's serial port, a reader) if it has `close()`, sync or async."""
+    close = getattr(backend, "close", None)
+    if callable(close):
+        outcome = close()
+        if inspect.isawaitable(outcome):
+            await outcome
 
 
 def main(argv: Sequence[str] | None = None) -> int:
