@@ -117,20 +117,27 @@ class Agent:
         stream = DownlinkStream(max_item=self.status.buffer_size)
         runner: BatchRunner | None = None
         size_hint, self._size_hint = self._size_hint, None
-        async with aclosing(self.transport.exchange(payload, self.status.buffer_size, size_hint)) as chunks:
-            async for chunk in chunks:
-                report.downlink_bytes += len(chunk)
-                for event in stream.feed(chunk):
-                    if isinstance(event, BatchHeader):
-                        runner = BatchRunner(self.backend, event)
-                        await runner.open()
-                    elif isinstance(event, Step):
-                        assert runner is not None
-                        await runner.run_step(event)
-                if runner is not None and runner.done:
-                    break  # a stop rule fired or all steps ran: the rest is not needed
-            else:
-                stream.close()
+        try:
+            async with aclosing(self.transport.exchange(payload, self.status.buffer_size, size_hint)) as chunks:
+                async for chunk in chunks:
+                    report.downlink_bytes += len(chunk)
+                    for event in stream.feed(chunk):
+                        if isinstance(event, BatchHeader):
+                            runner = BatchRunner(self.backend, event)
+                            await runner.open()
+                        elif isinstance(event, Step):
+                            assert runner is not None
+                            await runner.run_step(event)
+                    if runner is not None and runner.done:
+                        break  # a stop rule fired or all steps ran: the rest is not needed
+                else:
+                    stream.close()
+        except BaseException:
+            if runner is not None:
+                # the downlink broke mid-batch: no Result will go up, but the card's logical
+                # channel must not stay open (an eUICC has few of them)
+                await runner.close_channel()
+            raise
         head = stream.header
         if isinstance(head, BatchHeader):
             assert runner is not None

@@ -199,3 +199,31 @@ async def test_a_crashing_handler_still_answers_with_an_internal_error() -> None
     link = MemoryLink(Broken())  # type: ignore[arg-type]
     reply = p.decode_downlink(await link.exchange(EID, p.encode_uplink(p.Hello(Agent.make_status(EID)))))
     assert reply == p.ErrorMsg(int(p.ErrorCode.INTERNAL), "internal error")
+
+
+async def test_a_downlink_broken_mid_batch_leaves_no_logical_channel_open() -> None:
+    from gateway.errors import NetworkError
+
+    class Breaking(MemoryAgentTransport):
+        """Hands over the first chunk of the downlink, then the link drops."""
+
+        async def exchange(self, payload: bytes, buffer_size: int, size_hint: int | None = None):  # type: ignore[no-untyped-def, override]
+            async for i, chunk in _enumerate(super().exchange(payload, buffer_size, size_hint)):
+                if i == 1:
+                    raise NetworkError("link lost mid-downlink")
+                yield chunk
+
+    async def _enumerate(chunks):  # type: ignore[no-untyped-def]
+        i = 0
+        async for chunk in chunks:
+            yield i, chunk
+            i += 1
+
+    card = RecordingCard(lambda req: req)
+    handler = ScriptedHandler(batches={EID: [p.Batch(1, es10_steps(8), aid=ISD_R_AID)]})
+    agent = Agent(Agent.make_status(EID), card, Breaking(MemoryLink(handler), EID, chunk_size=512))  # type: ignore[arg-type]
+    report = await agent.run_session()
+    assert report.transport_error is not None and "link lost" in report.transport_error
+    assert any(c[:2] == bytes.fromhex("81E2") for c in card.commands)  # the batch had started on channel 1
+    assert card.commands[-1][:4] == bytes.fromhex("00708001")  # and its channel was closed
+    assert card.card.open_channels() == [0] and handler.results_for(EID) == []
