@@ -2,11 +2,12 @@
 
 Real parts: the reference agent (hil.agent) and the software eUICC (hil.euicc) with two
 profiles, one carrying the fallback attribute; the device-link encoding (in-memory link,
-gateway.links.memory); the real engine (gateway.core) behind the gate; a real SQLite store
-for the registry, audit log and webhook outbox. The eIM is the engine tests' in-test
-responder (tests/core/peers.MiniEim) and the runtime is the engine tests' in-test rig
-(tests/core/rig.EngineRig), because the service runtime is not wired to the policies yet:
-`Backend` below does what gateway/policy/__init__.py asks the runtime to do.
+gateway.links.memory); the real engine (gateway.core) behind the gate, driven by the engine
+tests' driver (tests/core/driver.EngineDriver: the runtime's handling of the engine's actions
+with an injected clock); the real eIM and SM-DP+ peers (hil/peers) in process over HTTPS,
+reached through the runtime's own backhaul; a real SQLite store for the registry, audit log
+and webhook outbox. `Backend` below does what gateway/policy/__init__.py asks the runtime to
+do, as gateway/service/supervisor.py does it, with the test's clock.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import random
 import types
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.config.policies import FallbackPolicy, FallbackWaveSection, PoliciesSection, WebhooksPolicy
-from gateway.core.engine import EimEndpoint, Engine, EngineConfig
+from gateway.core.actions import PostEsipa
 from gateway.core.events import EimPackageReceived
 from gateway.links.memory import MemoryLink
 from gateway.links.protocol import Downlink, Uplink
@@ -40,11 +43,9 @@ from gateway.policy.webhooks import enqueue_event
 from gateway.spec import esipa
 from gateway.store import Store
 from hil.euicc import SoftEuicc
-from hil.euicc.eim import eim_config_from
 from hil.euicc.state import Profile
 from hil.pki import RspPki
-from tests.core.peers import MiniEim, MiniSmdp
-from tests.core.rig import EngineRig, make_agent
+from tests.core.driver import EngineDriver, Peers, make_agent, running_peers
 
 HOME = bytes.fromhex("98001032547698103214")
 FALLBACK = bytes.fromhex("98001032547698103215")
@@ -55,9 +56,10 @@ HOOKS = WebhooksPolicy(urls=("https://hooks.example/ipae",))
 class Backend:
     """The runtime's side of the gate: registry, decisions, state-change reports to the eIM."""
 
-    def __init__(self, store: Store, rig: EngineRig) -> None:
+    def __init__(self, store: Store, driver: EngineDriver, peers: Peers) -> None:
         self.store = store
-        self.rig = rig
+        self.driver = driver
+        self.peers = peers
         self.gate: PolicyGate | None = None
         self.states: dict[tuple[bytes, str], bytes] = {}
         self.reports: list[ReportStateChange] = []
@@ -88,18 +90,23 @@ class Backend:
                     self.states[(d.eid, d.kind)] = d.blob
         self.reports += [d for d in decisions if isinstance(d, ReportStateChange)]
 
-    def send_due_reports(self) -> None:
-        """The runtime's timer: each report at its time, to the device's eIM; the answer to the engine."""
+    async def send_due_reports(self) -> None:
+        """The runtime's timer: each report at its time, over HTTPS to the device's eIM; a package
+        in the answer goes to the engine as one received by poll."""
+        driver = self.driver
+        eim = self.peers.eim.service.eim_id
         for report in sorted(self.reports, key=lambda r: r.at):
-            self.rig.now = max(self.rig.now, report.at)
+            driver.now = max(driver.now, report.at)
             assert self.gate is not None
-            body = self.rig.eim.handle(self.gate.report_request(report))
-            for d in self.gate.policies.report_sent(report.eid, report.token, self.rig.now):
+            body = await driver.backhaul.post_esipa(PostEsipa(report.eid, f"policy-{report.token}", eim,
+                                                              self.peers.eim.fqdn, "GetEimPackage",
+                                                              self.gate.report_request(report)))
+            for d in self.gate.policies.report_sent(report.eid, report.token, driver.now):
                 if isinstance(d, SavePolicyState):
                     self.states[(d.eid, d.kind)] = d.blob
             kind, _ = esipa.decode_response("GetEimPackage", body)
             if kind != "eimPackageError":
-                self.rig.run([EimPackageReceived(report.eid, self.rig.now, self.rig.eim.eim_id, body, "poll")])
+                await driver.run([EimPackageReceived(report.eid, driver.now, eim, body, "poll")])
         self.reports.clear()
 
 
@@ -114,9 +121,9 @@ class Latency:
         return await self.inner.exchange(eid, uplink)
 
 
-def card_with_fallback_profile(pki: RspPki, eim: MiniEim) -> SoftEuicc:
-    card = SoftEuicc(pki, pki.eid_bytes)
-    card.state.eims.append(eim_config_from(card, eim.initial_eim()))
+def card_with_fallback_profile(peers: Peers, eid: bytes | None = None) -> SoftEuicc:
+    """A software eUICC known to the eIM, with its home profile enabled and a fallback profile."""
+    card = peers.card(eid)
     card.state.profiles += [
         Profile(HOME, card.new_isdp_aid(), state="enabled", install_state="installed"),
         Profile(FALLBACK, card.new_isdp_aid(), install_state="installed", fallback=True, fallback_allowed=True),
@@ -131,33 +138,44 @@ def store(tmp_path: Path) -> Store:
         yield s  # type: ignore[misc]
 
 
-def setup(pki: RspPki, store: Store) -> tuple[EngineRig, Backend, PolicyGate, SoftEuicc]:
-    eim = MiniEim(pki)
-    card = card_with_fallback_profile(pki, eim)
-    rig = EngineRig(Engine(EngineConfig(eims=(EimEndpoint(eim.eim_id, eim.fqdn),), seed=7)),
-                    MiniSmdp(pki, address="smdp.example"), eim)
+@pytest.fixture
+async def peers(pki: RspPki) -> AsyncIterator[Peers]:
+    async with running_peers(pki) as running:
+        yield running
+
+
+def gate_for(peers: Peers, store: Store, policies: Policies) -> tuple[EngineDriver, Backend, PolicyGate]:
+    driver = peers.driver()
+    backend = Backend(store, driver, peers)
+    backend.gate = PolicyGate(driver, policies, backend, clock=lambda: driver.now)
+    return driver, backend, backend.gate
+
+
+def setup(peers: Peers, store: Store) -> tuple[EngineDriver, Backend, PolicyGate, SoftEuicc]:
+    card = card_with_fallback_profile(peers)
     config = PoliciesSection(fallback=FallbackPolicy(enabled=True, attach_failures=3, return_after_s=3600.0),
                              fallback_wave=FallbackWaveSection(report_spread_s=60.0))
-    policies = Policies(config, rand=random.Random(5).random)
-    backend = Backend(store, rig)
-    store.devices.register(card.eid, "coap", "meter-1", now=rig.now, tags=["water-meter"])
-    backend.gate = PolicyGate(rig, policies, backend, clock=lambda: rig.now)
-    return rig, backend, backend.gate, card
+    driver, backend, gate = gate_for(peers, store, Policies(config, rand=random.Random(5).random))
+    store.devices.register(card.eid, "coap", "meter-1", now=driver.now, tags=["water-meter"])
+    return driver, backend, gate, card
 
 
-def state_changes(eim: MiniEim) -> list[dict[str, object]]:
-    return [p for p in eim.polls if "notifyStateChange" in p]
+def state_changes(peers: Peers, eid: bytes) -> list[dict[str, Any]]:
+    """What the eIM recorded of the device's GetEimPackage requests with notifyStateChange."""
+    device = peers.eim.service.devices[eid]
+    return [c for c in device.state_changes if c["notifyStateChange"]]
 
 
-async def test_fallback_and_return_run_on_the_euicc_and_the_eim_hears_each_once(pki: RspPki, store: Store) -> None:
-    rig, backend, gate, card = setup(pki, store)
+async def test_fallback_and_return_run_on_the_euicc_and_the_eim_hears_each_once(peers: Peers, store: Store) -> None:
+    driver, backend, gate, card = setup(peers, store)
     agent, device = make_agent(MemoryLink(gate), card, imei=IMEI)
     for failures in (1, 2):
         agent.status = replace(agent.status, attach_failures=failures)
         report = await agent.run_session()
         assert report.error is None and report.idle_after_s is not None
-        rig.now += 600
+        driver.now += 600
     assert card.state.enabled_profile().iccid == HOME  # type: ignore[union-attr]
+    assert driver.posted.count("GetEimPackage") == 2   # each wake-up polled the eIM over HTTPS
 
     agent.status = replace(agent.status, attach_failures=3)
     report = await agent.run_session()
@@ -165,29 +183,29 @@ async def test_fallback_and_return_run_on_the_euicc_and_the_eim_hears_each_once(
     assert card.state.enabled_profile().iccid == FALLBACK  # type: ignore[union-attr]
     assert device.refreshes == ["uicc-reset"]
     assert report.batches >= 1 and report.exchanges == 2      # the policy batch, then the IPA's Idle
-    backend.send_due_reports()
-    [change] = state_changes(rig.eim)
-    assert change["stateChangeCause"] == 1 and change["rPLMN"] == bytes.fromhex("62f210")   # 26201
+    await backend.send_due_reports()
+    [change] = state_changes(peers, card.eid)
+    assert change["stateChangeCause"] == 1 and change["rPLMN"] == "62f210"   # 26201
 
     # the network is back; after return_after_s the next wake-up returns from fallback. (The
     # serving PLMN is kept: the engine adds a report of its own when it changes, see the report.)
     agent.status = replace(agent.status, attach_failures=0)
-    rig.now += 1800
+    driver.now += 1800
     await agent.run_session()
     assert card.state.enabled_profile().iccid == FALLBACK  # type: ignore[union-attr]
-    rig.now += 1900
+    driver.now += 1900
     await agent.run_session()
     assert card.state.enabled_profile().iccid == HOME  # type: ignore[union-attr]
     assert device.refreshes == ["uicc-reset", "uicc-reset"]
-    backend.send_due_reports()
-    assert len(state_changes(rig.eim)) == 2
+    await backend.send_due_reports()
+    assert len(state_changes(peers, card.eid)) == 2
     audit = [(r.operation, r.result) for r in store.audit.query(eid=card.eid)]
     assert ("ExecuteFallbackMechanism", "ok") in audit and ("ReturnFromFallback", "ok") in audit
     assert [e.kind for e in store.outbox.pending()] == ["webhook:fallback.executed", "webhook:fallback.returned"]
 
 
-async def test_an_imei_change_quarantines_the_device_and_no_euicc_operation_runs(pki: RspPki, store: Store) -> None:
-    rig, backend, gate, card = setup(pki, store)
+async def test_an_imei_change_quarantines_the_device_and_no_euicc_operation_runs(peers: Peers, store: Store) -> None:
+    driver, backend, gate, card = setup(peers, store)
     link = MemoryLink(gate)
     agent, _ = make_agent(link, card, imei=IMEI)
     assert (await agent.run_session()).error is None
@@ -207,23 +225,23 @@ async def test_an_imei_change_quarantines_the_device_and_no_euicc_operation_runs
     assert len([d for d in backend.decisions if isinstance(d, SetQuarantine)]) == 1
 
     await backend.apply_decisions(card.eid, imei_policy.release(card.eid, rebind="353290619999999",
-                                                                keep_binding=False, now=rig.now), rig.now)
-    gate.policies.record_alarms(backend.decisions, rig.now)
+                                                                keep_binding=False, now=driver.now), driver.now)
+    gate.policies.record_alarms(backend.decisions, driver.now)
     report = await moved.run_session()
     assert report.error is None and report.idle_after_s is not None
     assert gate.policies.alarms.active == {}
 
 
-async def test_fallback_over_coap_dtls_with_the_reference_agent(pki: RspPki, store: Store) -> None:
+async def test_fallback_over_coap_dtls_with_the_reference_agent(peers: Peers, store: Store) -> None:
     """The same fallback over the real CoAP/DTLS link (aiocoap + tinydtls on loopback)."""
     from gateway.links.base import DeviceCredential, DeviceRegistry
     from gateway.links.coap import CoapServer, CoapServerConfig
     from hil.agent import Agent
     from hil.agent.coap_transport import CoapAgentTransport
-    from tests.core.rig import CardBackend
+    from tests.core.driver import CardBackend
     from tests.links.conftest import free_udp_pair
 
-    rig, backend, gate, card = setup(pki, store)
+    driver, backend, gate, card = setup(peers, store)
     psk = b"psk-of-meter-1"
     server = CoapServer(gate, DeviceRegistry([DeviceCredential("meter-1", card.eid, psk)]),
                         CoapServerConfig(dtls_port=free_udp_pair()))
@@ -237,38 +255,29 @@ async def test_fallback_over_coap_dtls_with_the_reference_agent(pki: RspPki, sto
             agent.status = replace(agent.status, attach_failures=failures)
             report = await agent.run_session()
             assert report.error is None and report.transport_error is None
-            rig.now += 600
+            driver.now += 600
     finally:
         await transport.close()
         await server.close()
     assert card.state.enabled_profile().iccid == FALLBACK  # type: ignore[union-attr]
     assert device.refreshes == ["uicc-reset"]
-    backend.send_due_reports()
-    assert [p.get("stateChangeCause") for p in state_changes(rig.eim)] == [1]
+    await backend.send_due_reports()
+    assert [p.get("stateChangeCause") for p in state_changes(peers, card.eid)] == [1]
 
 
 async def test_carrier_outage_500_agents_one_alarm_and_the_eim_hears_one_state_change_per_device(
-        pki: RspPki, store: Store) -> None:
+        peers: Peers, store: Store) -> None:
     """500 devices on one failing carrier, all waking together: the wave is bounded, one alarm."""
     from gateway.policy import RaiseAlarm
 
-    eim = MiniEim(pki)
-    rig = EngineRig(Engine(EngineConfig(eims=(EimEndpoint(eim.eim_id, eim.fqdn),), seed=7)),
-                    MiniSmdp(pki, address="smdp.example"), eim)
     config = PoliciesSection(fallback=FallbackPolicy(enabled=True, attach_failures=3),
                              fallback_wave=FallbackWaveSection(max_concurrent=20, outage_devices=50))
-    backend = Backend(store, rig)
-    gate = backend.gate = PolicyGate(rig, Policies(config, rand=random.Random(11).random), backend,
-                                     clock=lambda: rig.now)
+    driver, backend, gate = gate_for(peers, store, Policies(config, rand=random.Random(11).random))
     link = MemoryLink(Latency(gate))
     cards, agents = [], []
     for i in range(500):
-        card = SoftEuicc(pki, f"89049032{i:024d}")
-        card.state.eims.append(eim_config_from(card, eim.initial_eim()))
-        card.state.profiles += [
-            Profile(HOME, card.new_isdp_aid(), state="enabled", install_state="installed"),
-            Profile(FALLBACK, card.new_isdp_aid(), install_state="installed", fallback=True, fallback_allowed=True)]
-        store.devices.register(card.eid, "coap", f"meter-{i}", now=rig.now, tags=["water-meter"])
+        card = card_with_fallback_profile(peers, bytes.fromhex(f"89049032{i:024d}"))
+        store.devices.register(card.eid, "coap", f"meter-{i}", now=driver.now, tags=["water-meter"])
         agent, _ = make_agent(link, card, imei=f"3532906{i:08d}")
         agent.status = replace(agent.status, attach_failures=3)
         cards.append(card)
@@ -276,18 +285,17 @@ async def test_carrier_outage_500_agents_one_alarm_and_the_eim_hears_one_state_c
     rounds = 0
     while any(c.state.enabled_profile().iccid != FALLBACK for c in cards) and rounds < 60:  # type: ignore[union-attr]
         await asyncio.gather(*(a.run_session() for a in agents))
-        rig.now += 300
+        driver.now += 300
         rounds += 1
     assert all(c.state.enabled_profile().iccid == FALLBACK for c in cards)  # type: ignore[union-attr]
     assert backend.peak_inflight == 20 and rounds > 1     # bounded: 20 switches at a time, the rest wait
     assert len([d for d in backend.decisions if isinstance(d, RaiseAlarm)]) == 1
-    backend.send_due_reports()
-    changes = state_changes(eim)
-    assert len(changes) == 500 and len({bytes(c["eidValue"]) for c in changes}) == 500  # type: ignore[arg-type]
+    await backend.send_due_reports()
+    assert all(len(state_changes(peers, c.eid)) == 1 for c in cards)
 
 
 async def test_roaming_alarm_at_day_90_reaches_a_https_webhook_receiver_with_a_valid_hmac(
-        pki: RspPki, store: Store, free_tcp_port: int) -> None:
+        peers: Peers, store: Store, free_tcp_port: int) -> None:
     """A device on a Brazilian network every day: on day 90 of 120 the alarm is raised and the
     roaming.threshold event reaches the receiver, signed; the receiver was down at first."""
     import time
@@ -299,35 +307,34 @@ async def test_roaming_alarm_at_day_90_reaches_a_https_webhook_receiver_with_a_v
     from gateway.store import AsyncStore
     from policy_support import SECRET, FakeClock, Receiver
 
-    eim = MiniEim(pki)
-    card = card_with_fallback_profile(pki, eim)
-    rig = EngineRig(Engine(EngineConfig(eims=(EimEndpoint(eim.eim_id, eim.fqdn),), seed=7)),
-                    MiniSmdp(pki, address="smdp.example"), eim)
-    rig.now = time.time()
+    card = card_with_fallback_profile(peers)
+    driver = peers.driver()
+    driver.now = time.time()
     roaming = RoamingPolicy(enabled=True, home_plmns=("26201",),
                             countries=types.MappingProxyType({"724": RoamingCountry(90, 120)}))
-    backend = Backend(store, rig)
-    receiver = Receiver(server_ssl_context(str(pki.eim_tls.cert_path), str(pki.eim_tls.key_path)), free_tcp_port,
+    backend = Backend(store, driver, peers)
+    receiver = Receiver(server_ssl_context(str(peers.pki.eim_tls.cert_path), str(peers.pki.eim_tls.key_path)), free_tcp_port,
                         FakeClock(0.0))
-    backend.hooks = WebhooksPolicy(urls=(receiver.url,), ca_file=pki.tls_ca.cert_path, events=("roaming.threshold",))
-    gate = backend.gate = PolicyGate(rig, Policies(PoliciesSection(roaming=roaming)), backend, clock=lambda: rig.now)
-    store.devices.register(card.eid, "coap", "tracker-1", now=rig.now)
+    backend.hooks = WebhooksPolicy(urls=(receiver.url,), ca_file=peers.pki.tls_ca.cert_path, events=("roaming.threshold",))
+    gate = backend.gate = PolicyGate(driver, Policies(PoliciesSection(roaming=roaming)), backend,
+                                     clock=lambda: driver.now)
+    store.devices.register(card.eid, "coap", "tracker-1", now=driver.now)
     agent, _ = make_agent(MemoryLink(gate), card, imei=IMEI, plmn="72405")
-    start = rig.now
+    start = driver.now
     for day in range(90):
-        rig.now = start + day * 86_400.0
+        driver.now = start + day * 86_400.0
         raised = len([d for d in backend.decisions if isinstance(d, RaiseAlarm)])
         assert (await agent.run_session()).error is None
         assert raised == 0, f"alarm before day 90 (day {day})"
     [alarm] = [d for d in backend.decisions if isinstance(d, RaiseAlarm)]
     assert alarm.alarm.kind == "roaming-exposure" and dict(alarm.alarm.detail)["days"] == 90
-    assert gate.policies.roaming.exposure(card.eid, rig.now)["724"]["alarm"] is True
+    assert gate.policies.roaming.exposure(card.eid, driver.now)["724"]["alarm"] is True
 
     store.close()   # the webhook side uses the same database file through its own thread
-    receiver.clock.now = rig.now
+    receiver.clock.now = driver.now
     async with await AsyncStore.open(store.path) as astore:
-        async with WebhookSender(backend.hooks, SECRET, clock=lambda: rig.now) as sender:
-            dispatcher = WebhookDispatcher(astore, sender, clock=lambda: rig.now)
+        async with WebhookSender(backend.hooks, SECRET, clock=lambda: driver.now) as sender:
+            dispatcher = WebhookDispatcher(astore, sender, clock=lambda: driver.now)
             wake = await dispatcher.step()          # receiver down
             assert receiver.received == [] and wake is not None
             await receiver.start()
@@ -335,8 +342,8 @@ async def test_roaming_alarm_at_day_90_reaches_a_https_webhook_receiver_with_a_v
                 for _ in range(10):
                     if wake is None:
                         break
-                    rig.now = max(rig.now, wake)
-                    receiver.clock.now = rig.now
+                    driver.now = max(driver.now, wake)
+                    receiver.clock.now = driver.now
                     wake = await dispatcher.step()
             finally:
                 await receiver.stop()
@@ -346,12 +353,12 @@ async def test_roaming_alarm_at_day_90_reaches_a_https_webhook_receiver_with_a_v
 
 
 async def test_a_gateway_restart_between_the_policy_batch_and_its_result_loses_nothing(
-        pki: RspPki, store: Store) -> None:
+        peers: Peers, store: Store) -> None:
     """The policy batch ran on the eUICC but the gateway restarted before its Result came back:
     the new gate recognises the Result from the saved policy state; the switch is reported once."""
     from gateway.links.protocol import Result
 
-    rig, backend, gate, card = setup(pki, store)
+    driver, backend, gate, card = setup(peers, store)
 
     class Restarting:
         """Restarts the gate (new Policies restored from the saved states) before the first Result."""
@@ -365,7 +372,7 @@ async def test_a_gateway_restart_between_the_policy_batch_and_its_result_loses_n
                 policies = Policies(gate.policies.config, rand=random.Random(5).random)
                 for (e, kind), blob in backend.states.items():
                     policies.restore(e, kind, blob)
-                self.gate = backend.gate = PolicyGate(rig, policies, backend, clock=lambda: rig.now)
+                self.gate = backend.gate = PolicyGate(driver, policies, backend, clock=lambda: driver.now)
             return await self.gate.exchange(eid, uplink)
 
     link = Restarting()
@@ -375,5 +382,5 @@ async def test_a_gateway_restart_between_the_policy_batch_and_its_result_loses_n
     assert link.restarted and report.error is None and report.idle_after_s is not None
     assert card.state.enabled_profile().iccid == FALLBACK  # type: ignore[union-attr]
     assert link.gate.policies.fallbacks.state_of(card.eid) == "fallback"
-    backend.send_due_reports()
-    assert len(state_changes(rig.eim)) == 1
+    await backend.send_due_reports()
+    assert len(state_changes(peers, card.eid)) == 1
