@@ -14,7 +14,9 @@ Theory of operation. *Whether* a failed operation may be retried is decided only
   `half_open_max_calls` probes through (half-open). A probe that succeeds closes the
   circuit; one that fails opens it again for twice as long (up to `max_reset_timeout_s`),
   so a server down for a day is probed a few dozen times, not thousands. Definitive errors (a refusal the server made
-  on purpose) prove the server is reachable and count as success.
+  on purpose) prove the server is reachable and count as success. `BreakerPolicy` holds the
+  settings of one breaker per server; the outbox (gateway.store) persists a breaker's state
+  so a restarted gateway does not hammer a server it already knew to be down.
 
 Time is a float of seconds from any monotonic origin, passed in by the caller (principle 5
 of DESIGN.md), so a 24-hour outage is simulated by passing larger numbers.
@@ -84,10 +86,27 @@ class BackoffPolicy:
         return now + wait
 
 
-class BreakerState(enum.Enum):
+class BreakerState(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half-open"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """The settings of a `CircuitBreaker`, for code that keeps one breaker per server."""
+
+    failure_threshold: int = 5
+    reset_timeout_s: float = 30.0
+    max_reset_timeout_s: float = 1800.0
+    half_open_max_calls: int = 1
+
+    def __post_init__(self) -> None:
+        self.breaker("")  # the breaker's own checks, at configuration time
+
+    def breaker(self, server: str) -> CircuitBreaker:
+        return CircuitBreaker(server, self.failure_threshold, self.reset_timeout_s,
+                              self.max_reset_timeout_s, self.half_open_max_calls)
 
 
 @dataclass(slots=True)
@@ -137,7 +156,10 @@ class CircuitBreaker:
 
     def after_call(self, now: float, exc: BaseException | None) -> None:
         """Record how an admitted call ended: `exc` None for success."""
-        failed = exc is not None and is_retryable(exc)
+        self.record(now, failed=exc is not None and is_retryable(exc))
+
+    def record(self, now: float, *, failed: bool) -> None:
+        """Record an admitted call that ended in a retryable failure (`failed`) or an answer."""
         if self.state is BreakerState.HALF_OPEN:
             self.probes_in_flight = max(0, self.probes_in_flight - 1)
             if failed:

@@ -31,6 +31,7 @@ import aiohttp
 
 from gateway.backhaul.http import TlsTrust
 from gateway.config.policies import WebhooksPolicy
+from gateway.core.retry import BreakerPolicy
 from gateway.errors import NetworkError, TransportTimeout
 from gateway.policy.decisions import EmitEvent
 from gateway.policy.events import (
@@ -42,7 +43,6 @@ from gateway.policy.events import (
     sign,
 )
 from gateway.store import AsyncStore, IdempotencyConflict, OutboxEntry, OutboxFull, Store
-from gateway.store.breaker import BreakerPolicy
 from gateway.store.drain import Outcome, OutboxDrainer
 
 log = logging.getLogger(__name__)

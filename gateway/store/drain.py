@@ -5,8 +5,9 @@ worth doing (`next_wakeup`); the service's loop sleeps until then or until somet
 enqueued. The sending itself is injected (`send(entry) -> Outcome`), so this module knows
 nothing of HTTP and a test can run a 24-hour outage through it with a simulated clock.
 
-- The breaker decides whether to send at all: closed -> a full batch; open -> nothing until
-  its wait is over; half-open -> exactly one entry as a probe.
+- The breaker (`gateway.core.retry.CircuitBreaker`, its state persisted in the store) decides
+  whether to send at all: closed -> a full batch; open -> nothing until its wait is over;
+  half-open -> exactly one entry as a probe.
 - Outcomes: "delivered" -> ack; "retry" (or a retryable GatewayError) -> nack with backoff and a
   breaker failure; "rejected" (the server answered and refused it for good) -> ack plus an
   audit record, so a poison message is neither lost silently nor retried forever. Any other
@@ -25,8 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.core.retry import BreakerPolicy, BreakerState, CircuitBreaker, CircuitOpen
 from gateway.errors import GatewayError, is_retryable
-from gateway.store import breaker
 from gateway.store.aio import AsyncStore
 from gateway.store.outbox import OutboxEntry
 from gateway.store.store import Store
@@ -40,13 +41,13 @@ class DrainResult:
     delivered: int
     retried: int
     rejected: int
-    breaker: breaker.BreakerState
+    breaker: BreakerState
     next_wakeup: float | None  # None: the outbox for this server is empty
 
 
 class OutboxDrainer:
     def __init__(self, astore: AsyncStore, server: str, send: SendFn, *,
-                 policy: breaker.BreakerPolicy = breaker.BreakerPolicy(), batch: int = 100,
+                 policy: BreakerPolicy = BreakerPolicy(), batch: int = 100,
                  concurrency: int = 16, lease_s: float = 60.0) -> None:
         self._astore = astore
         self.server = server
@@ -55,40 +56,39 @@ class OutboxDrainer:
         self._batch = batch
         self._lease_s = lease_s
         self._semaphore = asyncio.Semaphore(concurrency)
-        self._breaker: breaker.BreakerState | None = None
+        self._breaker: CircuitBreaker | None = None
 
     async def step(self, now: float) -> DrainResult:
         if self._breaker is None:
-            self._breaker = await self._astore.run(lambda s: s.outbox.load_breaker(self.server))
-        allowed, state = breaker.allow(self._breaker, now)
-        self._breaker = state
-        if not allowed:
-            return DrainResult(0, 0, 0, state, breaker.retry_at(state))
-        limit = 1 if state.state == "half_open" else self._batch
+            self._breaker = await self._astore.run(lambda s: s.outbox.load_breaker(self.server, self._policy))
+        b = self._breaker
+        try:
+            b.before_call(now)
+        except CircuitOpen as exc:
+            return DrainResult(0, 0, 0, b.state, exc.retry_at)
+        probing = b.state is BreakerState.HALF_OPEN
+        limit = 1 if probing else self._batch
         batch = await self._astore.run(
             lambda s: s.outbox.lease(self.server, now=now, limit=limit, lease_s=self._lease_s))
         if not batch:
-            if state.state == "half_open":  # nothing to probe with: stay ready to probe
-                self._breaker = breaker.BreakerState("open", state.failures, state.opened_at, state.open_s)
-            return DrainResult(0, 0, 0, self._breaker, await self._next_due())
+            b.release()  # nothing to probe with: stay ready to probe
+            return DrainResult(0, 0, 0, b.state, await self._next_due())
         try:
             outcomes = await asyncio.gather(*(self._attempt(e) for e in batch))
         except BaseException:
+            b.release()
             await self._astore.run(lambda s: s.outbox.release([e.id for e in batch]))
             raise
         for outcome, _ in outcomes:
-            if outcome == "retry":
-                state = breaker.record_failure(state, now, self._policy)
-            else:  # delivered or rejected: either way the server is up and answering
-                state = breaker.record_success(state)
-        self._breaker = state
-        await self._astore.atomic(lambda s: self._settle(s, batch, outcomes, state, now))
+            # delivered or rejected: either way the server is up and answering
+            b.record(now, failed=outcome == "retry")
+        await self._astore.atomic(lambda s: self._settle(s, batch, outcomes, b, now))
         delivered = sum(o == "delivered" for o, _ in outcomes)
         rejected = sum(o == "rejected" for o, _ in outcomes)
-        wakeup = now if state.state == "closed" and len(batch) == limit else None
+        wakeup = now if b.state is BreakerState.CLOSED and len(batch) == limit else None
         if wakeup is None:
-            wakeup = breaker.retry_at(state) if state.state == "open" else await self._next_due()
-        return DrainResult(delivered, len(batch) - delivered - rejected, rejected, state, wakeup)
+            wakeup = b.retry_at if b.state is BreakerState.OPEN else await self._next_due()
+        return DrainResult(delivered, len(batch) - delivered - rejected, rejected, b.state, wakeup)
 
     async def _attempt(self, entry: OutboxEntry) -> tuple[Outcome, str | None]:
         """The outcome and, when `send` raised, the error text."""
@@ -99,7 +99,7 @@ class OutboxDrainer:
                 return ("retry" if is_retryable(exc) else "rejected"), f"{type(exc).__name__}: {exc}"
 
     def _settle(self, s: Store, batch: list[OutboxEntry], outcomes: list[tuple[Outcome, str | None]],
-                state: breaker.BreakerState, now: float) -> None:
+                b: CircuitBreaker, now: float) -> None:
         s.outbox.ack([e.id for e, (o, _) in zip(batch, outcomes) if o != "retry"], now=now)
         for entry, (outcome, error) in zip(batch, outcomes):
             if outcome == "retry":
@@ -108,7 +108,7 @@ class OutboxDrainer:
                 s.audit.append(time=now, eid=entry.eid, operation=entry.kind, result="rejected-by-server",
                                detail={"server": entry.server, "key": entry.key, "attempts": entry.attempts + 1,
                                        "error": error})
-        s.outbox.save_breaker(self.server, state, now=now)
+        s.outbox.save_breaker(b, now=now)
 
     async def _next_due(self) -> float | None:
         return await self._astore.run(lambda s: s.outbox.next_due(self.server))

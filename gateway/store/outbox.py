@@ -6,9 +6,10 @@ with each message:
 - `lease(server, now)` hands out the oldest due entries and marks them leased until
   `now + lease_s`. A sender then posts them and calls `ack(ids)` (delivered: the entry becomes
   an acknowledged tombstone, its payload dropped, its key kept so a late duplicate `enqueue`
-  is still recognised) or `nack(id, now, error)` (failed: attempts + 1, next attempt after a
-  jittered exponential backoff). A crash between the post and the ack leaves the lease to
-  expire, and the entry is sent again; `release_leases()` at start-up makes that immediate.
+  is still recognised) or `nack(id, now, error)` (failed: attempts + 1, next attempt after an
+  exponential backoff with full jitter, `gateway.core.retry.BackoffPolicy`). A crash between
+  the post and the ack leaves the lease to expire, and the entry is sent again;
+  `release_leases()` at start-up makes that immediate.
 - "Due" means `next_attempt_at <= now` and no live lease; among due entries the oldest goes
   first (by insertion order).
 - The pending entries are bounded (`OutboxLimits`): above `alarm_ratio` of either bound
@@ -26,8 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway.core.retry import BackoffPolicy, BreakerPolicy, CircuitBreaker
 from gateway.store import breaker
-from gateway.store.backoff import BackoffPolicy, retry_delay
 from gateway.store.connection import Db
 from gateway.store.errors import IdempotencyConflict, OutboxFull
 
@@ -154,7 +155,7 @@ class Outbox:
             if row is None:
                 return None
             attempts = row[0] + 1
-            at = now + retry_delay(attempts, self.backoff, self._rng.random())
+            at = now + self.backoff.delay(attempts - 1, self._rng.random)
             conn.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ?, lease_until = NULL,"
                          " last_error = ? WHERE id = ?", (attempts, at, error[:500], entry_id))
             return at
@@ -202,19 +203,16 @@ class Outbox:
             return conn.execute("DELETE FROM outbox WHERE state = 'acked' AND acked_at < ?",
                                 (older_than,)).rowcount
 
-    def load_breaker(self, server: str) -> breaker.BreakerState:
+    def load_breaker(self, server: str, policy: BreakerPolicy = BreakerPolicy()) -> CircuitBreaker:
+        """The breaker of `server` with `policy`, in the state last saved (closed if never saved)."""
         row = self._db.fetchone("SELECT state, failures, opened_at, open_s FROM breakers WHERE server = ?",
                                 (server,), action=f"read circuit breaker of {server}")
-        if row is None:
-            return breaker.BreakerState()
-        # a probe that was out when the process stopped never came back: open, probe when due
-        state: breaker.BreakerStateName = "open" if row[0] == "half_open" else row[0]
-        return breaker.BreakerState(state, row[1], row[2], row[3])
+        return breaker.from_row(policy.breaker(server), row)
 
-    def save_breaker(self, server: str, state: breaker.BreakerState, *, now: float) -> None:
-        with self._db.atomic(f"save circuit breaker of {server}") as conn:
+    def save_breaker(self, b: CircuitBreaker, *, now: float) -> None:
+        with self._db.atomic(f"save circuit breaker of {b.server}") as conn:
             conn.execute("INSERT INTO breakers (server, state, failures, opened_at, open_s, updated_at)"
                          " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (server) DO UPDATE SET state = excluded.state,"
                          " failures = excluded.failures, opened_at = excluded.opened_at,"
                          " open_s = excluded.open_s, updated_at = excluded.updated_at",
-                         (server, state.state, state.failures, state.opened_at, state.open_s, now))
+                         (b.server, *breaker.to_row(b), now))

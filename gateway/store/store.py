@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from gateway.store.audit import AuditLog
-from gateway.store.backoff import BackoffPolicy
+from gateway.core.retry import BackoffPolicy
 from gateway.store.connection import Db, connect
 from gateway.store.devices import Devices
 from gateway.store.errors import StoreCorrupt, translate
@@ -39,7 +39,7 @@ from gateway.store.sessions import Sessions
 @dataclass(frozen=True, slots=True)
 class StoreOptions:
     outbox_limits: OutboxLimits = OutboxLimits()
-    backoff: BackoffPolicy = BackoffPolicy()
+    backoff: BackoffPolicy = BackoffPolicy(base_s=2.0, cap_s=900.0)
     busy_timeout_s: float = 5.0
     backup_before_migrating: bool = True
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.core.retry import BreakerPolicy
 from gateway.errors import FunctionFailed, NetworkError
 from gateway.store import AsyncStore, OutboxEntry
-from gateway.store.breaker import BreakerPolicy
 from gateway.store.drain import Outcome, OutboxDrainer
 
 EIM = "eim.example.com"
@@ -38,7 +38,7 @@ class FakeEim:
 
 async def test_24_hour_outage_then_every_result_arrives_exactly_once(db_path: Path) -> None:
     eim = FakeEim()
-    policy = BreakerPolicy(failure_threshold=3, open_s=30.0, max_open_s=1800.0)
+    policy = BreakerPolicy(failure_threshold=3, reset_timeout_s=30.0, max_reset_timeout_s=1800.0)
     produced: list[str] = []
     async with await AsyncStore.open(db_path) as astore:
         drainer = OutboxDrainer(astore, EIM, eim.send, policy=policy, batch=50)
@@ -76,7 +76,7 @@ async def test_a_rejected_message_is_audited_and_not_retried(db_path: Path) -> N
         for key in ("a", "bad", "c"):
             await astore.run(lambda s, k=key: s.outbox.enqueue(EIM, k, "ProvideEimPackageResult", b"x", now=0.0))
         result = await OutboxDrainer(astore, EIM, send).step(1.0)
-        assert (result.delivered, result.rejected, result.retried, result.breaker.state) == (2, 1, 0, "closed")
+        assert (result.delivered, result.rejected, result.retried, result.breaker) == (2, 1, 0, "closed")
         assert result.next_wakeup is None
         records = await astore.run(lambda s: s.audit.query(operation="ProvideEimPackageResult"))
         assert [r.result for r in records] == ["rejected-by-server"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import BackoffPolicy, IdempotencyConflict, OutboxFull, OutboxLimits, Store, StoreOptions, retry_delay
-from gateway.store import breaker
+from gateway.core.retry import BackoffPolicy, BreakerPolicy, BreakerState, CircuitBreaker, CircuitOpen
+from gateway.store import IdempotencyConflict, OutboxFull, OutboxLimits, Store, StoreOptions
 
 EIM = "eim.example.com"
 DP = "smdp.example.com"
@@ -59,7 +59,7 @@ def test_release_leases_at_startup_makes_entries_due_at_once(db_path: Path) -> N
         assert [e.key for e in s.outbox.lease(EIM, now=2.0)] == ["k"]
 
 
-def test_nack_backs_off_with_jitter_and_counts_attempts(store: Store) -> None:
+def test_nack_backs_off_with_full_jitter_and_counts_attempts(store: Store) -> None:
     policy = store.outbox.backoff
     entry = store.outbox.enqueue(EIM, "k", "n", b"x", now=0.0)
     now = 0.0
@@ -69,21 +69,31 @@ def test_nack_backs_off_with_jitter_and_counts_attempts(store: Store) -> None:
         at = store.outbox.nack(entry.id, now=now, error="HTTP 503")
         assert at is not None
         ceiling = min(policy.cap_s, policy.base_s * 2 ** (attempt - 1))
-        assert now + ceiling / 2 <= at <= now + ceiling
+        assert now <= at < now + ceiling  # full jitter: anywhere below the doubling ceiling
         assert store.outbox.lease(EIM, now=at - 0.001) == []
         assert store.outbox.next_due(EIM) == at
         now = at
     assert store.outbox.pending(EIM)[0].last_error == "HTTP 503"
 
 
-def test_retry_delay_is_bounded_and_deterministic() -> None:
+def test_nack_delay_is_the_core_backoff_drawn_from_the_store_rng(db_path: Path) -> None:
     p = BackoffPolicy(base_s=1.0, cap_s=60.0)
-    assert retry_delay(1, p, 0.0) == 0.5 and retry_delay(1, p, 0.999) < 1.0
-    assert retry_delay(100, p, 0.5) == 45.0
-    r1, r2 = random.Random(3), random.Random(3)
-    assert [retry_delay(5, p, r1.random()) for _ in range(5)] == [retry_delay(5, p, r2.random()) for _ in range(5)]
-    with pytest.raises(ValueError):
-        retry_delay(0, p, 0.0)
+    expected, rng = [], random.Random(3)
+    for attempt in range(1, 101):
+        expected.append(p.delay(attempt - 1, rng.random))
+    delays = []
+    with Store.open(db_path, StoreOptions(backoff=p), rng=random.Random(3)) as s:
+        entry = s.outbox.enqueue(EIM, "k", "n", b"x", now=0.0)
+        now = 0.0
+        for _ in range(100):
+            s.outbox.lease(EIM, now=now)
+            at = s.outbox.nack(entry.id, now=now, error="HTTP 503")
+            assert at is not None
+            delays.append(at - now)
+            now = at
+    assert delays == pytest.approx(expected)  # same seed, same retry schedule: a replayable outage
+    assert max(delays) < 60.0 and max(delays[10:]) > 30.0  # capped, and the cap is reached
+    assert StoreOptions().backoff == BackoffPolicy(base_s=2.0, cap_s=900.0)
 
 
 def test_bound_alarms_before_full_and_full_loses_nothing(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -122,32 +132,52 @@ def test_purge_acked_forgets_tombstones_only(store: Store) -> None:
     assert store.outbox.enqueue(EIM, "a", "n", b"1", now=3.0).new
 
 
-def test_breaker_opens_probes_and_closes() -> None:
-    p = breaker.BreakerPolicy(failure_threshold=3, open_s=10.0, max_open_s=35.0)
-    b = breaker.BreakerState()
-    for t in range(3):
-        ok, b = breaker.allow(b, float(t))
-        assert ok
-        b = breaker.record_failure(b, float(t), p)
-    assert b.state == "open" and breaker.retry_at(b) == 12.0
-    assert breaker.allow(b, 11.9) == (False, b)
-    ok, b = breaker.allow(b, 12.0)
-    assert ok and b.state == "half_open"
-    assert not breaker.allow(b, 12.5)[0]  # one probe at a time
-    b = breaker.record_failure(b, 13.0, p)
-    assert (b.state, b.open_s) == ("open", 20.0)
-    ok, b = breaker.allow(b, 33.0)
-    b = breaker.record_failure(b, 33.0, p)
-    assert b.open_s == 35.0  # capped
-    ok, b = breaker.allow(b, 68.0)
-    assert ok and breaker.record_success(b) == breaker.BreakerState()
+def test_breaker_keeps_its_schedule_across_save_and_load(db_path: Path) -> None:
+    policy = BreakerPolicy(failure_threshold=3, reset_timeout_s=10.0, max_reset_timeout_s=35.0)
+    with Store.open(db_path) as s:
+        def reload(b: CircuitBreaker, now: float) -> CircuitBreaker:
+            s.outbox.save_breaker(b, now=now)
+            return s.outbox.load_breaker(EIM, policy)
+
+        b = s.outbox.load_breaker(EIM, policy)
+        for t in range(3):
+            b.before_call(float(t))
+            b.record(float(t), failed=True)
+            b = reload(b, float(t))
+        assert b.state is BreakerState.OPEN and b.retry_at == 12.0
+        with pytest.raises(CircuitOpen):
+            b.before_call(11.9)
+        b.before_call(12.0)
+        assert b.state is BreakerState.HALF_OPEN
+        with pytest.raises(CircuitOpen):
+            b.before_call(12.5)  # one probe at a time
+        b.record(13.0, failed=True)
+        b = reload(b, 13.0)
+        assert (b.state, b.open_for_s) == (BreakerState.OPEN, 20.0)
+        b.before_call(33.0)
+        b.record(33.0, failed=True)
+        b = reload(b, 33.0)
+        assert b.open_for_s == 35.0  # capped
+        b.before_call(68.0)
+        b.record(68.0, failed=False)
+        b = reload(b, 68.0)
+        assert (b.state, b.consecutive_failures, b.open_for_s) == (BreakerState.CLOSED, 0, 0.0)
 
 
 def test_breaker_state_survives_restart_and_a_lost_probe_reopens(db_path: Path) -> None:
+    policy = BreakerPolicy(failure_threshold=5, reset_timeout_s=30.0)
     with Store.open(db_path) as s:
-        s.outbox.save_breaker(EIM, breaker.BreakerState("half_open", 5, 100.0, 30.0), now=130.0)
-        s.outbox.save_breaker(DP, breaker.BreakerState("open", 5, 100.0, 30.0), now=130.0)
+        for server in (EIM, DP):
+            b = policy.breaker(server)
+            for _ in range(5):
+                b.record(100.0, failed=True)
+            if server == EIM:
+                b.before_call(130.0)  # a probe goes out, and the process stops before it returns
+                assert b.state is BreakerState.HALF_OPEN
+            s.outbox.save_breaker(b, now=130.0)
     with Store.open(db_path) as s:
-        assert s.outbox.load_breaker(EIM) == breaker.BreakerState("open", 5, 100.0, 30.0)
+        b = s.outbox.load_breaker(EIM, policy)
+        assert (b.state, b.consecutive_failures, b.opened_at, b.open_for_s) == (BreakerState.OPEN, 5, 100.0, 30.0)
+        b.before_call(130.0)  # its wait is over: it probes again at once
         assert s.outbox.load_breaker(DP).state == "open"
-        assert s.outbox.load_breaker("other") == breaker.BreakerState()
+        assert s.outbox.load_breaker("other", policy) == policy.breaker("other")

@@ -81,7 +81,7 @@ class OutboxMachine(RuleBasedStateMachine):
         self.attempts[key] += 1
         policy = self.store.outbox.backoff
         ceiling = min(policy.cap_s, policy.base_s * 2 ** (self.attempts[key] - 1))
-        assert at is not None and self.now + ceiling / 2 <= at <= self.now + ceiling
+        assert at is not None and self.now <= at < self.now + ceiling
         self.due[key] = at
         self.leased.pop(key, None)
 
