@@ -23,7 +23,9 @@ share it: their cryptography is real), so `cpu_s_per_download` is an upper bound
 gateway's share; `engine_cpu_s_per_download` is the part spent inside `Engine.handle`.
 
 Prints devices, completed, total_s, cpu_s_per_download, engine_cpu_s_per_download,
-peak_rss_mb, exchanges_per_download, backhaul_requests; with --json as one JSON object.
+peak_rss_mb (the process's), exchanges_per_download (every round trip on the device link,
+wake-ups answered Idle while the gateway was busy included), backhaul_requests (ESipa and
+ES9+ posts); with --json as one JSON object.
 Not part of the test run.
 """
 

@@ -404,6 +404,11 @@ def json_dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+def _installed(pir: bytes) -> bool:
+    data = codec.decode("ProfileInstallationResult", pir)["profileInstallationResultData"]
+    return bool(data["finalResult"][0] == "successResult")
+
+
 def check_gateway_store(db_path: Path) -> tuple[list[str], dict[str, int]]:
     """What the stopped gateway left in its database: intact, and nothing half-done."""
     problems: list[str] = []
@@ -433,6 +438,7 @@ def check_ledger(devices: list[Device], smdp: SmdppServer, eim: EimServer
     leaks: list[str] = []
     figures: Counter[str] = Counter()
     smdp_ders = {n.der for n in smdp.service.notifications}
+    orders = {o.matching_id: o for o in smdp.service.orders.values()}
     svc = eim.service
     eim_result_ders = {r.der for dev in svc.devices.values() for r in dev.results if r.der}
     eim_note_ders = {n.der for dev in svc.devices.values() for n in dev.notifications} | {
@@ -488,11 +494,25 @@ def check_ledger(devices: list[Device], smdp: SmdppServer, eim: EimServer
                 problems.append(f"{name}: the eIM has an eUICC result for package {p.package_id} that never "
                                 f"reached the eUICC")
         # 3. downloads: each order installed at most once, and as the eIM was told
-        installs = Counter(n.iccid for n in d.card.created.values() if n.event == "install" and n.iccid)
+        installs = Counter(n.iccid for n in d.card.created.values()
+                           if n.event == "install" and n.iccid and _installed(n.der))
         for iccid, times in installs.items():
             if times > 1:
                 problems.append(f"{name}: profile {iccid.hex()} installed {times} times")
         figures["profiles_installed"] += len(installs)
+        for p in record.packages:
+            if p.kind != "profileDownloadTriggerRequest" or p.pending:
+                continue
+            order = orders.get(str(p.request.get("activationCode", "")).rsplit("$", 1)[-1])
+            if order is None:
+                continue
+            figures["downloads_checked_against_the_euicc"] += 1
+            if p.state == "done" and not installs[order.iccid]:
+                problems.append(f"{name}: the eIM was told download package {p.package_id} succeeded, but the "
+                                f"eUICC never installed {order.iccid.hex()}")
+            if p.state != "done" and installs[order.iccid]:
+                problems.append(f"{name}: LOST RESULT: the eUICC installed {order.iccid.hex()} but the eIM was "
+                                f"told download package {p.package_id} {p.state}")
         # 4. every notification and result the eUICC created reached a server and left the eUICC
         for seq, note in sorted(d.card.created.items()):
             figures[f"created_{note.event}"] += 1
