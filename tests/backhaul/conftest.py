@@ -22,12 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway.backhaul.http import Server, TlsTrust
 from gateway.backhaul.inject_server import server_ssl_context
-from hil.pki import RspPki, generate_pki
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> RspPki:
-    return generate_pki(tmp_path_factory.mktemp("pki"))
+from hil.pki import RspPki
 
 
 @pytest.fixture(scope="session")

@@ -35,18 +35,13 @@ from hil.agent import Agent
 from hil.agent.memory_transport import MemoryAgentTransport
 from hil.euicc import SoftEuicc
 from hil.modem_emulator import EmulatorThread, ModemEmulator, Quirks
-from hil.pki import RspPki, generate_pki
+from hil.pki import RspPki
 from tests.hil.test_euicc_support import Card, Order, download, iccid
 from tests.links.conftest import ScriptedHandler, echo_card, eid_of
 
 pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> RspPki:
-    return generate_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

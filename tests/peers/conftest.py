@@ -12,11 +12,10 @@ from hil.euicc import SoftEuicc
 from hil.peers.eim import EimServer
 from hil.peers.smdpp import SmdppServer
 from hil.pki import RspPki
-from tests.hil.conftest import pki  # noqa: F401  (the session-wide test PKI)
 
 
 @pytest.fixture
-async def smdpp(pki: RspPki) -> AsyncIterator[SmdppServer]:  # noqa: F811
+async def smdpp(pki: RspPki) -> AsyncIterator[SmdppServer]:
     async with SmdppServer(pki) as server:
         yield server
 
@@ -27,16 +26,16 @@ async def http() -> AsyncIterator[BackhaulHttp]:
         yield client
 
 
-def server_for(pki: RspPki, url: str) -> Server:  # noqa: F811
+def server_for(pki: RspPki, url: str) -> Server:
     return Server(url, TlsTrust(ca_file=str(pki.tls_trust_path)))
 
 
 @pytest.fixture
-def euicc(pki: RspPki) -> SoftEuicc:  # noqa: F811
+def euicc(pki: RspPki) -> SoftEuicc:
     return SoftEuicc(pki, pki.eid_bytes)
 
 
 @pytest.fixture
-async def eim(pki: RspPki, smdpp: SmdppServer) -> AsyncIterator[EimServer]:  # noqa: F811
+async def eim(pki: RspPki, smdpp: SmdppServer) -> AsyncIterator[EimServer]:
     async with EimServer(pki, smdp_url=smdpp.url) as server:
         yield server

@@ -1,4 +1,4 @@
-"""Fixtures of tests/policy: the test PKI (real TLS certificates) and a real SQLite store."""
+"""Fixtures of tests/policy: a real SQLite store (the test PKI is the session-wide `pki` of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,6 @@ from pathlib import Path
 import pytest
 
 from gateway.store import AsyncStore
-from hil.pki import RspPki, generate_pki
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> RspPki:
-    return generate_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from hil.peers.eim import EimServer
 from hil.peers.smdpp import SmdppServer
 from hil.pki import RspPki
 from hil.rig.backends import RigBackend, SoftBackend, open_backend
-from tests.hil.conftest import pki  # noqa: F401  (the session-wide test PKI)
 
 BACKENDS = ("soft", "serial")
 
