@@ -119,12 +119,29 @@ class MarkInbox:
 @serial.register
 @dataclass(frozen=True, slots=True)
 class Audit:
+    """One audit record. The records of a profile state change reaching its server carry it
+    in structured form as well: `event` is the notification's profileManagementOperation
+    ("install", "enable", "disable", "delete"; SGP.22 §5.7.10) on "deliverNotification" and
+    "removeNotification" records whose result is "ok", else None; `seq` is the sequence
+    number removed ("removeNotification" ok, any kind) or delivered ("deliverNotification"
+    ok), else None."""
+
     eid: bytes
     iccid: bytes | None
     operation: str
     origin: str
     result: str
     detail: str = ""
+    event: str | None = None
+    seq: int | None = None
+
+
+PROFILE_EVENTS = frozenset({"install", "enable", "disable", "delete"})
+
+
+def profile_event(event: object) -> str | None:
+    """`event` if it names a profile state change (an Audit's `event` field), else None."""
+    return event if isinstance(event, str) and event in PROFILE_EVENTS else None
 
 
 @serial.register

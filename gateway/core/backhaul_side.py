@@ -122,7 +122,9 @@ class BackhaulSide(Turn):
                     self.delivery_failed(d, type(exc).__name__, str(exc))
                 return
         N.move(d, "ack", N.ACKED if d["remove_seqs"] else N.DONE)
-        self.audit("deliver" + d["kind"].capitalize(), "ok", f"{d['event']} to {d['server']}", d.get("iccid"))
+        seq = d["remove_seqs"][0] if d["kind"] == N.NOTIFICATION and d["remove_seqs"] else None
+        self.audit("deliver" + d["kind"].capitalize(), "ok", f"{d['event']} to {d['server']}", d.get("iccid"),
+                   event=A.profile_event(d["event"]), seq=seq)
         if d["state"] == N.DONE:
             del s.deliveries[key]
         self.acknowledged(acked_seqs, d["server"])

@@ -210,7 +210,8 @@ class DeviceSide(Turn):
                 if ok and reply is not None and removed_ok(reply.data):
                     seq = int(item[2])
                     d["remove_seqs"] = [q for q in d["remove_seqs"] if q != seq]
-                    self.audit("removeNotification", "ok", f"seq {seq} ({d['event']})", d.get("iccid"))
+                    self.audit("removeNotification", "ok", f"seq {seq} ({d['event']})", d.get("iccid"),
+                               event=A.profile_event(d["event"]), seq=seq)
             elif item[0] == "retrieve":
                 if ok and reply is not None:
                     s.want_retrieve = False

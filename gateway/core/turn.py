@@ -69,8 +69,8 @@ class Turn:
         return Env(self.s.eid, self.now, self.config, tuple(self.s.eims or ()), self.s.imei)
 
     def audit(self, operation: str, result: str, detail: str = "", iccid: bytes | None = None,
-              origin: str = "engine") -> None:
-        self.out.append(A.Audit(self.s.eid, iccid, operation, origin, result, detail))
+              origin: str = "engine", *, event: str | None = None, seq: int | None = None) -> None:
+        self.out.append(A.Audit(self.s.eid, iccid, operation, origin, result, detail, event, seq))
 
     # -- what each side offers the others (defined in device_side, package_side, backhaul_side)
 

@@ -97,6 +97,14 @@ async def test_notifications_reach_the_smdp_after_its_outage_and_leave_the_euicc
         assert card.notifications == []
         assert [o["state"] for o in await peers.orders()] == ["installed"]
         await peers.one_result_per_package(card.eid)
+        # the profile state changes, in structured form (what the runtime's webhooks read)
+        delivered = [a for a in driver.audits("deliverNotification") if a.result == "ok"]
+        removed = [a for a in driver.audits("removeNotification") if a.result == "ok"]
+        assert sorted((a.event, a.iccid) for a in delivered) == [("enable", ICCID), ("install", ICCID)]
+        assert sorted((a.event, a.iccid) for a in removed if a.event) == [("enable", ICCID), ("install", ICCID)]
+        assert {a.seq for a in delivered} == {a.seq for a in removed if a.event}
+        assert all(a.detail.startswith(f"seq {a.seq} (") for a in removed)     # the text is unchanged
+        assert all(a.event is None for a in removed if a.detail.endswith("(result)"))
 
 
 async def test_contact_smds_retrieves_the_event_then_downloads_from_its_smdp(pki: RspPki) -> None:

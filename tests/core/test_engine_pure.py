@@ -321,3 +321,13 @@ def test_a_plmn_change_the_policies_report_themselves_is_not_reported_again_by_t
 def test_state_report_pending_round_trips_as_an_event() -> None:
     event = E.StateReportPending(EID, 5.0, True)
     assert E.from_bytes(E.to_bytes(event)) == event
+
+
+def test_an_audit_written_before_its_structured_fields_existed_reads_back_with_them_empty() -> None:
+    import cbor2
+    old = cbor2.dumps(cbor2.CBORTag(0xDC, ["Audit", {"eid": EID, "iccid": None, "operation": "removeNotification",
+                                                     "origin": "engine", "result": "ok", "detail": "seq 3 (enable)"}]))
+    audit = A.from_bytes(old)
+    assert isinstance(audit, A.Audit) and (audit.event, audit.seq) == (None, None)
+    new = A.Audit(EID, None, "removeNotification", "engine", "ok", "seq 3 (enable)", "enable", 3)
+    assert A.from_bytes(A.to_bytes(new)) == new
