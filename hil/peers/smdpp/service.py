@@ -153,10 +153,6 @@ class SmdpPlus:
         self.clock = clock
         self.state_file = state_file
         self.oid = common.smdp_oid(pki.dpauth.cert)
-        # asn1tools 0.169 decodes an OID whose first arc is 2 and second >= 40 wrongly
-        # (2.999.10 comes back as 26.39.10); compare with the value as the codec returns it.
-        self.oid_as_decoded = codec.decode("DpProprietaryData", codec.encode(
-            "DpProprietaryData", {"dpOid": self.oid}))["dpOid"]
         self.orders: dict[str, Order] = {}
         self.sessions: dict[bytes, Session] = {}
         self.notifications: list[ReceivedNotification] = []
@@ -464,7 +460,7 @@ class SmdpPlus:
                 raise Refusal(codes.EUICC_SIGNATURE_INVALID, f"euiccCancelSessionSignature: {exc}") from exc
         if signed["transactionId"] != session.transaction_id:
             raise Refusal(codes.TRANSACTION_ID_UNKNOWN, "the cancellation is for another transaction")
-        if signed["smdpOid"] not in (self.oid, self.oid_as_decoded):
+        if signed["smdpOid"] != self.oid:
             raise Refusal(codes.INVALID_SMDP_OID, f"smdpOid {signed['smdpOid']} is not this SM-DP+")
         self._close(session)
         order = session.order
