@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from gateway.config.policies import PoliciesSection
 from gateway.config.schema import setting, table
+from gateway.links.protocol import MAX_MESSAGE
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LinkKind = Literal["coap", "mqtt", "serial"]
@@ -184,6 +185,13 @@ class DeviceDefaultsSection:
         min=256, max=1024 * 1024)
     poll_interval_s: float = setting(
         3600.0, "Wake-up interval suggested to an idle device", min=1, max=7 * 86400)
+    bpp_size_hint: int = setting(
+        32 * 1024, "Bound Profile Package size announced (next_size_hint) with PrepareDownload, "
+        "capped by the batch budget; a CoAP agent fetches that much with its uplink (0: nothing ahead)",
+        min=0, max=MAX_MESSAGE)
+    authenticate_server_size_hint: int = setting(
+        2048, "AuthenticateServer size announced (next_size_hint) with the challenge "
+        "(0: nothing ahead)", min=0, max=MAX_MESSAGE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,6 +163,22 @@ def test_wrong_type_or_bad_value_names_file_key_and_expectation(
     assert str(err.value).startswith(f"{bad}:{key}: ")
 
 
+def test_engine_size_hints_are_read_and_fit_the_engine_config(etc: Path, dropin: Callable[..., Path]) -> None:
+    from gateway.core.config import EngineConfig
+    defaults = load_config(etc / "gateway.toml").device_defaults
+    assert (defaults.bpp_size_hint, defaults.authenticate_server_size_hint) == (
+        EngineConfig().bpp_size_hint, EngineConfig().authenticate_server_size_hint)
+    dropin("10.toml", "[device_defaults]\nbpp_size_hint = 65536\nauthenticate_server_size_hint = 0\n")
+    defaults = load_config(etc / "gateway.toml").device_defaults
+    engine = EngineConfig(bpp_size_hint=defaults.bpp_size_hint,
+                          authenticate_server_size_hint=defaults.authenticate_server_size_hint)
+    assert (engine.bpp_size_hint, engine.authenticate_server_size_hint) == (65536, 0)
+    bad = dropin("40-bad.toml", "[device_defaults]\nbpp_size_hint = 3000000\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(etc / "gateway.toml")
+    assert (err.value.file, err.value.key) == (str(bad), "device_defaults.bpp_size_hint")
+
+
 def test_a_float_setting_accepts_an_integer(etc: Path, dropin: Callable[..., Path]) -> None:
     dropin("10.toml", "[northbound]\nes9_timeout_s = 30\n")
     assert load_config(etc / "gateway.toml").northbound.es9_timeout_s == 30.0
