@@ -177,6 +177,23 @@ async def test_get_bpp_with_a_bad_euicc_signature2_is_8_1_6_1(
     ) == ("8.1", "6.1")
 
 
+async def test_a_cancel_session_signed_for_another_smdp_oid_is_8_8_3_10_and_2_999_10_decodes_as_itself(
+        pki: RspPki, smdpp: SmdppServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
+    order = smdpp.service.order_profile(size=4096)
+    server = server_for(pki, smdpp.url)
+    card = Card(euicc)
+    init, asr = await authenticated(card, http, server, smdpp.address, order.matching_id)
+    await es9p_client.authenticate_client(http, server, es9p.AuthenticateClientRequest(init.transaction_id, asr))
+    assert euicc.session is not None and euicc.session.smdp_oid == smdpp.service.oid == "2.999.10"
+    euicc.session.smdp_oid = "2.999.11"                      # the card signs another SM-DP+'s OID
+    wrong = card.cancel_session(init.transaction_id, 1)
+    signed = codec.decode("CancelSessionResponse", wrong)[1]["euiccCancelSessionSigned"]
+    assert signed["smdpOid"] == "2.999.11"                    # decoded as encoded (first arc 2)
+    assert await refused(es9p_client.cancel_session(
+        http, server, es9p.CancelSessionRequest(init.transaction_id, wrong))) == ("8.8", "3.10")
+    assert order.state != "released"     # the right OID is accepted: the test below
+
+
 async def test_a_signed_cancel_session_releases_the_order_for_a_later_download(
         pki: RspPki, smdpp: SmdppServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
     order = smdpp.service.order_profile(size=4096)
