@@ -12,8 +12,9 @@ The device's uplink is answered by exactly one downlink action (SendBatch, Reply
 ReplyError) for that EID. A list may hold none: the engine is waiting for the backhaul, and
 the downlink comes in the list of a later event for the same device. When a device sends a
 new uplink while one is pending, the engine answers the newest; the runtime answers the
-older one with an error or drops it. A Result the device sends again is answered with the
-downlink its first copy got (gateway.core.device_side), never applied twice.
+older one with an error or drops it. A Result the device sends again is never applied twice:
+it gets the batch its first copy got, or, when that was Idle, is handled as a Hello
+(gateway.core.device_side).
 
 Backhaul requests carry a `request_id` unique per device and attempt; the answer comes back
 as BackhaulAnswered/BackhaulFailed with the same id. Bodies are exact bytes: DER of

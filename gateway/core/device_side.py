@@ -16,8 +16,11 @@ Exchanges are idempotent. An agent that could not deliver a Result, or did not g
 downlink, sends the same Result again (docs/device-link.md §1): its replies are applied once
 only. While the downlink that answers it is being decided (`answering`, kept across a
 restart), the repeat just becomes the pending uplink; once it was decided (`last_reply`: the
-encoded downlink, in the session blob), the repeat gets that same downlink again. A Hello or
-the Result of the next batch ends that window: a Result older than that is refused.
+encoded downlink, in the session blob), the repeat gets that same batch again; a repeat whose
+first answer was Idle is a wake like a Hello (that Idle may be what was lost, and new work
+may have come since: a device must not sleep a cycle for a lost Idle), and whatever answers
+it then answers a further copy. A Hello or the Result of the next batch ends that window: a
+Result older than that is refused.
 
 Device limits: each step must fit the agent's `buffer_size` and each batch its
 `max_batch_bytes` (planner). A call of the procedure that cannot fit at all fails the
@@ -84,7 +87,8 @@ def replayed(eid: bytes, encoded: bytes) -> A.SendBatch | A.ReplyIdle | A.ReplyE
 
 
 class DeviceSide(Turn):
-    def on_hello(self, status: DeviceStatus) -> None:
+    def on_hello(self, status: DeviceStatus | None) -> None:
+        """The device woke (a Hello, or a repeated Result whose Idle was lost: see on_result)."""
         s = self.s
         s.answering, s.last_reply = None, None      # the device started over: no repeat expected
         if s.uplink_pending:
@@ -98,8 +102,8 @@ class DeviceSide(Turn):
             s.want_retrieve = True       # notifications left by anything else (first contact, daily)
         # a PLMN change is the eIM's to hear (notifyStateChange, rPLMN), unless the policies
         # that caused it report it themselves (StateReportPending)
-        changed = (s.plmn is not None and status.plmn is not None and status.plmn != s.plmn
-                   and not s.policy_report_pending)
+        changed = (status is not None and s.plmn is not None and status.plmn is not None
+                   and status.plmn != s.plmn and not s.policy_report_pending)
         self.note_status(status)
         if s.eims is None:
             if self.config.eims:
@@ -135,8 +139,16 @@ class DeviceSide(Turn):
             s.uplink_pending = True
             return
         if s.last_reply is not None and batch_id == s.last_reply["to"]:
-            self.repeated(event.result, s.last_reply["digest"], "same downlink again")
-            self.out.append(replayed(s.eid, s.last_reply["down"]))
+            kept = s.last_reply
+            if isinstance(decode_downlink(kept["down"]), Idle):
+                # its Idle may be lost and new work may have come since: a wake like a Hello,
+                # and what answers it now answers a further copy of this Result
+                self.repeated(event.result, kept["digest"], "its Idle was not received: handled as a Hello")
+                self.on_hello(event.status)
+                s.answering = {"to": batch_id, "digest": kept["digest"]}
+                return
+            self.repeated(event.result, kept["digest"], "same downlink again")
+            self.out.append(replayed(s.eid, kept["down"]))
             return
         self.out.append(A.ReplyError(s.eid, int(ErrorCode.UNEXPECTED), f"no batch {batch_id} in flight"))
 

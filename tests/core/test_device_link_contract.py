@@ -4,7 +4,8 @@
 the link simulator), `stopped = "data"` on the last BPP segment read as completion, each
 step within the agent's buffer and each batch within its byte budget (a call that cannot
 fit is refused cleanly), and idempotent exchanges: a Result the agent sends again gets the
-same downlink, its consequences never run twice, across a restart too.
+same batch, its consequences never run twice, across a restart too; one whose first answer
+was Idle is a wake like a Hello (new work may have come since the lost Idle).
 """
 
 from __future__ import annotations
@@ -340,3 +341,42 @@ async def test_an_eim_package_too_large_for_the_agent_buffer_gets_one_error_resu
         assert result["kind"] != "euiccPackageResultSigned", result
         assert [e.eim_id for e in card.state.eims] == ["ipae-test-eim"] and card.state.eims[0].counter == 0
         print(result["kind"], refused.detail)
+
+
+EMPTY_LIST = codec.encode("RetrieveNotificationsListResponse", ("notificationList", []))
+FIRST_EIM = codec.encode("GetEimConfigurationDataResponse", {
+    "eimConfigurationDataList": [{"eimId": "eim-1", "eimFqdn": "eim.example"}]})
+DATA_REQUEST = esipa.encode_from_eim("getEimPackageResponse", ("ipaEuiccDataRequest", {"tagList": b"\x80"}))
+
+
+def test_a_result_repeated_after_its_idle_is_handled_as_a_hello_and_gets_the_work_that_came_since() -> None:
+    eng = Engine(EngineConfig(eims=(EimEndpoint("eim-1", "eim.example"),), seed=1))
+    batch = first_contact(eng)
+    read = E.DeviceResult(EID, 1.0, BatchResult(batch.batch.batch_id, (StepResult(EMPTY_LIST, 0x9000),
+                                                                      StepResult(FIRST_EIM, 0x9000))))
+    (idle,) = [a for a in eng.handle(read) if isinstance(a, A.DOWNLINKS)]
+    assert isinstance(idle, A.ReplyIdle)                          # nothing to do: that Idle is lost
+    again = eng.handle(replace(read, now=2.0))                    # the agent sends its Result again
+    (poll,) = of(again, A.PostEsipa)                              # a wake: the eIM is asked, as for a Hello
+    assert poll.function == "GetEimPackage" and [a for a in again if isinstance(a, A.DOWNLINKS)] == []
+    (note,) = [a for a in again if isinstance(a, A.Audit) and a.result == "repeat"]
+    assert "handled as a Hello" in note.detail
+    out = eng.handle(E.BackhaulAnswered(EID, 2.1, poll.request_id, DATA_REQUEST))
+    (work,) = [a for a in out if isinstance(a, A.DOWNLINKS)]
+    assert isinstance(work, A.SendBatch)                          # the package that came since the Idle
+    assert work.batch.steps[0].apdus[0][5:7] == b"\xbf\x52"
+    (third,) = [a for a in eng.handle(replace(read, now=3.0)) if isinstance(a, A.DOWNLINKS)]
+    assert third == work                                          # a further copy: the same batch, not run twice
+    assert len([a for a in eng.sessions[EID].queue]) == 0 and eng.state_of(EID).startswith("eim_data")
+
+
+def test_a_result_repeated_after_its_idle_with_nothing_new_gets_idle_again() -> None:
+    eng = Engine(EngineConfig(eims=(EimEndpoint("eim-1", "eim.example"),), seed=1))
+    batch = first_contact(eng)
+    read = E.DeviceResult(EID, 1.0, BatchResult(batch.batch.batch_id, (StepResult(EMPTY_LIST, 0x9000),
+                                                                      StepResult(FIRST_EIM, 0x9000))))
+    eng.handle(read)
+    (poll,) = of(eng.handle(replace(read, now=2.0)), A.PostEsipa)
+    (reply,) = [a for a in eng.handle(E.BackhaulAnswered(EID, 2.1, poll.request_id, NO_PACKAGE))
+                if isinstance(a, A.DOWNLINKS)]
+    assert isinstance(reply, A.ReplyIdle)
