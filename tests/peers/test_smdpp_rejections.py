@@ -13,7 +13,7 @@ from gateway.errors import FunctionFailed
 from gateway.spec import codec, es9p
 from hil import rspcrypto
 from hil.euicc import SoftEuicc
-from hil.peers.smdpp import SmdppServer
+from hil.peers.smdpp import Order, SmdppServer
 from hil.pki import RspPki
 from tests.peers.conftest import server_for
 from tests.peers.es10b_script import Card, deliver_notifications_es9, direct_download
@@ -46,6 +46,17 @@ async def authenticated(card: Card, http: BackhaulHttp, smdp: Server, address: s
     asr = card.authenticate_server(init.server_signed1, init.server_signature1, init.euicc_ci_pkid_to_be_used,
                                    init.server_certificate, matching_id)
     return init, asr
+
+
+async def session_after_authenticate_client(pki: RspPki, smdpp: SmdppServer, http: BackhaulHttp, euicc: SoftEuicc
+                                            ) -> tuple[Order, Server, Card, es9p.InitiateAuthenticationResponse]:
+    """An order and an RSP session through AuthenticateClient: (order, server, card, InitiateAuthentication)."""
+    order = smdpp.service.order_profile(size=4096)
+    server = server_for(pki, smdpp.url)
+    card = Card(euicc)
+    init, asr = await authenticated(card, http, server, smdpp.address, order.matching_id)
+    await es9p_client.authenticate_client(http, server, es9p.AuthenticateClientRequest(init.transaction_id, asr))
+    return order, server, card, init
 
 
 def flip_signature(der: bytes, signature: bytes) -> bytes:
@@ -179,11 +190,7 @@ async def test_get_bpp_with_a_bad_euicc_signature2_is_8_1_6_1(
 
 async def test_a_cancel_session_signed_for_another_smdp_oid_is_8_8_3_10_and_2_999_10_decodes_as_itself(
         pki: RspPki, smdpp: SmdppServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
-    order = smdpp.service.order_profile(size=4096)
-    server = server_for(pki, smdpp.url)
-    card = Card(euicc)
-    init, asr = await authenticated(card, http, server, smdpp.address, order.matching_id)
-    await es9p_client.authenticate_client(http, server, es9p.AuthenticateClientRequest(init.transaction_id, asr))
+    order, server, card, init = await session_after_authenticate_client(pki, smdpp, http, euicc)
     assert euicc.session is not None and euicc.session.smdp_oid == smdpp.service.oid == "2.999.10"
     euicc.session.smdp_oid = "2.999.11"                      # the card signs another SM-DP+'s OID
     wrong = card.cancel_session(init.transaction_id, 1)
@@ -196,11 +203,7 @@ async def test_a_cancel_session_signed_for_another_smdp_oid_is_8_8_3_10_and_2_99
 
 async def test_a_signed_cancel_session_releases_the_order_for_a_later_download(
         pki: RspPki, smdpp: SmdppServer, http: BackhaulHttp, euicc: SoftEuicc) -> None:
-    order = smdpp.service.order_profile(size=4096)
-    server = server_for(pki, smdpp.url)
-    card = Card(euicc)
-    init, asr = await authenticated(card, http, server, smdpp.address, order.matching_id)
-    await es9p_client.authenticate_client(http, server, es9p.AuthenticateClientRequest(init.transaction_id, asr))
+    order, server, card, init = await session_after_authenticate_client(pki, smdpp, http, euicc)
     cancel = card.cancel_session(init.transaction_id, 1)   # postponed
     signature = codec.decode("CancelSessionResponse", cancel)[1]["euiccCancelSessionSignature"]
     assert await refused(es9p_client.cancel_session(
