@@ -1,8 +1,8 @@
 """The package side of a turn: eIM packages queued, run one at a time, results built.
 
 Theory of operation. A package (polled, pushed, or an internal discovery) is classified and
-keyed (gateway.core.packages); a key already run or queued is a duplicate and is only
-marked so. One procedure runs at a time: `start_next` starts the first queued, `feed`
+keyed (gateway.core.packages); a key already run or queued is a duplicate: never run again,
+audited once per key however often the eIM offers it. One procedure runs at a time: `start_next` starts the first queued, `feed`
 hands it its inputs and `run_outputs` turns its outputs into device work, backhaul requests
 (retried by the backhaul side), audit records and, at the end, the result delivery for the
 eIM (exactly one per package) and the notification deliveries the procedure caused.
@@ -58,14 +58,26 @@ class PackageSide(Turn):
                 self.out.append(A.MarkInbox(s.eid, key, "done"))
             return
         pkg_key = P.package_key(eim_id, package)
-        queued = {q["key"] for q in s.queue} | ({s.pkg["key"]} if s.pkg else set())
-        if pkg_key in s.done_keys or pkg_key in queued:
-            self.audit("eimPackage", "duplicate", pkg_key, origin=eim_id)
-            self.out.append(A.MarkInbox(s.eid, key or pkg_key, "duplicate"))
+        waiting = s.queue + ([s.pkg] if s.pkg else [])
+        if pkg_key in s.done_keys or pkg_key in {q["key"] for q in waiting}:
+            self.duplicate(pkg_key, key, eim_id, {q["inbox_key"] for q in waiting})
             return
         s.queue.append({"key": pkg_key, "inbox_key": key or pkg_key, "eim_id": eim_id, "kind": kind,
                         "raw": package, "via": via})
         self.audit("eimPackage", "queued", f"{kind} {pkg_key} via {via}", origin=eim_id)
+
+    def duplicate(self, pkg_key: str, inbox_key: str, eim_id: str, inbox_keys_waiting: set[str]) -> None:
+        """A package already run or queued, offered again. An eIM whose result did not get
+        through (refused, or still being delivered) hands the same package out on every poll:
+        that is audited once per package key, and it never runs again nor gets another result.
+        Only an inbox entry of its own is marked: a re-poll has none, and the entry a queued
+        or running package shares its key with is its original's."""
+        s = self.s
+        if pkg_key not in s.duplicates_noted:
+            s.duplicates_noted = (s.duplicates_noted + [pkg_key])[-self.config.recent_packages:]
+            self.audit("eimPackage", "duplicate", pkg_key, origin=eim_id)
+        if inbox_key and inbox_key not in inbox_keys_waiting:
+            self.out.append(A.MarkInbox(s.eid, inbox_key, "duplicate"))
 
     def acknowledged(self, seqs: list[int], eim_id: str) -> None:
         """EimAcknowledgements (SGP.32 §2.11.4): eIM `eim_id` has these; remove them from the eUICC.

@@ -72,6 +72,7 @@ class DeviceSession:
         self.resend_once = False
         self.counter = 0
         self.done_keys: list[str] = []
+        self.duplicates_noted: list[str] = []           # package keys whose re-offer was audited
         self.plmn: str | None = None
         self.imei: str | None = None
         self.max_batch_bytes: int | None = None
@@ -110,6 +111,7 @@ class DeviceSession:
             "retrieved_at": self.retrieved_at, "state_change_cause": self.state_change_cause,
             "policy_report_pending": self.policy_report_pending, "buffer_size": self.buffer_size,
             "answering": self.answering, "last_reply": self.last_reply,
+            "duplicates_noted": self.duplicates_noted,
         }
         return serial.dumps(data)
 
@@ -161,6 +163,7 @@ class DeviceSession:
         s.buffer_size = d.get("buffer_size")
         s.answering = _thaw(d["answering"]) if d.get("answering") is not None else None
         s.last_reply = _thaw(d["last_reply"]) if d.get("last_reply") is not None else None
+        s.duplicates_noted = [str(k) for k in d.get("duplicates_noted", ())]
         return s
 
     # -- entry point -------------------------------------------------------------------------

@@ -331,3 +331,46 @@ def test_an_audit_written_before_its_structured_fields_existed_reads_back_with_t
     assert isinstance(audit, A.Audit) and (audit.event, audit.seq) == (None, None)
     new = A.Audit(EID, None, "removeNotification", "engine", "ok", "seq 3 (enable)", "enable", 3)
     assert A.from_bytes(A.to_bytes(new)) == new
+
+
+def test_a_package_whose_result_the_eim_refused_is_audited_once_however_often_it_is_polled_again() -> None:
+    eng = engine(poll_interval_s=60.0)
+    package = esipa.encode_from_eim("getEimPackageResponse", ("ipaEuiccDataRequest", {
+        "tagList": b"\xa9", "eimTransactionId": b"\x00\x01"}))          # deviceInfo: the IPA answers it
+    refused = esipa.encode_from_eim("provideEimPackageResultResponse", ("provideEimPackageResultError", 127))
+    out = eng.handle(hello())
+    out = eng.handle(E.BackhaulAnswered(EID, 0.1, posts(out)[0].request_id, package))
+    (result,) = [p for p in posts(out) if p.function == "ProvideEimPackageResult"]
+    out = eng.handle(E.BackhaulAnswered(EID, 0.2, result.request_id, refused))
+    assert [(a.operation, a.result) for a in out if isinstance(a, A.Audit)] == [
+        ("provideEimPackageResult", "refused")]
+    everything: list[A.Action] = []
+    for n in range(1, 6):                      # the eIM hands the same package out on every poll
+        now = 60.0 * n + 1
+        (poll,) = posts(eng.handle(E.TimerFired(EID, now, "poll")))
+        assert poll.function == "GetEimPackage"
+        everything += eng.handle(E.BackhaulAnswered(EID, now + 0.1, poll.request_id, package))
+    audits = [(a.operation, a.result, a.detail) for a in everything if isinstance(a, A.Audit)]
+    assert audits == [("eimPackage", "duplicate", "eim:eim-1/tx:0001")]
+    assert [a for a in everything if isinstance(a, A.MarkInbox)] == []   # a re-poll has no entry of its own
+    assert posts(everything) == []             # no second run, no second result
+    assert eng.sessions[EID].proc is None and eng.sessions[EID].queue == []
+    saved = [a for a in everything if isinstance(a, A.SaveSession)][-1]
+    eng.restore(EID, saved.blob)               # noted in the blob: a restart does not audit it again
+    (poll,) = posts(eng.handle(E.TimerFired(EID, 400.0, "poll")))
+    out = eng.handle(E.BackhaulAnswered(EID, 400.1, poll.request_id, package))
+    assert [a for a in out if isinstance(a, A.Audit)] == [] and posts(out) == []
+
+
+def test_a_pushed_copy_of_a_package_already_run_marks_its_own_inbox_entry_once_and_audits_once() -> None:
+    eng = engine()
+    package = esipa.encode_from_eim("getEimPackageResponse", ("ipaEuiccDataRequest", {
+        "tagList": b"\xa9", "eimTransactionId": b"\x00\x02"}))
+    out = eng.handle(hello())
+    eng.handle(E.BackhaulAnswered(EID, 0.1, posts(out)[0].request_id, package))
+    out = eng.handle(E.EimPackageReceived(EID, 1.0, "eim-1", package, "push", "pushed-key"))
+    assert [(m.key, m.state) for m in out if isinstance(m, A.MarkInbox)] == [("pushed-key", "duplicate")]
+    assert [a.result for a in out if isinstance(a, A.Audit)] == ["duplicate"]
+    out = eng.handle(E.EimPackageReceived(EID, 2.0, "eim-1", package, "push", "pushed-key-2"))
+    assert [(m.key, m.state) for m in out if isinstance(m, A.MarkInbox)] == [("pushed-key-2", "duplicate")]
+    assert [a for a in out if isinstance(a, A.Audit)] == []
