@@ -6,8 +6,9 @@ It implements the SIM-access subset of 3GPP TS 27.007 (AT+CCHO / AT+CGLA / AT+CC
 on any card object with ``transmit(apdu) -> bytes`` (the software eUICC), plus what a driver
 needs around it (AT, ATE0/1, AT+CMEE, AT+CGSN, AT+COPS, AT+CSQ, AT+CFUN). Like a real
 module, echo is on after power-up and after a reset (which also prints RDY, +CPIN: READY,
-SMS DONE and PB DONE), a session id from +CCHO is the card's channel number,
-and the modem puts that channel into the class byte of every +CGLA command.
+SMS DONE and PB DONE), a session id from +CCHO is the card's channel number, and, as
+27.007 §8.45 has it, the modem puts that channel into the class byte of every +CGLA command
+(whatever channel bits the host sent).
 
 `Quirks` switches on the misbehaviours seen in real modules, one at a time or together:
 
@@ -20,6 +21,10 @@ and the modem puts that channel into the class byte of every +CGLA command.
     unquoted          hex in +CGLA / +CSIM answers is not quoted
     lowercase         hex in answers is lower case
     bare-ccho         AT+CCHO answers a bare session id line, without "+CCHO: "
+    hex-session       session ids are 64-bit hex handles (000000000385a7cf), not channel
+                      numbers (Sierra MC7455 / EM7590)
+    cla-as-is         +CGLA passes the class byte to the card unchanged: the host must put the
+                      channel into it (a modem ignoring 27.007; the session id is the channel)
     cme-text          +CME ERROR in verbose text form whatever AT+CMEE says
     fragment          replies are written a few bytes at a time
     mute-after=N      after N command lines the modem reads but never answers again
@@ -62,6 +67,8 @@ class Quirks:
     unquoted: bool = False
     lowercase: bool = False
     bare_ccho: bool = False
+    hex_session: bool = False
+    cla_as_is: bool = False
     cme_text: bool = False
     fragment: bool = False
     mute_after: int | None = None
@@ -91,10 +98,12 @@ class Quirks:
 _CME_TEXT = {3: "operation not allowed", 4: "operation not supported", 10: "SIM not inserted",
              13: "SIM failure", 21: "invalid index", 50: "incorrect parameters", 100: "unknown"}
 _HEX_ARG = r'"?([0-9A-Fa-f]*)"?'
-_CGLA = re.compile(rf"AT\+CGLA=([0-9]{{1,6}}),([0-9]{{1,6}}),{_HEX_ARG}$", re.I)
+_SESSION_ARG = r'"?([0-9A-Fa-f]{1,32})"?'
+_CGLA = re.compile(rf"AT\+CGLA={_SESSION_ARG},([0-9]{{1,6}}),{_HEX_ARG}$", re.I)
 _CSIM = re.compile(rf"AT\+CSIM=([0-9]{{1,6}}),{_HEX_ARG}$", re.I)
 _CCHO = re.compile(rf"AT\+CCHO={_HEX_ARG}$", re.I)
-_CCHC = re.compile(r"AT\+CCHC=([0-9]{1,6})$", re.I)
+_CCHC = re.compile(rf"AT\+CCHC={_SESSION_ARG}$", re.I)
+HANDLE_BASE = 0x385A7CE  # hex-session handles: HANDLE_BASE + channel, 16 lower-case digits
 
 
 class Reply(Exception):
@@ -204,17 +213,13 @@ class ModemEmulator:
         if m := _CCHO.match(line):
             return self._ccho(m.group(1))
         if m := _CCHC.match(line):
-            session = int(m.group(1))
-            if session not in self.sessions:
-                raise Reply(21)
+            session = self._channel_of(m.group(1))
             self.sessions.discard(session)
             self._transmit(bytes((0x00, 0x70, 0x80, session)))
             return []
         if m := _CGLA.match(line):
-            session, apdu = int(m.group(1)), self._apdu(m.group(2), m.group(3))
-            if session not in self.sessions:
-                raise Reply(21)
-            response = self._chained(_with_channel(apdu, session))
+            session, apdu = self._channel_of(m.group(1)), self._apdu(m.group(2), m.group(3))
+            response = self._chained(apdu if self.quirks.cla_as_is else _with_channel(apdu, session))
             return [f"+CGLA: {2 * len(response)},{self._hex(response)}"]
         if m := _CSIM.match(line):
             response = self._chained(self._apdu(m.group(1), m.group(2)))
@@ -268,7 +273,18 @@ class ModemEmulator:
             self._transmit(bytes((0x00, 0x70, 0x80, channel)))
             raise Reply(3)
         self.sessions.add(channel)
-        return [str(channel) if self.quirks.bare_ccho else f"+CCHO: {channel}"]
+        session = f"{HANDLE_BASE + channel:016x}" if self.quirks.hex_session else str(channel)
+        return [session if self.quirks.bare_ccho else f"+CCHO: {session}"]
+
+    def _channel_of(self, session: str) -> int:
+        """The card channel of a +CGLA / +CCHC session id; +CME ERROR 21 for an unknown one."""
+        if self.quirks.hex_session:
+            channel = int(session, 16) - HANDLE_BASE
+        else:
+            channel = int(session) if session.isdigit() else -1
+        if channel not in self.sessions:
+            raise Reply(21)
+        return channel
 
     def _chained(self, apdu: bytes) -> bytes:
         response = self._transmit(apdu)

@@ -70,11 +70,13 @@ def test_final_error_codes_map_to_typed_transport_errors(line: str, cls: type[Mo
                                   b'AT+CCHO="A000"\r\r\n+CREG: 1\r\n2\r\nOK\r\n',
                                   b"\r\nRDY\r\n\r\nPB DONE\r\n2\r\nSMS DONE\r\nOK\r\n"])
 def test_ccho_session_id_prefixed_bare_or_quoted(data: bytes) -> None:
-    assert at.parse_session(at.parse_reply('AT+CCHO="A000"', data, "+CCHO", bare_info=True)) == 2
+    assert at.parse_session(at.parse_reply('AT+CCHO="A000"', data, "+CCHO", bare_info=True)).channel == 2
 
 
 @pytest.mark.parametrize("data", [b"\r\nOK\r\n", b"\r\n+CCHO: 0\r\n\r\nOK\r\n", b"\r\n+CCHO: x\r\nOK\r\n",
-                                  b"\r\n1\r\n2\r\nOK\r\n"])
+                                  b"\r\n1\r\n2\r\nOK\r\n", b"\r\n+CCHO: 0000000000000000\r\nOK\r\n",
+                                  b'\r\n+CCHO: "0385a7cf\r\nOK\r\n', b"\r\n+CCHO: 0x385a7cf\r\nOK\r\n",
+                                  b"\r\n+CCHO: " + b"1" * 33 + b"\r\nOK\r\n"])
 def test_ccho_without_a_usable_session_id_is_a_decode_error(data: bytes) -> None:
     with pytest.raises(DecodeError):
         at.parse_session(at.parse_reply('AT+CCHO="A000"', data, "+CCHO", bare_info=True))
@@ -120,7 +122,7 @@ def test_any_information_line_gives_a_value_or_a_clear_error(prefix: str, value:
             response = at.parse_hex_response(reply, name) if name != "+CCHO" else at.parse_session(reply)
         except GatewayError:
             continue
-        assert isinstance(response, (bytes, int))
+        assert isinstance(response, (bytes, at.Session))
 
 
 @pytest.mark.parametrize("line", ["+CGLA: ²,9000", "+CGLA: 4,90²0", "+CGLA: 1234567890123,9000"])
@@ -156,3 +158,66 @@ def test_any_interleaving_of_echo_and_urcs_yields_the_exact_response(
     assert len(replies) == 1
     assert at.parse_hex_response(replies[0], "+CGLA") == response
     assert collector.urcs == before + inside
+
+
+# --- real-modem quirks: hex session handles (Sierra), the CGLA class byte ---------------------
+
+
+@pytest.mark.parametrize(("line", "text", "channel"), [
+    ("+CCHO: 000000000385a7cf", "000000000385a7cf", None),      # Sierra MC7455 / EM7590
+    ('+CCHO: "000000000385A7CF"', '"000000000385A7CF"', None),
+    ("+CCHO: 2", "2", 2), ('+CCHO: "3"', '"3"', 3), ("+CCHO: 20", "20", None), ("+CCHO: 07", "07", 7),
+    ("000000000385a7cf", "000000000385a7cf", None), ("+CCHO: " + "f" * 32, "f" * 32, None),
+])
+def test_ccho_session_handles_are_kept_as_the_modem_wrote_them(line: str, text: str, channel: int | None) -> None:
+    session = at.parse_session(at.parse_reply('AT+CCHO="A000"', f"\r\n{line}\r\nOK\r\n".encode(), "+CCHO",
+                                              bare_info=True))
+    assert (session.text, session.channel) == (text, channel)
+    assert at.cgla(session, b"\x80\xe2\x91\x00") == f'AT+CGLA={text},8,"80E29100"'
+    assert at.cchc(session) == f"AT+CCHC={text}"
+
+
+def test_a_bare_word_is_a_urc_not_a_session_handle() -> None:
+    data = b"\r\nRDY\r\nFACE\r\n+CCHO: 000000000385a7cf\r\n00ab\r\nOK\r\n"
+    collector = at.ReplyCollector('AT+CCHO="A000"', "+CCHO", bare_info=True)
+    replies = [r for line in at.LineSplitter().feed(data) if (r := collector.feed(line))]
+    assert at.parse_session(replies[0]).text == "000000000385a7cf"
+    assert collector.urcs == ["RDY", "FACE", "00ab"]  # a bare candidate beside a +CCHO line is a URC
+
+
+_BARE_URCS = st.sampled_from(["+CEREG: 1,5", "RING", "RDY", "SMS DONE", "PB DONE", "+CPIN: READY"])
+_SESSION_TEXT = st.from_regex(r'"?[0-9A-Fa-f]{1,32}"?', fullmatch=True) | st.text(max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(session=_SESSION_TEXT, prefixed=st.booleans(), before=st.lists(_BARE_URCS, max_size=2))
+def test_any_ccho_session_text_is_kept_exactly_or_is_a_decode_error(session: str, prefixed: bool,
+                                                                     before: list[str]) -> None:
+    """hex-session: decimal or hex, quoted or not, up to 32 digits, is kept as written."""
+    line = f"+CCHO: {session}" if prefixed else session
+    data = ("\r\n".join(before + [line, "OK"]) + "\r\n").encode("utf-8")
+    try:
+        parsed = at.parse_session(at.parse_reply('AT+CCHO="A000"', data, "+CCHO", bare_info=True))
+    except GatewayError:
+        return
+    assert parsed.text == session.strip() and parsed.value.strip("0")
+    assert at.cgla(parsed, b"\x00\xa4\x04\x00").startswith(f"AT+CGLA={session.strip()},")
+    assert parsed.channel is None or (parsed.value.isdigit() and 1 <= parsed.channel <= 19)
+
+
+@settings(max_examples=200, deadline=None)
+@given(apdu=st.binary(min_size=4, max_size=40), channel=st.integers(1, 19),
+       cla=st.sampled_from([0x00, 0x80]), mode=st.sampled_from(["basic", "session"]))
+def test_cgla_class_byte_is_basic_unless_the_modem_wants_the_session_as_channel(
+        apdu: bytes, channel: int, cla: int, mode: str) -> None:
+    """modem-sets-cla: what the driver writes into CLA for a CGLA command (ModemConfig.cgla_cla)."""
+    from gateway.spec.apdu import channel_of, with_channel
+
+    session = at.Session(str(channel))
+    host_apdu = with_channel(bytes((cla,)) + apdu[1:], 1 + channel % 19)  # the caller's host channel
+    card = session.channel if mode == "session" else 0
+    assert card is not None
+    line = at.cgla(session, with_channel(host_apdu, card))
+    sent = bytes.fromhex(line.rsplit(",", 1)[1].strip('"'))
+    assert channel_of(sent[0]) == (channel if mode == "session" else 0)
+    assert sent[0] & 0x80 == cla and sent[1:] == apdu[1:]

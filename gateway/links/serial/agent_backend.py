@@ -9,6 +9,7 @@ environment of the agent process:
     IPAE_MODEM_MAX_LE        256   cap of each GET RESPONSE
     IPAE_MODEM_MODE          auto  auto | cgla | csim
     IPAE_MODEM_TIMEOUT_S     5
+    IPAE_MODEM_CGLA_CLA      basic basic (the modem sets the channel bits, 27.007) | session
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 from collections.abc import Mapping
 
 from gateway.errors import ConfigError
-from gateway.links.serial.modem import AsyncModemEuicc, ModemConfig, ModemEuicc, Mode
+from gateway.links.serial.modem import CLA_MODES, AsyncModemEuicc, ModemConfig, ModemEuicc, Mode
 
 _MODES: tuple[Mode, ...] = ("auto", "cgla", "csim")
 
@@ -38,12 +39,15 @@ def config_from_env(env: Mapping[str, str]) -> tuple[str, int, ModemConfig]:
     mode = env.get("IPAE_MODEM_MODE", "auto")
     if mode not in _MODES:
         raise ConfigError(f"{mode!r} is not one of {', '.join(_MODES)}", key="IPAE_MODEM_MODE")
+    cla = env.get("IPAE_MODEM_CGLA_CLA", "basic")
+    if cla not in CLA_MODES:
+        raise ConfigError(f"{cla!r} is not one of {', '.join(CLA_MODES)}", key="IPAE_MODEM_CGLA_CLA")
     values = {key: _number(env, f"IPAE_MODEM_{key.upper()}", default)
               for key, default in (("baud", "115200"), ("segment_size", "255"), ("max_le", "256"),
                                    ("timeout_s", "5"))}
     try:
         config = ModemConfig(segment_size=int(values["segment_size"]), max_le=int(values["max_le"]),
-                             mode=mode, timeout_s=values["timeout_s"])
+                             mode=mode, timeout_s=values["timeout_s"], cgla_cla=cla)
     except Exception as exc:
         raise ConfigError(str(exc), key="IPAE_MODEM_*") from exc
     return device, int(values["baud"]), config

@@ -15,7 +15,10 @@ commands used here:
     AT+CCHC=<s>                -> OK                                (27.007 §8.46)
     AT+CSIM=<2n>,"<hex>"       -> +CSIM: <2m>,"<hex>"               (27.007 §8.17)
 
-Lengths count hex characters; the hex may come quoted or bare, upper or lower case.
+Lengths count hex characters; the hex may come quoted or bare, upper or lower case. A
+session id is an opaque handle (decimal, or hex as Sierra modules give it) kept exactly as the
+modem wrote it. A bare +CCHO session id line counts only when it has that shape and no
+prefixed line answers the command; otherwise it is a URC.
 Any input gives an `AtReply`, a `ModemError` from the error tree or a `DecodeError` /
 `RemoteProtocolError`: never another exception (fuzzed in tests/links/test_serial_at.py).
 """
@@ -33,6 +36,7 @@ from gateway.links.serial.errors import (
     ModemError,
     SimNotReady,
 )
+from gateway.spec.apdu import MAX_CHANNEL
 
 MAX_LINE: Final = 140_000  # a CGLA answer of 65 535 + 2 bytes in hex, with its prefix
 _MAX_HEX_BYTES: Final = 65_537
@@ -62,6 +66,7 @@ _OTHER_FINAL_ERRORS: Final = frozenset({"NO CARRIER", "BUSY", "NO ANSWER", "NO D
                                         "COMMAND NOT SUPPORT"})
 _HEX: Final = re.compile(r"[0-9A-Fa-f]*")
 _BARE_NUMBER: Final = re.compile(r'"?[0-9]{1,20}"?')
+_SESSION: Final = re.compile(r'(")?([0-9A-Fa-f]{1,32})(?(1)")')
 
 
 def decimal(text: str, max_digits: int) -> int | None:
@@ -147,11 +152,14 @@ def final_error(command: str, line: str) -> ModemError | None:
 class ReplyCollector:
     """Sorts the lines that follow one command line into echo, information and URCs.
 
-    `prefix` ("+CGLA") marks information lines; with `bare_info` a line that is only a number,
-    maybe quoted, is information too (+CCHO's bare session id, +CGSN's IMEI), while other bare
-    lines stay URCs (Quectel's RDY, "SMS DONE", "PB DONE" after a reset).
+    `prefix` ("+CGLA") marks information lines. With `bare_info` a line that is only a
+    number or session handle, maybe quoted, may be information too (+CCHO's bare session id,
+    +CGSN's IMEI). Such bare lines are information only if no prefixed line answers the
+    command, and URCs otherwise, as are all other bare lines
+    (Quectel's RDY, "SMS DONE", "PB DONE" after a reset, RING).
     `feed` returns the `AtReply` on OK, raises the `ModemError` of a failing final result
-    code, and returns None while the reply goes on. URCs are appended to `urcs`.
+    code, and returns None while the reply goes on. URCs are appended to `urcs` (bare
+    candidates that turn out not to be the answer join them when the reply ends).
     """
 
     def __init__(self, command: str, prefix: str | None = None, *, bare_info: bool = False) -> None:
@@ -160,6 +168,7 @@ class ReplyCollector:
         self._prefix = prefix.upper() + ":" if prefix else None
         self._bare_info = bare_info
         self._info: list[str] = []
+        self._bare: list[str] = []
         self._echo_seen = False
         self.urcs: list[str] = []
         self.done = False
@@ -170,20 +179,29 @@ class ReplyCollector:
         upper = line.upper()
         if upper == "OK":
             self.done = True
-            return AtReply(self.command, tuple(self._info))
+            if self._info:
+                self.urcs.extend(self._bare)
+                return AtReply(self.command, tuple(self._info))
+            return AtReply(self.command, tuple(self._bare))
         error = final_error(self.command, line)
         if error is not None:
             self.done = True
+            self.urcs.extend(self._bare)
             raise error
-        if not self._echo_seen and not self._info and upper == self._echo:
+        if not self._echo_seen and not self._info and not self._bare and upper == self._echo:
             self._echo_seen = True
         elif self._prefix is not None and upper.startswith(self._prefix):
             self._info.append(line)
-        elif self._bare_info and _BARE_NUMBER.fullmatch(line):
-            self._info.append(line)
+        elif self._bare_info and (_BARE_NUMBER.fullmatch(line) or _bare_session(line)):
+            self._bare.append(line)
         else:
             self.urcs.append(line)
         return None
+
+
+def _bare_session(line: str) -> bool:
+    """A hex session handle alone on a line; it must hold a digit, so that words stay URCs."""
+    return _SESSION.fullmatch(line) is not None and any(c.isdigit() for c in line)
 
 
 def parse_reply(command: str, data: bytes, prefix: str | None = None, *, bare_info: bool = False) -> AtReply:
@@ -209,11 +227,11 @@ def ccho(aid: bytes) -> str:
     return f'AT+CCHO="{_hex(aid)}"'
 
 
-def cchc(session: int) -> str:
+def cchc(session: Session | int) -> str:
     return f"AT+CCHC={session}"
 
 
-def cgla(session: int, apdu: bytes) -> str:
+def cgla(session: Session | int, apdu: bytes) -> str:
     return f'AT+CGLA={session},{2 * len(apdu)},"{_hex(apdu)}"'
 
 
@@ -260,19 +278,44 @@ def parse_hex_response(reply: AtReply, prefix: str) -> bytes:
     return response
 
 
-def parse_session(reply: AtReply) -> int:
-    """The session id of an AT+CCHO reply: ``+CCHO: <n>`` or a bare ``<n>``, maybe quoted."""
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A +CCHO session id exactly as the modem wrote it (`text`, quotes included if any).
+
+    27.007 makes it an opaque handle for +CGLA / +CCHC, not a channel number: Sierra modules
+    give ``000000000385a7cf``. `channel` is the value when it reads as a decimal logical
+    channel number (1..19), for the modems that want the channel in the class byte.
+    """
+
+    text: str
+
+    @property
+    def value(self) -> str:
+        return self.text.strip('"')
+
+    @property
+    def channel(self) -> int | None:
+        number = decimal(self.value, 2)
+        return number if number is not None and 1 <= number <= MAX_CHANNEL else None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_session(reply: AtReply) -> Session:
+    """The session id of an AT+CCHO reply: ``+CCHO: <id>`` or a bare ``<id>``, maybe quoted.
+
+    The id is decimal or hex, up to 32 digits (a 128-bit handle), kept as written.
+    """
     if len(reply.info) != 1:
         raise DecodeError(f"{len(reply.info)} information lines in a +CCHO reply", type_name="+CCHO")
     line = reply.info[0]
-    value = _value_of(line, "+CCHO") if line.startswith("+") else line
-    value = value.strip().strip('"').strip()
-    session = decimal(value, 9)
-    if session is None:
-        raise DecodeError(f"session id {value[:20]!r} is not a number", type_name="+CCHO")
-    if session == 0:
+    value = _value_of(line, "+CCHO") if line.startswith("+") else line.strip()
+    if _SESSION.fullmatch(value) is None:
+        raise DecodeError(f"session id {value[:40]!r} is neither decimal nor hex", type_name="+CCHO")
+    if not value.strip('"').strip("0"):
         raise DecodeError("session id 0 (the basic channel) from +CCHO", type_name="+CCHO")
-    return session
+    return Session(value)
 
 
 def parse_plain(reply: AtReply, prefix: str | None = None) -> str:

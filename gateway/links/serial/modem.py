@@ -11,7 +11,10 @@ in MANAGE CHANNEL answers and class bytes) apart from the modem's sessions:
   lacks CCHO/CGLA, or refuses CCHO for this AID, the channel is opened with MANAGE CHANNEL
   and SELECT sent through AT+CSIM instead;
 - a command on a host channel goes out by that channel's route (CGLA with the session id,
-  or CSIM) with the class byte rewritten to the card's channel; the basic channel uses CSIM;
+  or CSIM) with the class byte rewritten: through CSIM to the card's channel; through CGLA to
+  the basic channel (27.007 §8.45: the modem sets the channel bits for the session), or, for
+  modems configured with ``cgla_cla="session"``, to the session id read as a channel number;
+  the basic channel uses CSIM;
 - MANAGE CHANNEL close becomes AT+CCHC (or MANAGE CHANNEL close through CSIM).
 
 Every command is also fitted to the modem: STORE DATA blocks longer than `segment_size`
@@ -59,6 +62,8 @@ log = logging.getLogger(__name__)
 
 Route = Literal["cgla", "csim"]
 Mode = Literal["auto", "cgla", "csim"]
+ClaMode = Literal["basic", "session"]
+CLA_MODES: Final[tuple[ClaMode, ...]] = ("basic", "session")
 
 _SW_OK: Final = b"\x90\x00"
 _SW_NO_CHANNEL: Final = b"\x6a\x81"
@@ -72,6 +77,7 @@ class ModemConfig:
     max_le: int = 256              # cap of each GET RESPONSE's Le (some modems fail on 00)
     mode: Mode = "auto"            # auto: CCHO/CGLA when the modem has them, else CSIM
     timeout_s: float = 5.0         # per AT command
+    cgla_cla: ClaMode = "basic"    # CGLA class byte: basic (the modem sets the channel), or the session id
     init: tuple[str, ...] = ("ATE0", "AT+CMEE=1")
     modem_reset: tuple[str, ...] = ("AT+CFUN=1,1",)
     uicc_reset: tuple[str, ...] = ("AT+CFUN=0", "AT+CFUN=1")
@@ -81,13 +87,15 @@ class ModemConfig:
             raise LocalProtocolError(f"segment size {self.segment_size} outside 1..255")
         if not 1 <= self.max_le <= 256:
             raise LocalProtocolError(f"max_le {self.max_le} outside 1..256")
+        if self.cgla_cla not in CLA_MODES:
+            raise LocalProtocolError(f"cgla_cla {self.cgla_cla!r} is not one of {', '.join(CLA_MODES)}")
 
 
 @dataclass(slots=True)
 class _Channel:
     route: Route
-    card_channel: int | None  # class-byte channel on the card (None: the modem sets it)
-    session: int              # +CCHO session id, or the card channel for CSIM
+    card_channel: int                 # channel the driver writes into CLA (0: basic / the modem's)
+    session: at.Session | None = None  # +CCHO session id (CGLA route)
     next_block: int = 0       # STORE DATA P2 for the card, after re-segmenting
 
 
@@ -229,10 +237,10 @@ class ModemEuicc:
         channel = self._channels.pop(host, None)
         if channel is None:
             return
-        if channel.route == "cgla":
+        if channel.session is not None:
             self._at(at.cchc(channel.session))
         else:
-            self._raw(_Channel("csim", None, 0), manage_channel_close(channel.session))
+            self._raw(_Channel("csim", 0), manage_channel_close(channel.card_channel))
 
     def send(self, apdu: bytes) -> tuple[bytes, int]:
         """One command on the host channel in its class byte: (all response data, final SW)."""
@@ -301,7 +309,14 @@ class ModemEuicc:
                 log.info("AT+CCHO refused (%s): opening the channel through AT+CSIM", exc)
                 self.stats.csim_fallbacks += 1
             else:
-                card = session if 1 <= session <= MAX_CHANNEL else None
+                card = 0
+                if self.config.cgla_cla == "session":
+                    if session.channel is None:
+                        self._at(at.cchc(session))
+                        raise LocalProtocolError(
+                            f"cgla_cla=session, but the modem's session id {session} is not a channel "
+                            f"number 1..{MAX_CHANNEL}: this modem sets the class byte itself (cgla_cla=basic)")
+                    card = session.channel
                 self._channels[host] = _Channel("cgla", card, session)
                 return _SW_OK
         channel = self._bind_csim(host)
@@ -310,13 +325,13 @@ class ModemEuicc:
     def _bind_csim(self, host: int) -> _Channel:
         if not self.csim_supported:
             raise ModemCommandRejected("this modem cannot open a channel without an AID (no AT+CSIM)")
-        basic = _Channel("csim", None, 0)
+        basic = _Channel("csim", 0)
         data, sw = split_response(self._raw(basic, manage_channel_open()))
         if sw != 0x9000:
             del self._channels[host]
             check_sw(sw)
         number = opened_channel(data)
-        channel = _Channel("csim", number, number)
+        channel = _Channel("csim", number)
         self._channels[host] = channel
         return channel
 
@@ -324,7 +339,7 @@ class ModemEuicc:
         if host == 0:
             if not self.csim_supported:
                 raise ModemCommandRejected("the basic channel needs AT+CSIM, which this modem lacks")
-            return _Channel("csim", 0, 0)
+            return _Channel("csim", 0)
         return self._channels.get(host)
 
     def _command(self, host: int, apdu: bytes) -> tuple[bytes, int]:
@@ -332,7 +347,7 @@ class ModemEuicc:
         if channel is None:
             if not self.csim_supported:
                 return split_response(_SW_CHANNEL_CLOSED)
-            channel = _Channel("csim", host, host)
+            channel = _Channel("csim", host)
         blocks = self._fit(channel, host, apdu)
         for i, block in enumerate(blocks):
             assembler = ResponseAssembler(block, max_le=self.config.max_le)
@@ -375,10 +390,9 @@ class ModemEuicc:
         return out
 
     def _raw(self, channel: _Channel, apdu: bytes) -> bytes:
-        """One APDU through the modem, as is (apart from the class byte's channel)."""
-        if channel.card_channel is not None:
-            apdu = with_channel(apdu, channel.card_channel)
-        if channel.route == "cgla":
+        """One APDU through the modem, as is apart from the class byte's channel bits."""
+        apdu = with_channel(apdu, channel.card_channel)
+        if channel.session is not None:
             response = at.parse_hex_response(self._at(at.cgla(channel.session, apdu), "+CGLA"), "+CGLA")
         else:
             response = at.parse_hex_response(self._at(at.csim(apdu), "+CSIM"), "+CSIM")
