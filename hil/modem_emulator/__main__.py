@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, default=None, help="JSON file of the eUICC's non-volatile state")
     parser.add_argument("--quirks", default="", help="comma-separated: " + ", ".join(
         ("echo", "urc", "max-apdu=N", "no-cgla", "ccho-refused", "auto-get-response", "unquoted",
-         "lowercase", "bare-ccho", "hex-session", "cla-as-is", "cme-text", "fragment",
+         "lowercase", "bare-ccho", "hex-session", "cla-as-is", "bare-cgla", "cme-text", "fragment",
          "mute-after=N", "late=N")))
     parser.add_argument("--idle-urc-s", type=float, default=0.3, help="URC period when idle (urc quirk)")
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -25,6 +25,8 @@ SMS DONE and PB DONE), a session id from +CCHO is the card's channel number, and
                       numbers (Sierra MC7455 / EM7590)
     cla-as-is         +CGLA passes the class byte to the card unchanged: the host must put the
                       channel into it (a modem ignoring 27.007; the session id is the channel)
+    bare-cgla         AT+CGLA answers without "+CGLA: ": ``<2m>,<hex>`` on odd command lines,
+                      the hex alone on even ones (Fibocom FM350-GL)
     cme-text          +CME ERROR in verbose text form whatever AT+CMEE says
     fragment          replies are written a few bytes at a time
     mute-after=N      after N command lines the modem reads but never answers again
@@ -69,6 +71,7 @@ class Quirks:
     bare_ccho: bool = False
     hex_session: bool = False
     cla_as_is: bool = False
+    bare_cgla: bool = False
     cme_text: bool = False
     fragment: bool = False
     mute_after: int | None = None
@@ -220,7 +223,9 @@ class ModemEmulator:
         if m := _CGLA.match(line):
             session, apdu = self._channel_of(m.group(1)), self._apdu(m.group(2), m.group(3))
             response = self._chained(apdu if self.quirks.cla_as_is else _with_channel(apdu, session))
-            return [f"+CGLA: {2 * len(response)},{self._hex(response)}"]
+            if not self.quirks.bare_cgla:
+                return [f"+CGLA: {2 * len(response)},{self._hex(response)}"]
+            return [f"{2 * len(response)},{self._hex(response)}" if len(self.commands) % 2 else self._hex(response)]
         if m := _CSIM.match(line):
             response = self._chained(self._apdu(m.group(1), m.group(2)))
             return [f"+CSIM: {2 * len(response)},{self._hex(response)}"]

@@ -160,7 +160,7 @@ def test_any_interleaving_of_echo_and_urcs_yields_the_exact_response(
     assert collector.urcs == before + inside
 
 
-# --- real-modem quirks: hex session handles (Sierra), the CGLA class byte ---------------------
+# --- real-modem quirks: hex session handles (Sierra), bare +CGLA answers (Fibocom) -------------
 
 
 @pytest.mark.parametrize(("line", "text", "channel"), [
@@ -183,6 +183,40 @@ def test_a_bare_word_is_a_urc_not_a_session_handle() -> None:
     replies = [r for line in at.LineSplitter().feed(data) if (r := collector.feed(line))]
     assert at.parse_session(replies[0]).text == "000000000385a7cf"
     assert collector.urcs == ["RDY", "FACE", "00ab"]  # a bare candidate beside a +CCHO line is a URC
+
+
+@pytest.mark.parametrize("line", ['6,"BF9000"', "6,bf9000", '"BF9000"', "BF9000", "3,BF9000", '6 , "BF9000"'])
+def test_cgla_answer_without_its_prefix_parses(line: str) -> None:
+    reply = at.parse_reply(CMD, f"\r\nRING\r\n{line}\r\nRDY\r\nOK\r\n".encode(), "+CGLA", bare_hex=True)
+    assert at.parse_hex_response(reply, "+CGLA", bare=True) == bytes.fromhex("BF9000")
+
+
+@pytest.mark.parametrize(("data", "urcs"), [
+    (b"\r\n+CGLA: 4,9000\r\n6,BF9000\r\nOK\r\n", ["6,BF9000"]),   # the prefixed line wins
+    (b"\r\n6,BF9000\r\n+CGLA: 4,9000\r\nOK\r\n", ["6,BF9000"]),
+    (b"\r\nRING\r\n+CEREG: 1,5\r\n4,9000\r\nOK\r\n", ["RING", "+CEREG: 1,5"]),
+])
+def test_bare_cgla_lines_never_take_the_place_of_a_prefixed_answer_or_a_urc(data: bytes, urcs: list[str]) -> None:
+    collector = at.ReplyCollector(CMD, "+CGLA", bare_hex=True)
+    replies = [r for line in at.LineSplitter().feed(data) if (r := collector.feed(line))]
+    assert at.parse_hex_response(replies[0], "+CGLA", bare=True) == b"\x90\x00"
+    assert collector.urcs == urcs
+
+
+@pytest.mark.parametrize("data", [b"\r\n4,9000\r\n6,BF9000\r\nOK\r\n", b"\r\n8,9000\r\nOK\r\n",
+                                  b"\r\n\"90\"\r\nOK\r\n", b"\r\n4,90G0\r\nOK\r\n", b"\r\nOK\r\n"])
+def test_ambiguous_or_malformed_bare_cgla_answers_are_decode_errors(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        at.parse_hex_response(at.parse_reply(CMD, data, "+CGLA", bare_hex=True), "+CGLA", bare=True)
+
+
+def test_a_bare_cgla_answer_counts_only_when_the_driver_asks_for_it() -> None:
+    data = b"\r\n4,9000\r\nOK\r\n"
+    with pytest.raises(DecodeError):
+        at.parse_hex_response(at.parse_reply(CMD, data, "+CGLA"), "+CGLA", bare=True)
+    with pytest.raises(DecodeError):
+        at.parse_hex_response(at.parse_reply(CMD, data, "+CGLA", bare_hex=True), "+CGLA")
+    assert at.parse_hex_response(at.parse_reply(CMD, data, "+CGLA", bare_hex=True), "+CGLA", bare=True) == b"\x90\x00"
 
 
 _BARE_URCS = st.sampled_from(["+CEREG: 1,5", "RING", "RDY", "SMS DONE", "PB DONE", "+CPIN: READY"])
@@ -221,3 +255,35 @@ def test_cgla_class_byte_is_basic_unless_the_modem_wants_the_session_as_channel(
     sent = bytes.fromhex(line.rsplit(",", 1)[1].strip('"'))
     assert channel_of(sent[0]) == (channel if mode == "session" else 0)
     assert sent[0] & 0x80 == cla and sent[1:] == apdu[1:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(response=st.binary(min_size=2, max_size=200), form=st.sampled_from(["length", "hex"]), quoted=st.booleans(),
+       lower=st.booleans(), echo=st.booleans(), before=st.lists(_BARE_URCS, max_size=3),
+       inside=st.lists(_BARE_URCS, max_size=3), eol=_EOL, chunk=st.integers(1, 64))
+def test_bare_cgla_answer_amid_echo_and_urcs_yields_the_exact_response(
+        response: bytes, form: str, quoted: bool, lower: bool, echo: bool, before: list[str], inside: list[str],
+        eol: bytes, chunk: int) -> None:
+    """bare-cgla: ``<2m>,"<hex>"`` or the hex alone, the URCs around it stay URCs."""
+    hex_text = response.hex() if lower else response.hex().upper()
+    value = f'"{hex_text}"' if quoted else hex_text
+    answer = f"{len(hex_text)},{value}" if form == "length" else value
+    lines = ([CMD] if echo else []) + before + [answer] + inside + ["OK"]
+    data = eol + eol.join(line.encode() for line in lines) + eol
+    splitter, collector = at.LineSplitter(), at.ReplyCollector(CMD, "+CGLA", bare_hex=True)
+    replies = []
+    for i in range(0, len(data), chunk):
+        replies += [r for line in splitter.feed(data[i:i + chunk]) if (r := collector.feed(line))]
+    assert len(replies) == 1
+    assert at.parse_hex_response(replies[0], "+CGLA", bare=True) == response
+    assert collector.urcs == before + inside
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_as_a_bare_cgla_reply_give_a_response_or_a_clear_error(data: bytes) -> None:
+    try:
+        response = at.parse_hex_response(at.parse_reply(CMD, data, "+CGLA", bare_hex=True), "+CGLA", bare=True)
+    except GatewayError:
+        return
+    assert len(response) >= 2

@@ -5,6 +5,7 @@
 - the class byte of AT+CGLA: 27.007 §8.45 has the modem set the logical-channel bits for the
   session, so the driver sends basic-channel CLA (`ModemConfig.cgla_cla="basic"`); a modem that
   passes CLA unchanged (emulator quirk cla-as-is) needs `cgla_cla="session"`;
+- bare-cgla: Fibocom FM350-GL answers AT+CGLA without the +CGLA: prefix.
 """
 
 from __future__ import annotations
@@ -89,12 +90,25 @@ def test_cgla_cla_session_refuses_a_handle_that_is_no_channel_and_closes_it(
     assert euicc.apdu.open_channels() == [0]
 
 
+def test_fibocom_bare_ccho_and_bare_cgla_answers_amid_urcs_carry_a_download(
+        pty_pair: tuple[str, str], euicc: SoftEuicc, pki: RspPki) -> None:
+    quirks = "bare-ccho,bare-cgla,urc,echo,fragment"
+    with modem_on(pty_pair, euicc, quirks) as (modem, emu):
+        order = Order(iccid(22))
+        pir, _ = download(Card(ModemCard(modem, euicc.eid)), pki, order)  # type: ignore[arg-type]
+        assert installed(euicc, order, pir)
+        assert len(cgla_commands(emu)) > 10 and not sent(emu, "AT+CSIM=")
+        assert {"RING", "+CEREG: 1,5"} <= set(modem.port.urcs)
+        assert not any(re.fullmatch(r'[0-9]*,?"?[0-9A-Fa-f]{4,}"?', u) for u in modem.port.urcs)
+
+
 def test_emulator_quirk_names_on_the_command_line() -> None:
-    assert Quirks.parse("hex-session,cla-as-is") == Quirks(hex_session=True, cla_as_is=True)
+    assert Quirks.parse("hex-session,cla-as-is,bare-cgla") == Quirks(hex_session=True, cla_as_is=True,
+                                                                    bare_cgla=True)
 
 
 @settings(max_examples=200, deadline=None)
-@given(quirks=st.sampled_from(["hex-session", "cla-as-is", "hex-session,bare-ccho"]),
+@given(quirks=st.sampled_from(["hex-session", "cla-as-is", "bare-cgla", "hex-session,bare-cgla,bare-ccho"]),
        line=st.text(alphabet=st.characters(codec="latin-1"), max_size=80)
        | st.sampled_from(['AT+CGLA=000000000385a7cf,8,"80E29100"', 'AT+CGLA="000000000385A7CF",8,"80E29100"',
                           "AT+CCHC=000000000385a7cf", "AT+CCHC=" + "f" * 40, 'AT+CGLA=zz,8,"80E29100"',

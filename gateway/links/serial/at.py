@@ -11,14 +11,15 @@ failing final result code; the `parse_*` functions read the information lines of
 commands used here:
 
     AT+CCHO="<AID>"            -> +CCHO: <session> | <session>      (27.007 §8.45)
-    AT+CGLA=<s>,<2n>,"<hex>"   -> +CGLA: <2m>,"<hex>"               (27.007 §8.43)
+    AT+CGLA=<s>,<2n>,"<hex>"   -> +CGLA: <2m>,"<hex>" | <2m>,"<hex>" | "<hex>"   (27.007 §8.43)
     AT+CCHC=<s>                -> OK                                (27.007 §8.46)
     AT+CSIM=<2n>,"<hex>"       -> +CSIM: <2m>,"<hex>"               (27.007 §8.17)
 
 Lengths count hex characters; the hex may come quoted or bare, upper or lower case. A
 session id is an opaque handle (decimal, or hex as Sierra modules give it) kept exactly as the
-modem wrote it. A bare +CCHO session id line counts only when it has that shape and no
-prefixed line answers the command; otherwise it is a URC.
+modem wrote it. Bare information lines (a +CCHO session id, a +CGLA answer without its prefix,
+as Fibocom modules give them) count only when they have the shape of that answer and no
+prefixed line answers the command; otherwise they are URCs.
 Any input gives an `AtReply`, a `ModemError` from the error tree or a `DecodeError` /
 `RemoteProtocolError`: never another exception (fuzzed in tests/links/test_serial_at.py).
 """
@@ -67,6 +68,7 @@ _OTHER_FINAL_ERRORS: Final = frozenset({"NO CARRIER", "BUSY", "NO ANSWER", "NO D
 _HEX: Final = re.compile(r"[0-9A-Fa-f]*")
 _BARE_NUMBER: Final = re.compile(r'"?[0-9]{1,20}"?')
 _SESSION: Final = re.compile(r'(")?([0-9A-Fa-f]{1,32})(?(1)")')
+_BARE_HEX_ANSWER: Final = re.compile(r'(?:[0-9]{1,7} ?, ?)?"?(?:[0-9A-Fa-f]{2}){2,}"?')
 
 
 def decimal(text: str, max_digits: int) -> int | None:
@@ -154,19 +156,22 @@ class ReplyCollector:
 
     `prefix` ("+CGLA") marks information lines. With `bare_info` a line that is only a
     number or session handle, maybe quoted, may be information too (+CCHO's bare session id,
-    +CGSN's IMEI). Such bare lines are information only if no prefixed line answers the
-    command, and URCs otherwise, as are all other bare lines
+    +CGSN's IMEI); with `bare_hex` a line that is only a hex answer (``<2m>,"<hex>"`` or the
+    hex alone) may be (+CGLA without its prefix). Such bare lines are information only if no
+    prefixed line answers the command, and URCs otherwise, as are all other bare lines
     (Quectel's RDY, "SMS DONE", "PB DONE" after a reset, RING).
     `feed` returns the `AtReply` on OK, raises the `ModemError` of a failing final result
     code, and returns None while the reply goes on. URCs are appended to `urcs` (bare
     candidates that turn out not to be the answer join them when the reply ends).
     """
 
-    def __init__(self, command: str, prefix: str | None = None, *, bare_info: bool = False) -> None:
+    def __init__(self, command: str, prefix: str | None = None, *, bare_info: bool = False,
+                 bare_hex: bool = False) -> None:
         self.command = command
         self._echo = command.strip().upper()
         self._prefix = prefix.upper() + ":" if prefix else None
         self._bare_info = bare_info
+        self._bare_hex = bare_hex
         self._info: list[str] = []
         self._bare: list[str] = []
         self._echo_seen = False
@@ -194,6 +199,8 @@ class ReplyCollector:
             self._info.append(line)
         elif self._bare_info and (_BARE_NUMBER.fullmatch(line) or _bare_session(line)):
             self._bare.append(line)
+        elif self._bare_hex and _BARE_HEX_ANSWER.fullmatch(line):
+            self._bare.append(line)
         else:
             self.urcs.append(line)
         return None
@@ -204,9 +211,10 @@ def _bare_session(line: str) -> bool:
     return _SESSION.fullmatch(line) is not None and any(c.isdigit() for c in line)
 
 
-def parse_reply(command: str, data: bytes, prefix: str | None = None, *, bare_info: bool = False) -> AtReply:
+def parse_reply(command: str, data: bytes, prefix: str | None = None, *, bare_info: bool = False,
+                bare_hex: bool = False) -> AtReply:
     """The reply to `command` found in `data` (for tests, tools and fuzzing)."""
-    collector = ReplyCollector(command, prefix, bare_info=bare_info)
+    collector = ReplyCollector(command, prefix, bare_info=bare_info, bare_hex=bare_hex)
     for line in LineSplitter().feed(data):
         reply = collector.feed(line)
         if reply is not None:
@@ -249,23 +257,30 @@ def _value_of(line: str, prefix: str) -> str:
     return line[len(head):].strip()
 
 
-def parse_hex_response(reply: AtReply, prefix: str) -> bytes:
+def parse_hex_response(reply: AtReply, prefix: str, *, bare: bool = False) -> bytes:
     """The response APDU in ``<prefix>: <length>,<hex>`` (hex quoted or bare).
 
     The length counts hex characters (27.007); modems that count bytes are accepted too.
+    With `bare`, a reply whose only information line lacks the prefix is read as
+    ``<length>,<hex>`` or as the hex alone (Fibocom FM350-GL's +CGLA).
     """
-    lines = [line for line in reply.info if line.upper().startswith(prefix.upper() + ":")]
-    if len(lines) != 1:
-        raise DecodeError(f"{len(lines)} {prefix} lines in the reply", type_name=prefix)
-    value = _value_of(lines[0], prefix)
-    length_text, sep, hex_text = value.partition(",")
+    head = prefix.upper() + ":"
+    lines = [line for line in reply.info if line.upper().startswith(head)]
+    if bare and not lines and len(reply.info) == 1:
+        value = reply.info[0].strip()
+        length_text, sep, hex_text = value.partition(",") if "," in value else ("", ",", value)
+    else:
+        if len(lines) != 1:
+            raise DecodeError(f"{len(lines)} {prefix} lines in the reply", type_name=prefix)
+        value = _value_of(lines[0], prefix)
+        length_text, sep, hex_text = value.partition(",")
     if not sep:
         raise DecodeError(f"no length,data in {value[:40]!r}", type_name=prefix)
     length_text = length_text.strip()
     hex_text = hex_text.strip()
     if len(hex_text) >= 2 and hex_text[0] == '"' and hex_text[-1] == '"':
         hex_text = hex_text[1:-1].strip()
-    length = decimal(length_text, 7)
+    length = decimal(length_text, 7) if length_text else len(hex_text)
     if length is None:
         raise DecodeError(f"length {length_text[:20]!r} is not a number", type_name=prefix)
     if _HEX.fullmatch(hex_text) is None or len(hex_text) % 2:

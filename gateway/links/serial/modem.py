@@ -160,10 +160,10 @@ class ModemEuicc:
 
     # -- set-up --------------------------------------------------------------------------
 
-    def _at(self, line: str, prefix: str | None = None, *, bare_info: bool = False,
+    def _at(self, line: str, prefix: str | None = None, *, bare_info: bool = False, bare_hex: bool = False,
             timeout_s: float | None = None) -> at.AtReply:
         self.stats.at_commands += 1
-        return self.port.command(line, prefix, bare_info=bare_info, timeout_s=timeout_s)
+        return self.port.command(line, prefix, bare_info=bare_info, bare_hex=bare_hex, timeout_s=timeout_s)
 
     def start(self) -> None:
         """Wake the command interpreter, apply `init`, and find which SIM commands exist."""
@@ -393,7 +393,8 @@ class ModemEuicc:
         """One APDU through the modem, as is apart from the class byte's channel bits."""
         apdu = with_channel(apdu, channel.card_channel)
         if channel.session is not None:
-            response = at.parse_hex_response(self._at(at.cgla(channel.session, apdu), "+CGLA"), "+CGLA")
+            reply = self._at(at.cgla(channel.session, apdu), "+CGLA", bare_hex=True)
+            response = at.parse_hex_response(reply, "+CGLA", bare=True)
         else:
             response = at.parse_hex_response(self._at(at.csim(apdu), "+CSIM"), "+CSIM")
         if len(response) > _SHORT_APDU_MAX + 2:

@@ -65,13 +65,13 @@ class AtPort:
         self.close()
 
     def command(self, line: str, prefix: str | None = None, *, bare_info: bool = False,
-                timeout_s: float | None = None) -> AtReply:
+                bare_hex: bool = False, timeout_s: float | None = None) -> AtReply:
         """Send `line`; its reply, or the typed ModemError of its final result code."""
         with self._lock:
             if self._stale:
                 self._resync(3 * (self.timeout_s if timeout_s is None else timeout_s))
             self._take_pending()
-            collector = ReplyCollector(line, prefix, bare_info=bare_info)
+            collector = ReplyCollector(line, prefix, bare_info=bare_info, bare_hex=bare_hex)
             log.debug("modem <- %s", line)
             if not line.isascii() or "\r" in line or "\n" in line:
                 raise LocalProtocolError(f"AT command line {line[:40]!r} is not one line of ASCII")
