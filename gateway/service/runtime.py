@@ -72,6 +72,7 @@ from gateway.links.protocol import (
     encode_downlink,
     encode_uplink,
 )
+from gateway.service import esipa_binding
 from gateway.service.logging import log_fields
 from gateway.service.metrics import GatewayMetrics
 from gateway.spec import codec, es9p, es11, esipa, tlv
@@ -468,9 +469,11 @@ class HttpBackhaul:
     async def post_esipa(self, action: PostEsipa) -> bytes:
         server = self._server(action.eim_fqdn)
         if self.esipa_binding == "json":
-            function = esipa.FUNCTIONS[action.function].json_name
-            answer = await esipa_client.exchange_json(self.http, server, function, action.body,
+            # the engine speaks the ASN.1 binding; signed parts cross as their exact bytes
+            function, body = esipa_binding.request_to_json(action.function, action.body)
+            answer = await esipa_client.exchange_json(self.http, server, function, body,
                                                       timeout_s=self.esipa_timeout_s)
+            return esipa_binding.answer_to_der(action.function, answer or b"")
         else:
             answer = await esipa_client.exchange_asn1(self.http, server, action.body, timeout_s=self.esipa_timeout_s)
         return answer or b""
