@@ -43,9 +43,9 @@ from gateway.backhaul.inject_server import InjectServer, server_ssl_context
 from gateway.config import Config, Device, load_config
 from gateway.core.actions import Audit, PostEs9, PostEs11, PostEsipa, from_bytes
 from gateway.core.engine import EimEndpoint, Engine, EngineConfig
-from gateway.core.events import BackhaulAnswered, EimPackageReceived
+from gateway.core.events import BackhaulAnswered, EimPackageReceived, StateReportPending
 from gateway.core.retry import BreakerState, CircuitBreaker
-from gateway.errors import ConfigError, DecodeError, GatewayError, NetworkError, TransportTimeout
+from gateway.errors import ConfigError, DecodeError, GatewayError, NetworkError, TransportTimeout, is_retryable
 from gateway.spec import esipa
 from gateway.links.base import DeviceCredential, DeviceRegistry
 from gateway.links.coap import CoapServer, CoapServerConfig
@@ -95,6 +95,8 @@ POLICY_TICK_S = 60.0
 STATUS_EVERY_S = 10.0
 MQTT_RETRY_MAX_S = 60.0
 BIND_RETRY_S = 5.0
+REPORT_RETRY_S = 60.0
+REPORT_RETRY_MAX_S = 3600.0
 
 
 class LiveRegistry(DeviceRegistry):
@@ -183,6 +185,7 @@ class Daemon:
         self.webhooks: webhooks.WebhookDispatcher | None = None
         self.groups: GroupOperations
         self._policy_state: dict[tuple[bytes, str], bytes] = {}
+        self._report_timers: dict[str, asyncio.TimerHandle] = {}
         self._mqtt_pending: tuple[MqttGateway, str] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -240,6 +243,7 @@ class Daemon:
             self.runtime = Runtime(self.engine, self.astore, backhaul, clock=self.clock,
                                    options=self._runtime_options, metrics=self.metrics)
             stack.push_async_callback(self.runtime.close)
+            stack.callback(self._cancel_report_timers)
             self.policies = Policies(cfg.policies)
             self.gate = PolicyGate(self.runtime, self.policies, self, clock=self.clock,
                                    segment_size=cfg.device_defaults.segment_size)
@@ -282,6 +286,7 @@ class Daemon:
                     loops += [tg.create_task(self._serial_loop(d), name=f"serial {d.identity}")
                               for d in cfg.devices if d.link == "serial"]
                 await self.stop_event.wait()
+                self._cancel_report_timers()    # owed reports stay in the policy state for the next start
                 self.notifier.stopping("draining in-flight work")
                 log.info("stopping: draining in-flight work (up to %.0f s)", cfg.gateway.shutdown_grace_s)
                 drained = await self.runtime.drain(cfg.gateway.shutdown_grace_s)
@@ -566,24 +571,58 @@ class Daemon:
             if isinstance(d, SavePolicyState):
                 self._policy_state[(d.eid, d.kind)] = d.blob     # no store table yet: kept in memory
             elif isinstance(d, ReportStateChange):
-                delay = max(0.0, d.at - self.clock())
-                asyncio.get_running_loop().call_later(delay, self._spawn_report, d)
+                # one report per switch: the engine holds back its own PLMN-change report meanwhile
+                await self.runtime.feed(StateReportPending(eid=d.eid, now=now, pending=True))
+                self._schedule_report(d, max(0.0, d.at - self.clock()))
 
-    def _spawn_report(self, report: ReportStateChange) -> None:
-        self.runtime.spawn(self._report_state_change(report), "state-change report")
+    def _schedule_report(self, report: ReportStateChange, delay: float) -> None:
+        old = self._report_timers.pop(report.token, None)
+        if old is not None:
+            old.cancel()
 
-    async def _report_state_change(self, report: ReportStateChange) -> None:
-        """GetEimPackage with notifyStateChange to the device's eIM; a package in the answer goes to
-        the engine as one received by poll."""
+        def fire() -> None:
+            self._report_timers.pop(report.token, None)
+            self.runtime.spawn(self._report_state_change(report), "state-change report")
+
+        self._report_timers[report.token] = asyncio.get_running_loop().call_later(delay, fire)
+
+    def _cancel_report_timers(self) -> None:
+        for handle in self._report_timers.values():
+            handle.cancel()
+        self._report_timers.clear()
+
+    async def _report_state_change(self, report: ReportStateChange, attempt: int = 0) -> None:
+        """GetEimPackage with notifyStateChange to the device's eIM. Once the eIM answered, the
+        policies learn the report is sent and the engine reports PLMN changes itself again; a
+        package in the answer goes to the engine as one received by poll. A backhaul failure
+        that may pass is retried later (the report stays owed, also across a restart)."""
         eims = self.engine.config.eims
         if not eims:
             log.warning("state change of %s not reported: no eIM configured", report.eid.hex(),
                         extra=log_fields(eid=report.eid))
+            await self.runtime.feed(StateReportPending(eid=report.eid, now=self.clock(), pending=False))
             return
         eim = eims[0]
         body = self.gate.report_request(report)
-        answer = await self.runtime.backhaul.post_esipa(PostEsipa(report.eid, f"policy-{report.token}", eim.eim_id,
-                                                                  eim.fqdn, "GetEimPackage", body))
+        try:
+            answer = await self.runtime.backhaul.post_esipa(PostEsipa(report.eid, f"policy-{report.token}",
+                                                                      eim.eim_id, eim.fqdn, "GetEimPackage", body))
+        except GatewayError as exc:
+            if is_retryable(exc) and not self.runtime.draining:
+                delay = min(REPORT_RETRY_S * 2 ** attempt, REPORT_RETRY_MAX_S)
+                log.warning("state-change report of %s failed (%s): next try in %.0f s", report.eid.hex(), exc,
+                            delay, extra=log_fields(eid=report.eid))
+                self._report_timers[report.token] = asyncio.get_running_loop().call_later(
+                    delay, lambda: self.runtime.spawn(self._report_state_change(report, attempt + 1),
+                                                      "state-change report"))
+                return
+            log.error("state-change report of %s refused (%s): not retried before the next start",
+                      report.eid.hex(), exc, extra=log_fields(eid=report.eid))
+            await self.runtime.feed(StateReportPending(eid=report.eid, now=self.clock(), pending=False))
+            return
+        now = self.clock()
+        await self.apply_decisions(report.eid, self.policies.report_sent(report.eid, report.token, now), now)
+        await self.runtime.feed(StateReportPending(eid=report.eid, now=now, pending=False))
         try:
             package = esipa.decode_response("GetEimPackage", answer)
         except (DecodeError, GatewayError) as exc:

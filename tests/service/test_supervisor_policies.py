@@ -1,0 +1,130 @@
+"""One state-change report per policy switch, through the daemon (`ipae-gateway run`, a real
+process): a reference agent over CoAP/DTLS with a software eUICC falls back, the test eIM
+(hil.peers.eim over real TLS) is the one that hears about it.
+
+- while the policy's report is owed (its slot not reached), the engine holds back its own
+  PLMN-change report: the device waking on another network reports nothing to the eIM;
+- once the eIM answered the policy's report, the policies record it sent (audit
+  stateChangeReported) and the engine's session no longer holds its own reports back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from gateway.core.session import DeviceSession
+from hil.agent.agent import Agent
+from hil.agent.coap_transport import CoapAgentTransport
+from hil.euicc import SoftEuicc
+from hil.euicc.eim import eim_config_from
+from hil.euicc.state import Profile
+from hil.peers.eim import EimServer
+from hil.pki import RspPki
+from tests.service.daemon_support import (
+    Daemon,
+    Layout,
+    free_udp_port,
+    make_eid,
+    psk_of,
+    short_dir,
+    start_daemon,
+    stop_daemon,
+    wait_for_socket,
+)
+
+HOME = bytes.fromhex("98001032547698103214")
+FALLBACK = bytes.fromhex("98001032547698103215")
+EID = make_eid(1)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    yield from short_dir()
+
+
+@dataclass
+class Rig:
+    daemon: Daemon
+    agent: Agent
+    card: SoftEuicc
+    eim: EimServer
+    layout: Layout
+
+    def session_pending(self) -> bool:
+        with sqlite3.connect(self.layout.db) as db:
+            (blob,) = db.execute("SELECT blob FROM sessions WHERE eid = ?", (EID,)).fetchone()
+        return DeviceSession.from_blob(EID, blob).policy_report_pending
+
+    async def wake(self, *, failures: int, plmn: str) -> None:
+        self.agent.status = replace(self.agent.status, attach_failures=failures, plmn=plmn)
+        report = await self.agent.run_session()
+        assert report.error is None and report.transport_error is None, report
+
+
+@asynccontextmanager
+async def rig(workdir: Path, pki: RspPki, *, report_spread_s: float) -> AsyncIterator[Rig]:
+    async with EimServer(pki) as eim:
+        eim.service.device(EID, create=True)
+        card = SoftEuicc(pki, EID)
+        card.state.eims.append(eim_config_from(card, eim.service.own_configuration_data(indirect_download=False)))
+        card.state.profiles += [
+            Profile(HOME, card.new_isdp_aid(), state="enabled", install_state="installed"),
+            Profile(FALLBACK, card.new_isdp_aid(), install_state="installed", fallback=True, fallback_allowed=True)]
+        card.commit()
+        host, port = eim.fqdn.split(":")
+        lay = Layout(workdir, free_udp_port(), workdir / "api.sock", [1], extra=(
+            f'[northbound]\neim_fqdn = "{host}"\neim_port = {port}\neim_ca_file = "{pki.tls_ca.cert_path}"\n'
+            "[policies.fallback]\nenabled = true\nattach_failures = 3\n"
+            f"[policies.fallback_wave]\nreport_spread_s = {report_spread_s}\n"))
+        lay.write()
+        daemon = start_daemon(lay)
+        transport = CoapAgentTransport("127.0.0.1", lay.coap_port, EID, identity="dev1", psk=psk_of(1))
+        try:
+            daemon.wait_notify("READY=1")
+            await wait_for_socket(lay.socket_path)
+            agent = Agent(Agent.make_status(EID, imei="356938035643809", plmn="26201"), card, transport)
+            yield Rig(daemon, agent, card, eim, lay)
+        finally:
+            await transport.close()
+            assert stop_daemon(daemon) == 0
+
+
+async def test_while_the_policy_report_is_owed_the_engine_reports_no_plmn_change_of_its_own(
+        workdir: Path, pki: RspPki) -> None:
+    async with rig(workdir, pki, report_spread_s=86400.0) as r:       # the report's slot: hours away
+        await r.wake(failures=1, plmn="26201")
+        await r.wake(failures=3, plmn="26201")                         # falls back
+        assert r.card.state.enabled_profile().iccid == FALLBACK  # type: ignore[union-attr]
+        await r.wake(failures=0, plmn="26202")                         # awake on the fallback network
+        await asyncio.sleep(0.5)
+        assert r.eim.service.devices[EID].state_changes == []
+        assert r.session_pending()
+
+
+async def test_the_eim_answering_the_report_marks_it_sent_and_ends_the_hold(workdir: Path, pki: RspPki) -> None:
+    async with rig(workdir, pki, report_spread_s=0.0) as r:
+        await r.wake(failures=1, plmn="26201")
+        await r.wake(failures=3, plmn="26201")
+        device = r.eim.service.devices[EID]
+        for _ in range(200):
+            if device.state_changes:
+                break
+            await asyncio.sleep(0.05)
+        audit: list[tuple[str, str]] = []
+        for _ in range(100):
+            status, shown = await r.daemon.get(f"/v1/devices/{EID.hex()}")
+            assert status == 200
+            audit = [(a["operation"], a["result"]) for a in shown["audit"]]
+            if ("stateChangeReported", "ok") in audit and not r.session_pending():
+                break
+            await asyncio.sleep(0.05)
+        assert [(c["notifyStateChange"], c["stateChangeCause"]) for c in device.state_changes] == [(True, 1)]
+        assert ("stateChangeReported", "ok") in audit
+        assert not r.session_pending()
