@@ -390,3 +390,14 @@ def test_agent_backend_configuration_errors_name_the_variable() -> None:
     device, baud, config = config_from_env({"IPAE_MODEM_PORT": "/dev/ttyUSB2", "IPAE_MODEM_SEGMENT_SIZE": "128",
                                             "IPAE_MODEM_MODE": "csim"})
     assert (device, baud, config.segment_size, config.mode) == ("/dev/ttyUSB2", 115200, 128, "csim")
+
+
+async def test_closing_the_async_modem_closes_its_open_channels_on_the_card(pty_pair: tuple[str, str],
+                                                                          euicc: SoftEuicc) -> None:
+    with modem_on(pty_pair, euicc) as (modem, emu):
+        backend = AsyncModemEuicc(modem)
+        await backend.open_channel()
+        assert len(euicc.apdu.open_channels()) == 2
+        await backend.close()
+        assert euicc.apdu.open_channels() == [0]
+        assert len(sent(emu, "AT+CCHC=")) == 1

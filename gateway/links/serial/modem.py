@@ -432,3 +432,7 @@ class AsyncModemEuicc:
     async def device_info(self) -> DeviceInfo:
         async with self._lock:
             return await asyncio.to_thread(self.modem.device_info)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self.modem.close)
