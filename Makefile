@@ -23,7 +23,11 @@ typecheck: $(STAMP)
 # Benchmarks print their figures; they are not part of `make test`.
 bench: $(STAMP)
 	$(BIN)/python bench/codec.py --json
+	$(BIN)/python bench/round_trips.py --json
 	$(BIN)/python bench/queue.py --json
+	$(BIN)/python bench/links.py --transport mqtt --devices 100 --rtt-ms 1500 --json
+	$(BIN)/python bench/links.py --transport coap --devices 100 --rtt-ms 1500 --json
+	$(BIN)/python bench/load.py --devices 1000 --json
 
 deb: system-packages
 	packaging/build-deb.sh dist
