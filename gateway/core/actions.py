@@ -17,7 +17,8 @@ it gets the batch its first copy got, or, when that was Idle, is handled as a He
 (gateway.core.device_side).
 
 Backhaul requests carry a `request_id` unique per device and attempt; the answer comes back
-as BackhaulAnswered/BackhaulFailed with the same id. Bodies are exact bytes: DER of
+as BackhaulAnswered/BackhaulFailed with the same id; one for a request the engine let go of
+in the meantime gets a StaleAnswer naming why (no Audit: nothing changed). Bodies are exact bytes: DER of
 EsipaMessageFromIpaToEim for ESipa (ASN.1 binding), the JSON body for ES9+ (SGP.22 §6.5).
 """
 
@@ -145,6 +146,26 @@ def profile_event(event: object) -> str | None:
     return event if isinstance(event, str) and event in PROFILE_EVENTS else None
 
 
+# why an answer came for a request the engine no longer waits for (StaleAnswer.reason)
+STALE_ACKNOWLEDGED = "acknowledged"         # EimAcknowledgements named its delivery first (a push, another result)
+STALE_PROCEDURE_ENDED = "procedure-ended"   # its procedure finished or failed while it was in flight
+STALE_CANCELLED = "cancelled"               # the operator cancelled its procedure
+STALE_FORGOTTEN = "forgotten"               # the device was forgotten (operator) while it was in flight
+STALE_UNKNOWN = "unknown"                   # never sent by this session (answered twice, or sent before a restart)
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
+class StaleAnswer:
+    """An answer or failure (BackhaulAnswered/BackhaulFailed) for a request the engine let go of
+    while it was in flight: harmless, nothing is done with it and nothing is stored. The runtime
+    logs it at debug level and counts it by `reason` (one of the STALE_* names)."""
+
+    eid: bytes
+    request_id: str
+    reason: str
+
+
 @serial.register
 @dataclass(frozen=True, slots=True)
 class StartTimer:
@@ -161,7 +182,7 @@ class CancelTimer:
 
 
 Action: TypeAlias = (SendBatch | ReplyIdle | ReplyError | PostEsipa | PostEs9 | PostEs11 | SaveSession
-                     | MarkInbox | Audit | StartTimer | CancelTimer)
+                     | MarkInbox | Audit | StartTimer | CancelTimer | StaleAnswer)
 DOWNLINKS = (SendBatch, ReplyIdle, ReplyError)
 STORE_ACTIONS = (SaveSession, MarkInbox, Audit)
 
@@ -173,7 +194,7 @@ def to_bytes(action: Action) -> bytes:
 def from_bytes(data: bytes) -> Action:
     value = serial.loads(data)
     if not isinstance(value, (SendBatch, ReplyIdle, ReplyError, PostEsipa, PostEs9, PostEs11, SaveSession,
-                              MarkInbox, Audit, StartTimer, CancelTimer)):
+                              MarkInbox, Audit, StartTimer, CancelTimer, StaleAnswer)):
         from gateway.errors import DecodeError
         raise DecodeError(f"not an action: {type(value).__name__}", type_name="engine action")
     return value

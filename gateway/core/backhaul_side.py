@@ -8,6 +8,12 @@ emitted, so a restart re-sends it. An answer goes back to its owner: the procedu
 BackoffPolicy delay (gateway/core/retry.py: full jitter, Retry-After as a floor) while
 attempts remain; a definitive one goes to the owner at once. Scheduled polls run on the
 "poll" timer.
+
+A request can be let go of while it is in flight: its delivery acknowledged by
+EimAcknowledgements (pushed, or in another result's answer) before its own answer, its
+procedure ended or cancelled. Its answer still comes and is then stale: a StaleAnswer action
+names the reason (kept for the last LET_GO_KEPT such requests; "unknown" beyond, or for an
+id never sent), and nothing else happens.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from gateway.core.procedures.base import ANSWER, FAILED, Answer, Failure, Reques
 from gateway.core.turn import DELIVERY, POLL, POLL_TIMER, PROC, RETRY_PREFIX, UPLINK_TIMER, Turn, post_action
 from gateway.errors import GatewayError
 from gateway.spec import esipa
+
+LET_GO_KEPT = 32    # requests let go of in flight whose reason is kept for their late answer
 
 
 class BackhaulSide(Turn):
@@ -52,19 +60,31 @@ class BackhaulSide(Turn):
         self.send(POLL, Request(tag, "esipa", eim_id, "GetEimPackage", body),
                   self.config.poll_backoff.max_attempts)
 
-    def drop_requests(self, owner: str) -> None:
+    def drop_requests(self, owner: str, reason: str) -> None:
         s = self.s
         for rid in [r for r, rec in s.requests.items() if rec["owner"] == owner]:
-            del s.requests[rid]
+            self.let_go(rid, reason)
         for name in [n for n, rec in s.retries.items() if rec["owner"] == owner]:
             del s.retries[name]
             s.timers.pop(name, None)
             self.out.append(A.CancelTimer(s.eid, name))
 
+    def let_go(self, rid: str, reason: str) -> None:
+        """Stop waiting for request `rid` (in flight); its answer, when it comes, is stale."""
+        s = self.s
+        del s.requests[rid]
+        s.let_go[rid] = reason
+        while len(s.let_go) > LET_GO_KEPT:
+            del s.let_go[next(iter(s.let_go))]
+
+    def stale(self, rid: str) -> None:
+        reason = self.s.let_go.pop(rid, A.STALE_UNKNOWN)
+        self.out.append(A.StaleAnswer(self.s.eid, rid, reason))
+
     def on_answer(self, rid: str, body: bytes) -> None:
         rec = self.s.requests.pop(rid, None)
         if rec is None:
-            self.audit("backhaul", "ignored", f"answer to unknown request {rid}")
+            self.stale(rid)
             return
         owner = rec["owner"]
         if owner == PROC and self.s.proc is not None:
@@ -135,6 +155,7 @@ class BackhaulSide(Turn):
         s = self.s
         rec = s.requests.pop(event.request_id, None)
         if rec is None:
+            self.stale(event.request_id)
             return
         if self.retry(rec, event.retryable, event.error_class, event.detail, event.retry_after_s):
             return

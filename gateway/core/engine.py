@@ -10,7 +10,9 @@ the engine (seeded in tests), so a run is reproducible.
 
 A session unknown to the engine is created on its first event; `restore` loads one from the
 blob the store kept (after a restart) and `resume` returns the actions that pick up what was
-in flight. `forget` drops a device (a card swap; the operator's "forget").
+in flight. `forget` drops a device (a card swap; the operator's "forget"); answers to what
+it had in flight are then stale (gateway.core.actions.StaleAnswer), and a session made for
+it again numbers its requests on from where it stopped.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class Engine:
         self.config = config if config is not None else EngineConfig()
         self._random = random.Random(self.config.seed)
         self.sessions: dict[bytes, DeviceSession] = {}
+        # a forgotten device's request counter and requests in flight: a session made for it
+        # later numbers on (no request id used twice) and knows their answers as stale
+        self._forgotten: dict[bytes, tuple[int, list[str]]] = {}
 
     def handle(self, event: Event) -> list[A.Action]:
         if isinstance(event, OperatorAction) and event.kind == OPERATOR_FORGET:
@@ -39,11 +44,15 @@ class Engine:
         session = self.sessions.get(event.eid)
         if session is None:
             session = self.sessions[event.eid] = DeviceSession(event.eid)
+            counter, in_flight = self._forgotten.pop(event.eid, (0, []))
+            session.counter = counter
+            session.let_go = {rid: A.STALE_FORGOTTEN for rid in in_flight}
         return session.handle(event, self.config, self._random.random)
 
     def restore(self, eid: bytes, blob: bytes) -> None:
         """Load a device's session from the blob of its last SaveSession."""
         self.sessions[eid] = DeviceSession.from_blob(eid, blob)
+        self._forgotten.pop(eid, None)
 
     def resume(self, now: float, eids: Iterable[bytes] | None = None) -> list[A.Action]:
         """After `restore`: re-send what was in flight and re-arm timers."""
@@ -53,7 +62,9 @@ class Engine:
         return out
 
     def forget(self, eid: bytes) -> None:
-        self.sessions.pop(eid, None)
+        session = self.sessions.pop(eid, None)
+        if session is not None:
+            self._forgotten[eid] = (session.counter, list(session.requests)[-32:])
 
     def state_of(self, eid: bytes) -> str:
         session = self.sessions.get(eid)

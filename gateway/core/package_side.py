@@ -97,11 +97,15 @@ class PackageSide(Turn):
             elif d["state"] in (N.SENDING, N.WAITING, N.FAILED, N.PENDING):
                 N.move(d, "eim_ack", N.ACKED)
                 self.cancel_request_of(d["key"])
+                # delivered by whatever path: recorded as its own delivery's ack would be
+                self.audit("deliver" + d["kind"].capitalize(), "ok", f"{d['event']} acknowledged by {eim_id}",
+                           d.get("iccid"), event=A.profile_event(d["event"]),
+                           seq=seq if d["kind"] == N.NOTIFICATION else None)
 
     def cancel_request_of(self, key: str) -> None:
         s = self.s
         for rid in [r for r, rec in s.requests.items() if rec["owner"] == DELIVERY and rec["tag"] == key]:
-            del s.requests[rid]
+            self.let_go(rid, A.STALE_ACKNOWLEDGED)
         name = RETRY_PREFIX + DELIVERY + ":" + key
         if s.retries.pop(name, None) is not None:
             s.timers.pop(name, None)
@@ -162,7 +166,7 @@ class PackageSide(Turn):
         proc, pkg = s.proc, s.pkg
         assert proc is not None
         s.proc, s.pkg, s.work, s.replies = None, None, None, []
-        self.drop_requests(PROC)
+        self.drop_requests(PROC, A.STALE_PROCEDURE_ENDED)
         if isinstance(proc, Discovery):
             if finish.outcome == "ok":
                 self.discovered(list(finish.result["eims"]))
@@ -218,5 +222,5 @@ class PackageSide(Turn):
                 s.cancel_requested = True   # its batch is on the device: cancel when it answers
             else:
                 s.work = None
-                self.drop_requests(PROC)
+                self.drop_requests(PROC, A.STALE_CANCELLED)
                 self.feed(FAILED, Failure("operator", "OperatorCancel", "cancelled by the operator"))

@@ -61,6 +61,7 @@ class DeviceSession:
         self.replies: list[Reply] = []                  # replies gathered over split batches
         self.deliveries: dict[str, dict[str, Any]] = {}
         self.requests: dict[str, dict[str, Any]] = {}   # request id -> request record
+        self.let_go: dict[str, str] = {}                # request id let go of in flight -> why
         self.retries: dict[str, dict[str, Any]] = {}    # timer name -> request record waiting
         self.eims: list[dict[str, Any]] | None = None
         self.eims_read = False
@@ -111,7 +112,7 @@ class DeviceSession:
             "retrieved_at": self.retrieved_at, "state_change_cause": self.state_change_cause,
             "policy_report_pending": self.policy_report_pending, "buffer_size": self.buffer_size,
             "answering": self.answering, "last_reply": self.last_reply,
-            "duplicates_noted": self.duplicates_noted,
+            "duplicates_noted": self.duplicates_noted, "let_go": self.let_go,
         }
         return serial.dumps(data)
 
@@ -164,6 +165,7 @@ class DeviceSession:
         s.answering = _thaw(d["answering"]) if d.get("answering") is not None else None
         s.last_reply = _thaw(d["last_reply"]) if d.get("last_reply") is not None else None
         s.duplicates_noted = [str(k) for k in d.get("duplicates_noted", ())]
+        s.let_go = {str(k): str(v) for k, v in d.get("let_go", {}).items()}
         return s
 
     # -- entry point -------------------------------------------------------------------------

@@ -101,7 +101,10 @@ class Turn:
     def poll(self, eim_id: str, state_changed: bool, cause: str | None = None) -> None:
         raise NotImplementedError
 
-    def drop_requests(self, owner: str) -> None:
+    def drop_requests(self, owner: str, reason: str) -> None:
+        raise NotImplementedError
+
+    def let_go(self, rid: str, reason: str) -> None:
         raise NotImplementedError
 
     def retry(self, rec: dict[str, Any], retryable: bool, error_class: str, detail: str,

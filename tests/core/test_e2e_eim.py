@@ -9,10 +9,11 @@ counting in-memory device link as in tests/core/driver.py.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
 
 from gateway.backhaul.inject_server import InjectServer, server_ssl_context
 from gateway.core import actions as A
+from gateway.core.events import BackhaulAnswered, Event
 from gateway.links.memory import MemoryLink
 from gateway.spec import codec
 from hil.euicc import Faults, SoftEuicc
@@ -240,37 +241,35 @@ async def test_the_software_euicc_echoes_the_eim_transaction_id_whatever_the_tag
     assert kind == "ipaEuiccData" and value["eimTransactionId"] == b"\x01\x02" and "euiccInfo1" in value
 
 
-async def test_an_acknowledgement_pushed_before_the_notification_answer_leaves_that_answer_stale_and_quiet(
+async def test_a_notification_acknowledged_in_the_result_answer_before_its_own_answer_leaves_that_answer_stale(
         pki: RspPki) -> None:
-    """The race behind "backhaul ignored: answer to unknown request": the eIM pushes its
-    EimAcknowledgements for a notification before the HandleNotification answer is back."""
-    import asyncio
-    tls = server_ssl_context(str(pki.dptls.cert_path), str(pki.dptls.key_path))
-    holder: list[Any] = []
-
-    async def on_transfer(body: bytes, binding: str) -> bytes:
-        return await holder[0].on_transfer(body, binding)  # type: ignore[no-any-return]
-
-    async with InjectServer(on_transfer, tls, port=0) as inject, \
-            running_peers(pki, inject_url=f"https://127.0.0.1:{inject.port}") as peers:
+    """The race behind "backhaul ignored: answer to unknown request": the runtime posts the
+    installation result's HandleNotification and the ProvideEimPackageResult at once; the
+    eIM's result answer acknowledges the notification's seqNumber before its own answer is in."""
+    async with running_peers(pki) as peers:
         card = peers.card(indirect=True)      # its notifications go to the eIM (HandleNotification)
         driver = peers.driver()
-        holder.append(driver)
         await peers.download(card.eid, await peers.order(size=2048))
-        eim = peers.eim.service
+        late: list[asyncio.Future[Event | None]] = []
+        perform = driver.perform
 
-        async def the_push_wins() -> None:     # the answer is held until the eIM's push is handled
-            await asyncio.wait_for(asyncio.gather(*list(eim.background)), 10)
+        async def notification_answered_late(action: A.Action) -> Event | None:
+            if isinstance(action, A.PostEsipa) and action.function == "HandleNotification" and not late:
+                late.append(asyncio.ensure_future(perform(action)))    # posted now, answered after the rest
+                return None
+            return await perform(action)
 
-        driver.after["HandleNotification"] = the_push_wins
+        driver.perform = notification_answered_late  # type: ignore[method-assign]
         agent, _ = make_agent(MemoryLink(driver), card)
         await agent.run_session()
-        assert "HandleNotification" not in driver.after                 # the race did happen
+        answer = await late[0]
+        assert isinstance(answer, BackhaulAnswered)
+        await driver.run([answer])
         (stale,) = driver.of(A.StaleAnswer)
-        assert stale.reason == A.STALE_ACKNOWLEDGED and stale.eid == card.eid
-        assert [a for a in driver.of(A.Audit) if a.operation == "backhaul"] == []
+        assert (stale.reason, stale.request_id, stale.eid) == (A.STALE_ACKNOWLEDGED, answer.request_id, card.eid)
+        assert [a for a in driver.of(A.Audit) if a.operation == "backhaul"] == []   # nothing audited for it
         (delivered,) = [a for a in driver.audits("deliverNotification") if a.result == "ok"]
-        assert (delivered.event, delivered.iccid) == ("install", ICCID)   # recorded once, by the ack
+        assert (delivered.event, delivered.iccid, delivered.seq) == ("install", ICCID, 1)   # recorded once, by the ack
         assert card.notifications == []                                  # removed after the ack
         ((_, result),) = (await peers.one_result_per_package(card.eid)).items()
         assert result["verified"]

@@ -230,6 +230,10 @@ async def test_operator_cancel_mid_download_cancels_on_the_euicc_and_at_the_smdp
         (order,) = await peers.orders()
         assert order["state"] == "cancelled"                       # endUserRejection ends the order
         await download_error(peers, card.eid)
+        # the authenticateClient answer came after the cancel let go of it: stale, not audited
+        (stale,) = driver.of(A.StaleAnswer)
+        assert stale.reason == A.STALE_CANCELLED
+        assert [a for a in driver.of(A.Audit) if a.operation == "backhaul"] == []
 
 
 GARBAGE = [b"", b"{}", b"not json", b'{"header": {"functionExecutionStatus": {"status": "Executed-Success"}}}',

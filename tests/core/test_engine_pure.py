@@ -374,3 +374,31 @@ def test_a_pushed_copy_of_a_package_already_run_marks_its_own_inbox_entry_once_a
     out = eng.handle(E.EimPackageReceived(EID, 2.0, "eim-1", package, "push", "pushed-key-2"))
     assert [(m.key, m.state) for m in out if isinstance(m, A.MarkInbox)] == [("pushed-key-2", "duplicate")]
     assert [a for a in out if isinstance(a, A.Audit)] == []
+
+
+def test_an_answer_to_a_request_never_sent_is_a_quiet_stale_answer_not_an_audit() -> None:
+    eng = engine()
+    eng.handle(hello())
+    for event in (E.BackhaulAnswered(EID, 1.0, "999", NO_PACKAGE),
+                  E.BackhaulFailed(EID, 1.0, "998", "NetworkError", True, "reset")):
+        out = eng.handle(event)
+        (stale,) = [a for a in out if isinstance(a, A.StaleAnswer)]
+        assert (stale.request_id, stale.reason) == (event.request_id, A.STALE_UNKNOWN)
+        assert [a for a in out if isinstance(a, A.Audit)] == [] and posts(out) == []
+
+
+def test_answers_for_a_forgotten_device_are_stale_and_its_new_session_never_reuses_their_ids() -> None:
+    eng = engine()
+    (poll,) = posts(eng.handle(hello()))
+    eng.handle(E.OperatorAction(EID, 1.0, E.OPERATOR_FORGET))
+    out = eng.handle(E.BackhaulAnswered(EID, 2.0, poll.request_id, NO_PACKAGE))   # the old poll's answer
+    (stale,) = [a for a in out if isinstance(a, A.StaleAnswer)]
+    assert stale.reason == A.STALE_FORGOTTEN and downlinks(out) == []
+    (new_poll,) = posts(eng.handle(hello(now=3.0)))
+    assert int(new_poll.request_id) > int(poll.request_id)
+
+
+def test_let_go_requests_survive_a_restart_in_the_blob() -> None:
+    s = DeviceSession(EID)
+    s.let_go = {"7": A.STALE_ACKNOWLEDGED}
+    assert DeviceSession.from_blob(EID, s.to_blob()).let_go == {"7": A.STALE_ACKNOWLEDGED}
