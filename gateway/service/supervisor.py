@@ -184,7 +184,6 @@ class Daemon:
         self.gate: PolicyGate
         self.webhooks: webhooks.WebhookDispatcher | None = None
         self.groups: GroupOperations
-        self._policy_state: dict[tuple[bytes, str], bytes] = {}
         self._report_timers: dict[str, asyncio.TimerHandle] = {}
         self._mqtt_pending: tuple[MqttGateway, str] | None = None
 
@@ -245,6 +244,7 @@ class Daemon:
             stack.push_async_callback(self.runtime.close)
             stack.callback(self._cancel_report_timers)
             self.policies = Policies(cfg.policies)
+            await self._restore_policies()
             self.gate = PolicyGate(self.runtime, self.policies, self, clock=self.clock,
                                    segment_size=cfg.device_defaults.segment_size)
             self.webhooks = await self._start_webhooks(stack)
@@ -266,6 +266,9 @@ class Daemon:
                 await self.runtime.apply(resumed, self.clock())
                 log.info("resumed %d sessions (%d actions)", len(sessions), len(resumed))
             await self._refeed_inbox()
+            owed = self.policies.resume(self.clock())
+            if owed:
+                await self.apply_decisions(None, owed, self.clock())
 
             for sig, handler in ((signal.SIGTERM, self.stop_event.set), (signal.SIGINT, self.stop_event.set),
                                  (signal.SIGHUP, self._on_sighup)):
@@ -310,6 +313,18 @@ class Daemon:
                                                            raw=entry.payload, via="push", key=entry.key))
         if entries:
             log.info("%d inbox entries waiting for their devices", len(entries))
+
+    async def _restore_policies(self) -> None:
+        """The policies' state as last decided (a device in fallback keeps its return time)."""
+        rows = await self.astore.run(lambda s: s.policy_state.list())
+        for row in rows:
+            try:
+                self.policies.restore(row.eid, row.kind, row.blob.encode("utf-8"))
+            except GatewayError as exc:
+                log.error("%s policy state of %s cannot be restored (%s): it starts afresh", row.kind,
+                          row.eid.hex() or "the gateway", exc)
+        if rows:
+            log.info("restored %d policy states", len(rows))
 
     async def _close_store(self) -> None:
         try:
@@ -546,7 +561,8 @@ class Daemon:
     async def apply_decisions(self, eid: bytes | None, decisions: list[PolicyDecision], now: float) -> None:
         """Store decisions in one transaction; then timers for state-change reports."""
         self.policies.record_alarms(decisions, now)   # idempotent: on_status recorded its own already
-        stored = [d for d in decisions if isinstance(d, (SetQuarantine, BindImei, AuditPolicy, EmitEvent))]
+        stored = [d for d in decisions if isinstance(d, (SetQuarantine, BindImei, AuditPolicy, EmitEvent,
+                                                          SavePolicyState))]
         policy, gateway_id = self.config.policies.webhooks, self.config.gateway_id
 
         def write(s: Store) -> int:
@@ -559,6 +575,8 @@ class Daemon:
                 elif isinstance(d, AuditPolicy):
                     s.audit.append(time=now, eid=d.eid, iccid=d.iccid, operation=d.operation, result=d.result,
                                    detail=dict(d.detail))
+                elif isinstance(d, SavePolicyState):
+                    s.policy_state.put(d.eid, d.kind, d.blob.decode("utf-8"), now=now)
                 else:
                     queued += webhooks.enqueue_event(s, d, policy, gateway_id=gateway_id, now=now)
             return queued
@@ -568,9 +586,7 @@ class Daemon:
             if queued and self.webhooks is not None:
                 self.webhooks.kick()
         for d in decisions:
-            if isinstance(d, SavePolicyState):
-                self._policy_state[(d.eid, d.kind)] = d.blob     # no store table yet: kept in memory
-            elif isinstance(d, ReportStateChange):
+            if isinstance(d, ReportStateChange):
                 # one report per switch: the engine holds back its own PLMN-change report meanwhile
                 await self.runtime.feed(StateReportPending(eid=d.eid, now=now, pending=True))
                 self._schedule_report(d, max(0.0, d.at - self.clock()))

@@ -12,6 +12,7 @@ from gateway.store.errors import (
 from gateway.store.inbox import Inbox, InboxEnqueued, InboxEntry, package_key, transaction_key
 from gateway.store.migrations import Migration, MigrationReport
 from gateway.store.outbox import Outbox, OutboxEnqueued, OutboxEntry, OutboxLimits, OutboxUsage
+from gateway.store.policy_state import PolicyState, PolicyStates
 from gateway.store.sessions import Session, Sessions
 from gateway.store.store import Store, StoreOptions
 
@@ -21,5 +22,5 @@ __all__ = [
     "SchemaTooNew", "StaleSession", "StoreCorrupt", "StoreDiskFull", "StoreError", "StoreIntegrityError", "StoreIOError",
     "StoreLocked", "StoreReadOnly", "StoreUnavailable", "Inbox", "InboxEnqueued", "InboxEntry",
     "package_key", "transaction_key", "Migration", "MigrationReport", "Outbox", "OutboxEnqueued", "OutboxEntry",
-    "OutboxLimits", "OutboxUsage", "Session", "Sessions", "Store", "StoreOptions",
+    "OutboxLimits", "OutboxUsage", "PolicyState", "PolicyStates", "Session", "Sessions", "Store", "StoreOptions",
 ]

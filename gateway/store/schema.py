@@ -149,6 +149,23 @@ def _split(script: str) -> list[str]:
     return statements
 
 
+_V2 = """
+CREATE TABLE policy_state (
+    eid        BLOB NOT NULL,
+    kind       TEXT NOT NULL,
+    blob       TEXT NOT NULL CHECK (json_valid(blob)),
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (eid, kind)
+);
+"""
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    for statement in _split(_V2):
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "devices, inbox, outbox, breakers, sessions, append-only audit log", _v1),
+    Migration(2, "edge-policy state (fallback, roaming, wave) per EID and kind", _v2),
 )

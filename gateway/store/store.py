@@ -1,7 +1,7 @@
 """The gateway's durable state: one SQLite file (WAL) behind one object.
 
 `Store.open(path)` connects, upgrades the schema (see migrations.py) and exposes the tables:
-`devices`, `inbox`, `outbox`, `sessions`, `audit`. Every method is atomic on its own.
+`devices`, `inbox`, `outbox`, `sessions`, `audit`, `policy_state`. Every method is atomic on its own.
 `with store.transaction():` groups several calls into one unit of work: the engine's step
 "session -> X, result Y into the outbox, inbox entry Z done, audit record W" commits as a whole
 or not at all, which is what gives exactly one result per eIM package across a crash (after a
@@ -32,6 +32,7 @@ from gateway.store.errors import StoreCorrupt, translate
 from gateway.store.inbox import Inbox
 from gateway.store.migrations import Migration, MigrationReport, current_version, migrate
 from gateway.store.outbox import Outbox, OutboxLimits
+from gateway.store.policy_state import PolicyStates
 from gateway.store.schema import MIGRATIONS
 from gateway.store.sessions import Sessions
 
@@ -54,6 +55,7 @@ class Store:
         self.outbox = Outbox(db, options.outbox_limits, options.backoff, rng)
         self.sessions = Sessions(db)
         self.audit = AuditLog(db)
+        self.policy_state = PolicyStates(db)
 
     @classmethod
     def open(cls, path: str | Path, options: StoreOptions = StoreOptions(), *, rng: random.Random | None = None,

@@ -1,16 +1,21 @@
-"""One state-change report per policy switch, through the daemon (`ipae-gateway run`, a real
-process): a reference agent over CoAP/DTLS with a software eUICC falls back, the test eIM
-(hil.peers.eim over real TLS) is the one that hears about it.
+"""Edge policies through the daemon (`ipae-gateway run`, a real process): a reference agent
+over CoAP/DTLS with a software eUICC falls back, the test eIM (hil.peers.eim over real TLS)
+hears about it. One state-change report per policy switch:
 
 - while the policy's report is owed (its slot not reached), the engine holds back its own
   PLMN-change report: the device waking on another network reports nothing to the eIM;
 - once the eIM answered the policy's report, the policies record it sent (audit
   stateChangeReported) and the engine's session no longer holds its own reports back.
+
+And the policies' state is in the store: a restart between a fallback and its return keeps
+the device in fallback with the same return time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -56,6 +61,29 @@ class Rig:
     card: SoftEuicc
     eim: EimServer
     layout: Layout
+    transport: CoapAgentTransport
+
+    def fallback_state(self) -> dict[str, object]:
+        with sqlite3.connect(self.layout.db) as db:
+            (blob,) = db.execute("SELECT blob FROM policy_state WHERE eid = ? AND kind = 'fallback'",
+                                 (EID,)).fetchone()
+        state: dict[str, object] = json.loads(blob)
+        return state
+
+    async def devices_in(self, state: str) -> int:
+        status, text = await self.daemon.get("/metrics")
+        assert status == 200
+        found = re.search(r'policy\{family="fallback_devices",key="' + state + r'"\} (\d+)', text)
+        return 0 if found is None else int(found.group(1))
+
+    async def restart(self) -> None:
+        await self.transport.close()
+        assert stop_daemon(self.daemon) == 0
+        self.daemon = start_daemon(self.layout)
+        self.daemon.wait_notify("READY=1")
+        await wait_for_socket(self.layout.socket_path)
+        self.transport = CoapAgentTransport("127.0.0.1", self.layout.coap_port, EID, identity="dev1", psk=psk_of(1))
+        self.agent = Agent(self.agent.status, self.card, self.transport)
 
     def session_pending(self) -> bool:
         with sqlite3.connect(self.layout.db) as db:
@@ -86,14 +114,15 @@ async def rig(workdir: Path, pki: RspPki, *, report_spread_s: float) -> AsyncIte
         lay.write()
         daemon = start_daemon(lay)
         transport = CoapAgentTransport("127.0.0.1", lay.coap_port, EID, identity="dev1", psk=psk_of(1))
+        agent = Agent(Agent.make_status(EID, imei="356938035643809", plmn="26201"), card, transport)
+        r = Rig(daemon, agent, card, eim, lay, transport)
         try:
             daemon.wait_notify("READY=1")
             await wait_for_socket(lay.socket_path)
-            agent = Agent(Agent.make_status(EID, imei="356938035643809", plmn="26201"), card, transport)
-            yield Rig(daemon, agent, card, eim, lay)
+            yield r
         finally:
-            await transport.close()
-            assert stop_daemon(daemon) == 0
+            await r.transport.close()
+            assert stop_daemon(r.daemon) == 0
 
 
 async def test_while_the_policy_report_is_owed_the_engine_reports_no_plmn_change_of_its_own(
@@ -128,3 +157,18 @@ async def test_the_eim_answering_the_report_marks_it_sent_and_ends_the_hold(work
         assert [(c["notifyStateChange"], c["stateChangeCause"]) for c in device.state_changes] == [(True, 1)]
         assert ("stateChangeReported", "ok") in audit
         assert not r.session_pending()
+
+
+async def test_a_restart_between_a_fallback_and_its_return_keeps_the_return_time(workdir: Path, pki: RspPki) -> None:
+    async with rig(workdir, pki, report_spread_s=0.0) as r:
+        await r.wake(failures=1, plmn="26201")
+        await r.wake(failures=3, plmn="26201")                         # falls back
+        before = r.fallback_state()
+        assert before["state"] == "fallback" and isinstance(before["return_at"], float)
+        assert await r.devices_in("fallback") == 1
+        await r.restart()
+        assert await r.devices_in("fallback") == 1                     # restored before any wake-up
+        await r.wake(failures=0, plmn="26202")
+        after = r.fallback_state()
+        assert (after["state"], after["return_at"]) == ("fallback", before["return_at"])
+        assert r.card.state.enabled_profile().iccid == FALLBACK  # type: ignore[union-attr]

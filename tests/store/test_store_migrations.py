@@ -27,8 +27,9 @@ def _half_done_then_fail(conn: sqlite3.Connection) -> None:
     raise RuntimeError("injected failure in the middle of step v3")
 
 
-V2 = Migration(2, "inbox priority", _add_priority)
-V3_BROKEN = Migration(3, "broken step", _half_done_then_fail)
+LATEST = len(MIGRATIONS)
+V2 = Migration(LATEST + 1, "inbox priority", _add_priority)          # the next release's step
+V3_BROKEN = Migration(LATEST + 2, "broken step", _half_done_then_fail)
 
 
 def _snapshot(path: Path) -> tuple[str, list[tuple[object, ...]]]:
@@ -45,7 +46,7 @@ def _old_database(path: Path) -> None:
     with Store.open(path, migrations=MIGRATIONS) as s:
         s.outbox.enqueue("eim", "k1", "r", b"one", now=1.0)
         s.inbox.enqueue(EID, "p1", "pkg", b"pkg", origin="eim1", now=1.0)
-        assert s.schema_version == 1
+        assert s.schema_version == LATEST
 
 
 def test_a_new_database_starts_at_the_latest_version(db_path: Path) -> None:
@@ -57,17 +58,17 @@ def test_a_new_database_starts_at_the_latest_version(db_path: Path) -> None:
 def test_newer_gateway_upgrades_an_older_database_and_keeps_a_backup(db_path: Path) -> None:
     _old_database(db_path)
     with Store.open(db_path, migrations=(*MIGRATIONS, V2)) as s:
-        assert s.schema_version == 2
-        assert (s.migration.from_version, s.migration.to_version) == (1, 2)
-        assert s.migration.backup == db_path.with_name("gateway.db.v1.bak")
+        assert s.schema_version == LATEST + 1
+        assert (s.migration.from_version, s.migration.to_version) == (LATEST, LATEST + 1)
+        assert s.migration.backup == db_path.with_name(f"gateway.db.v{LATEST}.bak")
         assert [e.key for e in s.outbox.pending()] == ["k1"]
         assert s.inbox.find(EID, "p1") is not None
     with sqlite_utils.Database(db_path) as db:
         assert db["inbox"].columns_dict["priority"] is int  # type: ignore[union-attr]
         versions = [(r["version"], r["description"]) for r in db["schema_version"].rows]  # type: ignore[union-attr]
-    assert versions == [(1, MIGRATIONS[0].description), (2, "inbox priority")]
-    with Store.open(db_path.with_name("gateway.db.v1.bak"), migrations=MIGRATIONS) as backup:
-        assert backup.schema_version == 1 and [e.key for e in backup.outbox.pending()] == ["k1"]
+    assert versions == [(m.version, m.description) for m in MIGRATIONS] + [(LATEST + 1, "inbox priority")]
+    with Store.open(db_path.with_name(f"gateway.db.v{LATEST}.bak"), migrations=MIGRATIONS) as backup:
+        assert backup.schema_version == LATEST and [e.key for e in backup.outbox.pending()] == ["k1"]
 
 
 def test_failed_upgrade_leaves_the_old_database_intact_and_openable(db_path: Path) -> None:
@@ -75,20 +76,20 @@ def test_failed_upgrade_leaves_the_old_database_intact_and_openable(db_path: Pat
     before = _snapshot(db_path)
     with pytest.raises(MigrationFailed) as info:
         Store.open(db_path, migrations=(*MIGRATIONS, V2, V3_BROKEN))
-    assert "v3 (broken step)" in str(info.value) and "left at v1" in str(info.value)
+    assert f"v{LATEST + 2} (broken step)" in str(info.value) and f"left at v{LATEST}" in str(info.value)
     assert not info.value.retryable
     assert _snapshot(db_path) == before  # v2 was rolled back too: all or nothing
     with Store.open(db_path, migrations=MIGRATIONS) as s:
-        assert s.schema_version == 1
+        assert s.schema_version == LATEST
         assert [(e.key, e.payload) for e in s.outbox.pending()] == [("k1", b"one")]
     with Store.open(db_path, migrations=(*MIGRATIONS, V2)) as s:  # the fixed release upgrades fine
-        assert s.schema_version == 2
+        assert s.schema_version == LATEST + 1
 
 
 def test_a_database_from_a_newer_gateway_is_refused(db_path: Path) -> None:
     with Store.open(db_path, migrations=(*MIGRATIONS, V2)):
         pass
-    with pytest.raises(SchemaTooNew, match="v2.*knows up to v1"):
+    with pytest.raises(SchemaTooNew, match=f"v{LATEST + 1}.*knows up to v{LATEST}"):
         Store.open(db_path, migrations=MIGRATIONS)
 
 
@@ -103,4 +104,4 @@ def test_someone_elses_database_is_refused(db_path: Path) -> None:
 
 def test_migration_versions_must_be_contiguous(db_path: Path) -> None:
     with pytest.raises(ValueError):
-        Store.open(db_path, migrations=(*MIGRATIONS, Migration(3, "gap", _add_priority)))
+        Store.open(db_path, migrations=(*MIGRATIONS, Migration(LATEST + 2, "gap", _add_priority)))
