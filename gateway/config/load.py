@@ -193,6 +193,12 @@ def _cross_check(config: Config, origins: Origins, creds_path: Path, entries: li
     if nb.eim_client_cert_file is not None and config.credentials.tls.eim_client_key_file is None:
         raise ConfigError("required when northbound.eim_client_cert_file is set", file=creds,
                           key="tls.eim_client_key_file")
+    if nb.initial_eim.enabled:
+        for key, value in (("northbound.eim_fqdn", nb.eim_fqdn),
+                           ("northbound.initial_eim.certificate_file", nb.initial_eim.certificate_file)):
+            if value is None:
+                raise ConfigError("required when northbound.initial_eim.enabled = true",
+                                  file=at("northbound.initial_eim"), key=key)
 
     check_policies(config.policies, has_webhook_secret=config.credentials.webhooks.hmac_secret is not None,
                    file_of=at, credentials_file=creds)

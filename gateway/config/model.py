@@ -88,9 +88,33 @@ class InjectSection:
 
 
 @dataclass(frozen=True, slots=True)
+class InitialEimSection:
+    enabled: bool = setting(
+        False, "Give an eUICC that has no eIM yet the default eIM on first contact (AddInitialEim); "
+        "needs northbound.eim_fqdn and certificate_file")
+    certificate_file: Path | None = setting(
+        None, "The default eIM's signing certificate (PEM or DER), sent as eimPublicKeyData: what the eUICC "
+        "verifies eIM packages with")
+    tls_trust_file: Path | None = setting(
+        None, "Certificate (PEM or DER) the eUICC is to trust for the eIM's TLS (trustedPublicKeyDataTls); "
+        "unset: not sent")
+    ci_pkid: str | None = setting(
+        None, "Subject key identifier (hex) of the eSIM CA the eIM works with (euiccCiPKId); unset: not sent",
+        pattern=r"([0-9A-Fa-f]{2}){1,32}")
+    indirect_profile_download: bool = setting(
+        False, "Profiles are downloaded through the eIM (indirectProfileDownload), not from the SM-DP+ directly")
+
+
+@dataclass(frozen=True, slots=True)
 class NorthboundSection:
     eim_fqdn: str | None = setting(
         None, "Default eIM address (FQDN); unset: only the eIMs of each eUICC's eIM configuration", pattern=_FQDN)
+    eim_id: str | None = setting(
+        None, "Identifier (eimId) of the default eIM, as its packages name it; unset: eim_fqdn",
+        pattern=r"[^\x00-\x1f]{1,128}")
+    default_smdp: str | None = setting(
+        None, "SM-DP+ address (FQDN, optionally :port) for contactDefaultSmdp when the eUICC has none; "
+        "unset: the eUICC's own", pattern=_FQDN + r"(:\d{1,5})?")
     eim_port: int = setting(443, "TCP port of the default eIM", min=1, max=65535)
     eim_ca_file: Path | None = setting(
         None, "CA bundle (PEM) that eIM and SM-DP+ certificates must chain to; unset: the system trust store")
@@ -108,6 +132,7 @@ class NorthboundSection:
     retry: RetrySection = table(RetrySection, "Backoff of retryable northbound failures")
     circuit_breaker: CircuitBreakerSection = table(CircuitBreakerSection, "Per-server circuit breaker")
     inject: InjectSection = table(InjectSection, "ESipa inject endpoint (eIM-initiated push)")
+    initial_eim: InitialEimSection = table(InitialEimSection, "The default eIM given to eUICCs that have none")
 
 
 _BLOCK_SIZES = (16, 32, 64, 128, 256, 512, 1024)

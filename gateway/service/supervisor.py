@@ -38,6 +38,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from gateway.backhaul.http import BackhaulHttp, HttpLimits, TlsTrust
 from gateway.backhaul.inject_server import InjectServer, server_ssl_context
 from gateway.config import Config, Device, load_config
@@ -95,6 +98,7 @@ POLICY_TICK_S = 60.0
 STATUS_EVERY_S = 10.0
 MQTT_RETRY_MAX_S = 60.0
 BIND_RETRY_S = 5.0
+EIM_ID_TYPE_FQDN = 2   # SGP.32 EimIdType eimIdTypeFqdn
 REPORT_RETRY_S = 60.0
 REPORT_RETRY_MAX_S = 3600.0
 
@@ -147,11 +151,53 @@ def engine_config(config: Config) -> EngineConfig:
     nb = config.northbound
     eims: tuple[EimEndpoint, ...] = ()
     if nb.eim_fqdn is not None:
-        fqdn = nb.eim_fqdn if nb.eim_port == 443 else f"{nb.eim_fqdn}:{nb.eim_port}"
-        eims = (EimEndpoint(eim_id=nb.eim_fqdn, fqdn=fqdn),)
+        eims = (EimEndpoint(eim_id=nb.eim_id or nb.eim_fqdn, fqdn=_eim_address(config),
+                            indirect=nb.initial_eim.indirect_profile_download),)
     return EngineConfig(segment_size=config.device_defaults.segment_size,
                         max_batch_bytes=config.device_defaults.max_batch_bytes, eims=eims,
-                        idle_retry_s=int(config.device_defaults.poll_interval_s))
+                        idle_retry_s=int(config.device_defaults.poll_interval_s),
+                        default_smdp=nb.default_smdp, initial_eim=initial_eim_data(config))
+
+
+def _eim_address(config: Config) -> str:
+    nb = config.northbound
+    assert nb.eim_fqdn is not None
+    return nb.eim_fqdn if nb.eim_port == 443 else f"{nb.eim_fqdn}:{nb.eim_port}"
+
+
+def initial_eim_data(config: Config) -> dict[str, Any] | None:
+    """EimConfigurationData (SGP.32 §2.11.1.1) for AddInitialEim, from [northbound.initial_eim]."""
+    nb = config.northbound
+    initial = nb.initial_eim
+    if not initial.enabled or nb.eim_fqdn is None or initial.certificate_file is None:
+        return None
+    data: dict[str, Any] = {
+        "eimId": nb.eim_id or nb.eim_fqdn, "eimFqdn": _eim_address(config), "counterValue": 0,
+        "eimPublicKeyData": ("eimCertificate", _certificate_der(initial.certificate_file,
+                                                                "northbound.initial_eim.certificate_file"))}
+    if nb.eim_id is None:
+        data["eimIdType"] = EIM_ID_TYPE_FQDN
+    if initial.tls_trust_file is not None:
+        data["trustedPublicKeyDataTls"] = ("trustedCertificateTls", _certificate_der(
+            initial.tls_trust_file, "northbound.initial_eim.tls_trust_file"))
+    if initial.ci_pkid is not None:
+        data["euiccCiPKId"] = bytes.fromhex(initial.ci_pkid)
+    if initial.indirect_profile_download:
+        data["indirectProfileDownload"] = None
+    return data
+
+
+def _certificate_der(path: Path, key: str) -> bytes:
+    """The DER of the (first) certificate in a PEM or DER file; ConfigError naming `key`."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", key=key) from None
+    try:
+        cert = x509.load_pem_x509_certificate(raw) if b"-----BEGIN" in raw else x509.load_der_x509_certificate(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{path} holds no X.509 certificate: {exc}", key=key) from None
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 class Daemon:
@@ -674,6 +720,7 @@ class Daemon:
         try:
             new = load_config(self.config_path)
             credentials = {link: link_credentials(new, link) for link in self.registries}
+            base = engine_config(new)
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             self.notifier.status(f"reload refused: {exc}")
@@ -701,9 +748,9 @@ class Daemon:
         self.backhaul.esipa_binding = nb.esipa_binding
         self.backhaul.esipa_timeout_s, self.backhaul.es9_timeout_s = nb.esipa_timeout_s, nb.es9_timeout_s
         self.backhaul.es11_timeout_s = nb.es11_timeout_s
-        base = engine_config(new)
         self.engine.config = dataclasses.replace(self.engine.config, **{
-            k: getattr(base, k) for k in ("segment_size", "max_batch_bytes", "eims", "idle_retry_s")})
+            k: getattr(base, k) for k in ("segment_size", "max_batch_bytes", "eims", "idle_retry_s",
+                                          "default_smdp", "initial_eim")})
         self.reloads += 1
         summary = {"reloaded": True, "devices": len(new.devices), "sessions_kept": len(self.engine.sessions),
                    "restart_needed_for": restart_needed}
