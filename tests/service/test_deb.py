@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -142,6 +143,24 @@ def test_installed_check_config_refuses_bad_dropin_with_file_and_key(installed: 
         dropin.unlink()
     assert bad.returncode == 2
     assert f"{dropin}:links.coap.port: expected" in bad.stderr
+
+
+def test_installed_daemon_serves_devices_against_the_peers(installed: Path, tmp_path: Path) -> None:
+    """The installed code (not the work tree: run from elsewhere, its own interpreter) runs the
+    demo: the daemon with CoAP/DTLS and MQTT links, the eIM and SM-DP+ peers, device agents."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    where = subprocess.run(["/usr/bin/ipae-gateway", "demo", "--help"], capture_output=True, text=True, cwd=tmp_path,
+                           env=env, timeout=60)
+    assert where.returncode == 0, where.stderr
+    origin = subprocess.run(["/usr/lib/ipae-gateway/bin/python", "-c", "import gateway; print(gateway.__file__)"],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert origin.stdout.startswith("/usr/lib/ipae-gateway/"), origin.stdout + origin.stderr
+    run = subprocess.run(["/usr/bin/ipae-gateway", "demo", "--devices", "2", "--json", "--timeout", "120"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["devices"] == 2
+    assert summary["operations_succeeded"] == summary["operations_ordered"] == 8
 
 
 def test_purge_leaves_nothing_behind(installed: Path) -> None:
