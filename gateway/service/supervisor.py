@@ -84,7 +84,7 @@ from gateway.service.runtime import (
     profile_change,
 )
 from gateway.store import AsyncStore, LinkIdentityTaken, OutboxDrainer, OutboxEntry, Outcome, Store, StoreOptions
-from gateway.store.breaker import BreakerPolicy
+from gateway.core.retry import BreakerPolicy
 from gateway.store.outbox import OutboxLimits
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,9 @@ def engine_config(config: Config) -> EngineConfig:
     return EngineConfig(segment_size=config.device_defaults.segment_size,
                         max_batch_bytes=config.device_defaults.max_batch_bytes, eims=eims,
                         idle_retry_s=int(config.device_defaults.poll_interval_s),
-                        default_smdp=nb.default_smdp, initial_eim=initial_eim_data(config))
+                        default_smdp=nb.default_smdp, initial_eim=initial_eim_data(config),
+                        bpp_size_hint=config.device_defaults.bpp_size_hint,
+                        authenticate_server_size_hint=config.device_defaults.authenticate_server_size_hint)
 
 
 def _eim_address(config: Config) -> str:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from gateway.core.retry import BreakerPolicy, BreakerState, CircuitBreaker
+from gateway.core.retry import BreakerState, CircuitBreaker
 
-__all__ = ["BreakerPolicy", "from_row", "to_row"]
+__all__ = ["from_row", "to_row"]
 
 _COLUMN = {BreakerState.CLOSED: "closed", BreakerState.OPEN: "open", BreakerState.HALF_OPEN: "half_open"}
 _STATE = {column: state for state, column in _COLUMN.items()}

@@ -42,17 +42,12 @@ from hil.agent.coap_transport import CoapAgentTransport
 from hil.agent.mqtt_transport import MqttAgentTransport
 from hil.euicc import SoftEuicc
 from hil.modem_emulator import EmulatorThread, ModemEmulator, Quirks
-from hil.pki import RspPki, generate_pki
+from hil.pki import RspPki
 
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     yield from short_dir()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> RspPki:
-    return generate_pki(tmp_path_factory.mktemp("pki"))
 
 
 def layout(workdir: Path, devices: list[int], **kwargs: str) -> Layout:
