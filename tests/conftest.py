@@ -20,6 +20,10 @@ pki.directory except through pki.write_euicc(eid).
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +50,21 @@ def free_udp_port() -> int:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> RspPki:
     """The one test PKI of the session (software eUICCs, SM-DP+/eIM peers, TLS servers)."""
     return generate_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Two linked pseudo-terminals made by socat, a real serial path: (driver end, modem end)."""
+    a, b = tmp_path / "driver-tty", tmp_path / "modem-tty"
+    proc = subprocess.Popen(["socat", "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (a.exists() and b.exists()):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("socat did not create the pty pair")
+            time.sleep(0.01)
+        yield str(a), str(b)
+    finally:
+        proc.terminate()
+        proc.wait(10)

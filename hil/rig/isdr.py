@@ -41,8 +41,8 @@ class IsdR:
     def send(self, command: bytes) -> tuple[bytes, int]:
         """One command APDU with 61xx/6Cxx chaining: (all data, final SW).
 
-        A card that keeps answering 61xx without data would chain for ever (the assembler bounds
-        the data, not the round trips): after MAX_CHAINED follow-ups it is a protocol error.
+        The assembler stops a card that answers 61xx without data; a card that keeps sending
+        data in small pieces is stopped here too, after MAX_CHAINED follow-ups.
         """
         assembler = A.ResponseAssembler(command)
         step = assembler.feed(self.backend.transmit(command))

@@ -49,24 +49,6 @@ def euicc(pki: RspPki) -> SoftEuicc:
     return SoftEuicc(pki, pki.eid_bytes)
 
 
-@pytest.fixture
-def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """Two linked pseudo-terminals: (driver end, modem end)."""
-    a, b = tmp_path / "gateway-tty", tmp_path / "modem-tty"
-    proc = subprocess.Popen(["socat", "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not (a.exists() and b.exists()):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("socat did not create the pty pair")
-            time.sleep(0.01)
-        yield str(a), str(b)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 class ModemCard:
     """The modem driver under the test-side IPA driver (tests.hil.test_euicc_support.Card)."""
 

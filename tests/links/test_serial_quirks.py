@@ -25,12 +25,11 @@ from hil.modem_emulator import ModemEmulator, Quirks
 from hil.pki import RspPki
 from tests.hil.test_euicc_support import Card, Order, download, iccid
 from tests.links.conftest import echo_card
-from tests.links.test_serial_modem import (  # noqa: F401  (pty_pair, euicc: fixtures)
+from tests.links.test_serial_modem import (  # noqa: F401  (euicc: a fixture)
     ModemCard,
     euicc,
     installed,
     modem_on,
-    pty_pair,
     sent,
 )
 

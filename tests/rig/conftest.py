@@ -28,24 +28,6 @@ def card(pki: RspPki) -> SoftEuicc:  # noqa: F811
     return SoftEuicc(pki, pki.eid_bytes)
 
 
-@pytest.fixture
-def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """Two linked pseudo-terminals from socat: (rig end, modem end)."""
-    a, b = tmp_path / "rig-tty", tmp_path / "modem-tty"
-    proc = subprocess.Popen(["socat", "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not (a.exists() and b.exists()):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("socat did not create the pty pair")
-            time.sleep(0.01)
-        yield str(a), str(b)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 @contextmanager
 def backend_for(kind: str, card: SoftEuicc, pty_pair: tuple[str, str] | None,
                 quirks: str = "urc,max-apdu=128", options: str = ",segment=128,timeout=3") -> Iterator[RigBackend]:

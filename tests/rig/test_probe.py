@@ -104,5 +104,5 @@ def test_a_card_that_never_stops_asking_for_get_response_is_a_protocol_error(pki
 
     card = GarbageCard([b"\x61\x10"])
     result = asyncio.run(run_scenario(card, RigOptions("probe", pki)))  # type: ignore[arg-type]
-    assert not result.ok and "still asks for GET RESPONSE" in (result.error or "")
+    assert not result.ok and "GET RESPONSE" in (result.error or "")
     assert card.sent < 1000
