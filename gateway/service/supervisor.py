@@ -157,6 +157,7 @@ def engine_config(config: Config) -> EngineConfig:
                         max_batch_bytes=config.device_defaults.max_batch_bytes, eims=eims,
                         idle_retry_s=int(config.device_defaults.poll_interval_s),
                         default_smdp=nb.default_smdp, initial_eim=initial_eim_data(config),
+                        poll_interval_s=nb.polling_interval_s,
                         bpp_size_hint=config.device_defaults.bpp_size_hint,
                         authenticate_server_size_hint=config.device_defaults.authenticate_server_size_hint)
 

@@ -114,3 +114,11 @@ def test_bad_northbound_values_are_refused(etc: Path, dropin: Callable[[str, str
     with pytest.raises(ConfigError) as info:
         load_config(etc / "gateway.toml")
     assert info.value.key == f"northbound.{key}"
+
+
+def test_the_polling_interval_and_size_hint_keys_reach_the_engine(
+        etc: Path, dropin: Callable[[str, str], Path]) -> None:
+    dropin("50-poll.toml", "[northbound]\npolling_interval_s = 120.0\n"
+                           "[device_defaults]\nbpp_size_hint = 65536\nauthenticate_server_size_hint = 1024\n")
+    engine = engine_config(load_config(etc / "gateway.toml"))
+    assert (engine.poll_interval_s, engine.bpp_size_hint, engine.authenticate_server_size_hint) == (120.0, 65536, 1024)
