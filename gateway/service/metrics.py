@@ -118,6 +118,8 @@ class GatewayMetrics:
                                            ["target", "function", "outcome"])
         self.errors = r.counter("errors", "Errors by kind (backhaul error class, exchange timeout, engine failure)",
                                 ["kind"])
+        self.stale_answers = r.counter("stale_answers", "Backhaul answers to requests the engine had let go of"
+                                       " (harmless), by reason", ["reason"])
         self.audit = r.counter("audit_records", "Audit records written, by operation and result",
                                ["operation", "result"])
         self.downloads = r.counter("downloads", "Profile downloads finished, by result", ["result"])

@@ -48,6 +48,7 @@ from gateway.core.actions import (
     ReplyIdle,
     SaveSession,
     SendBatch,
+    StaleAnswer,
     StartTimer,
 )
 from gateway.core.events import (
@@ -309,6 +310,10 @@ class Runtime:
             handle = self._timers.pop((action.eid, action.name), None)
             if handle is not None:
                 handle.cancel()
+        elif isinstance(action, StaleAnswer):
+            self.metrics.stale_answers.inc(reason=action.reason)
+            log.debug("answer to request %s of %s ignored: %s", action.request_id, action.eid.hex(),
+                      action.reason, extra=log_fields(eid=action.eid))
 
     def _downlink(self, action: SendBatch | ReplyIdle | ReplyError) -> None:
         downlink: Downlink

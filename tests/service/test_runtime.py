@@ -20,6 +20,7 @@ from gateway.core.actions import (
     ReplyIdle,
     SaveSession,
     SendBatch,
+    StaleAnswer,
     StartTimer,
 )
 from gateway.core.engine import EimEndpoint, Engine, EngineConfig
@@ -294,3 +295,21 @@ async def test_a_step_whose_transaction_fails_rewinds_the_engine_to_the_stored_s
     await runtime.close()
     assert [p.function for p in backhaul.posts][:1] == ["GetEimPackage"]
     assert await astore.run(lambda s: s.sessions.get(EID)) is not None
+
+
+async def test_an_answer_the_engine_let_go_of_is_counted_by_reason_and_nothing_else_happens(
+        astore: AsyncStore) -> None:
+    def script(event: Event) -> list[Action]:
+        if isinstance(event, DeviceHello):
+            return [PostEs9(EID, "r9", "smdp.test", "handleNotification", b"{}")]
+        assert isinstance(event, BackhaulAnswered)
+        return [StaleAnswer(EID, event.request_id, "acknowledged"), ReplyIdle(EID, 60)]
+
+    backhaul = RecordingBackhaul()
+    runtime = Runtime(ScriptedEngine(script), astore, backhaul, clock=lambda: 5.0)
+    downlink = await runtime.exchange(EID, HELLO)
+    await runtime.close()
+    assert downlink == Idle(60)
+    assert runtime.metrics.stale_answers.get(reason="acknowledged") == 1
+    assert runtime.metrics.errors.get(kind="downlink-without-uplink") == 0 and len(backhaul.posts) == 1
+    assert "ipae_gateway_stale_answers_total" in runtime.metrics.registry.render()
