@@ -9,6 +9,15 @@ BackoffPolicy delay (gateway/core/retry.py: full jitter, Retry-After as a floor)
 attempts remain; a definitive one goes to the owner at once. Scheduled polls run on the
 "poll" timer.
 
+A server that answers is reachable again: deliveries of this device waiting on their backoff
+timers for that server (eIM id or SM-DP+ address) are re-armed at once, oldest first, with
+at most `rearm_in_flight` deliveries of the device in flight, so a queue left by an outage
+drains as soon as a poll (or anything else) gets through, and each delivery acknowledged
+re-arms the next. An answer is any response body, or a definitive function-level refusal
+(FunctionFailed); a transport failure or a transient refusal re-arms nothing. Only WAITING
+deliveries are re-armed, and their timer and retry record go with it: never two attempts of
+one delivery in flight.
+
 A request can be let go of while it is in flight: its delivery acknowledged by
 EimAcknowledgements (pushed, or in another result's answer) before its own answer, its
 procedure ended or cancelled. Its answer still comes and is then stale: a StaleAnswer action
@@ -30,6 +39,8 @@ from gateway.errors import GatewayError
 from gateway.spec import esipa
 
 LET_GO_KEPT = 32    # requests let go of in flight whose reason is kept for their late answer
+FUNCTION_REFUSAL = "FunctionFailed"   # a BackhaulFailed error class that proves the server answered
+FIRST_SENT = "first_sent"   # delivery field: request counter of its first attempt (blob keys are sorted)
 
 
 class BackhaulSide(Turn):
@@ -45,6 +56,7 @@ class BackhaulSide(Turn):
 
     def send_delivery(self, d: dict[str, Any]) -> None:
         N.move(d, "send", N.SENDING)
+        d.setdefault(FIRST_SENT, self.s.counter + 1)     # the id of its first request: its age
         self.send(DELIVERY, N.request_of(d), self.config.delivery_backoff.max_attempts, int(d["attempt"]))
 
     def poll(self, eim_id: str, state_changed: bool, cause: str | None = None) -> None:
@@ -94,6 +106,30 @@ class BackhaulSide(Turn):
             self.polled(rec["server"], body)
         elif owner == DELIVERY:
             self.delivered(rec, body)
+            d = self.s.deliveries.get(rec["tag"])
+            if d is not None and d["state"] == N.WAITING:
+                return      # a transient refusal (Failed header): the server asked for patience
+        self.rearm(rec["server"])
+
+    def rearm(self, server: str) -> None:
+        """`server` answered: send its waiting deliveries now, oldest first, within the bound."""
+        s = self.s
+        room = self.config.rearm_in_flight - sum(1 for r in s.requests.values() if r["owner"] == DELIVERY)
+        waiting = [(key, d) for key, d in s.deliveries.items() if d["state"] == N.WAITING and d["server"] == server]
+        waiting.sort(key=lambda kd: int(kd[1].get(FIRST_SENT, 0)))     # oldest first
+        for key, d in waiting:
+            if room <= 0:
+                return
+            name = f"{RETRY_PREFIX}{DELIVERY}:{key}"
+            rec = s.retries.pop(name, None)
+            if rec is None:
+                continue
+            if s.timers.pop(name, None) is not None:
+                self.out.append(A.CancelTimer(s.eid, name))
+            N.move(d, "send", N.SENDING)
+            self.send(DELIVERY, Request(rec["tag"], rec["target"], rec["server"], rec["function"], rec["body"]),
+                      rec["max_attempts"], int(rec["attempt"]))
+            room -= 1
 
     def schedule_poll(self) -> None:
         s = self.s
@@ -167,6 +203,8 @@ class BackhaulSide(Turn):
         elif rec["owner"] == POLL:
             self.audit("getEimPackage", "failed", f"{event.error_class}: {event.detail}", origin=rec["server"])
             self.schedule_poll()
+        if event.error_class == FUNCTION_REFUSAL:
+            self.rearm(rec["server"])
 
     def retry(self, rec: dict[str, Any], retryable: bool, error_class: str, detail: str,
               retry_after_s: float | None) -> bool:

@@ -57,6 +57,7 @@ class EngineConfig:
     bpp_size_hint: int | None = 32 * 1024
     authenticate_server_size_hint: int | None = 2048
     epr_and_notifications: bool = False          # send an EPR with the notifications it caused
+    rearm_in_flight: int = 2                     # deliveries a server's answer re-arms at once (per device)
     recent_packages: int = 32                    # package keys kept in the blob to refuse duplicates
     seed: int | None = None                      # jitter PRNG seed (tests); None = random
 
@@ -69,6 +70,9 @@ class EngineConfig:
             raise ConfigError(f"unknown refresh {self.refresh!r}", key="refresh")
         if self.idle_retry_s < 1 or self.busy_retry_s < 1:
             raise ConfigError("idle_retry_s and busy_retry_s must be >= 1", key="idle_retry_s")
+        if self.rearm_in_flight < 0:
+            raise ConfigError("rearm_in_flight must be >= 0 (0: deliveries wait for their own timers)",
+                              key="rearm_in_flight")
         if self.uplink_wait_s is not None and self.uplink_wait_s <= 0:
             raise ConfigError("uplink_wait_s must be > 0", key="uplink_wait_s")
         for key in ("bpp_size_hint", "authenticate_server_size_hint"):
