@@ -101,7 +101,7 @@ class DeviceSide(Turn):
         if s.retrieved_at is None or (due is not None and self.now - s.retrieved_at >= due):
             s.want_retrieve = True       # notifications left by anything else (first contact, daily)
         # a PLMN change is the eIM's to hear (notifyStateChange, rPLMN), unless the policies
-        # that caused it report it themselves (StateReportPending)
+        # that caused it report it themselves (StateReportPending, see on_state_report)
         changed = (status is not None and s.plmn is not None and status.plmn is not None
                    and status.plmn != s.plmn and not s.policy_report_pending)
         self.note_status(status)
@@ -114,10 +114,20 @@ class DeviceSide(Turn):
         for eim in s.eims or []:
             self.poll(str(eim["eimId"]), changed, s.state_change_cause)
 
+    def on_state_report(self, pending: bool, answered: bool) -> None:
+        """The policies' state-change report is owed (`pending`), answered by the eIM, or given up.
+        An answer may come before the device wakes on its new network: the hold then lasts until
+        the device names its serving PLMN (note_status), which counts as reported."""
+        s = self.s
+        s.policy_report_pending = pending or (answered and s.policy_report_pending)
+        s.policy_report_answered = not pending and answered and s.policy_report_pending
+
     def note_status(self, status: DeviceStatus | None) -> None:
         if status is None:
             return
         s = self.s
+        if s.policy_report_answered and status.plmn is not None:
+            s.policy_report_pending = s.policy_report_answered = False
         s.plmn = status.plmn if status.plmn is not None else s.plmn
         s.imei = status.imei if status.imei is not None else s.imei
         s.max_batch_bytes = status.max_batch_bytes

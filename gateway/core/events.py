@@ -113,13 +113,19 @@ class OperatorAction:
 @dataclass(frozen=True, slots=True)
 class StateReportPending:
     """The edge policies owe the eIM this device's state-change report (a gateway.policy
-    ReportStateChange, posted by the runtime): `pending` from the decision until the eIM
-    answered that report (`Policies.report_sent`). Meanwhile the engine adds no
-    notifyStateChange of its own for the PLMN change the switch causes: one report per switch."""
+    ReportStateChange, posted by the runtime): `pending` from the decision until the report
+    is over. Meanwhile the engine adds no notifyStateChange of its own for the PLMN change the
+    switch causes: one report per switch.
+
+    `pending` False with `answered`: the eIM answered the report (`Policies.report_sent`). The
+    eIM may have been told before the device woke on its new network, so the hold lasts until
+    the device next names its serving PLMN, which the engine records as reported. Without
+    `answered` (the report was given up), the hold ends at once."""
 
     eid: bytes
     now: float
     pending: bool
+    answered: bool = False
 
 
 Event: TypeAlias = (DeviceHello | DeviceResult | EimPackageReceived | BackhaulAnswered

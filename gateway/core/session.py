@@ -84,6 +84,7 @@ class DeviceSession:
         self.retrieved_at: float | None = None
         self.state_change_cause: str | None = None      # to report with the next poll
         self.policy_report_pending = False              # the policies report the PLMN change (StateReportPending)
+        self.policy_report_answered = False             # ... and the eIM has it: the next PLMN named is reported
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -110,7 +111,8 @@ class DeviceSession:
             "done_keys": self.done_keys, "plmn": self.plmn, "imei": self.imei,
             "max_batch_bytes": self.max_batch_bytes, "timers": self.timers,
             "retrieved_at": self.retrieved_at, "state_change_cause": self.state_change_cause,
-            "policy_report_pending": self.policy_report_pending, "buffer_size": self.buffer_size,
+            "policy_report_pending": self.policy_report_pending,
+            "policy_report_answered": self.policy_report_answered, "buffer_size": self.buffer_size,
             "answering": self.answering, "last_reply": self.last_reply,
             "duplicates_noted": self.duplicates_noted, "let_go": self.let_go,
         }
@@ -161,6 +163,7 @@ class DeviceSession:
         s.retrieved_at = d["retrieved_at"]
         s.state_change_cause = d["state_change_cause"]
         s.policy_report_pending = bool(d.get("policy_report_pending", False))   # absent in older blobs
+        s.policy_report_answered = bool(d.get("policy_report_answered", False))
         s.buffer_size = d.get("buffer_size")
         s.answering = _thaw(d["answering"]) if d.get("answering") is not None else None
         s.last_reply = _thaw(d["last_reply"]) if d.get("last_reply") is not None else None
@@ -188,7 +191,7 @@ class DeviceSession:
         elif isinstance(event, OperatorAction):
             ctx.on_operator(event.kind, dict(event.args))
         elif isinstance(event, StateReportPending):
-            self.policy_report_pending = event.pending
+            ctx.on_state_report(event.pending, event.answered)
         ctx.settle()
         store = [a for a in out if isinstance(a, A.STORE_ACTIONS)]
         rest = [a for a in out if not isinstance(a, A.STORE_ACTIONS)]

@@ -47,10 +47,13 @@ How the runtime and the engine take the decisions (the wiring contract):
                           the call did not run (batch lost, other SW, stopped before it).
        ReportStateChange -> at time `at` (a timer), the engine polls every eIM of the device
                           with GetEimPackage carrying notifyStateChange, stateChangeCause =
-                          `cause` and rPLMN = `rplmn` or, when None, the device's last reported
-                          serving PLMN. Once per token: the report is the state change.
+                          `cause` and rPLMN = `rplmn` or, when None, the serving PLMN the device
+                          reported since the switch (absent if none yet: never the PLMN it left).
+                          Once per token: the report is the state change.
    A report is sent once: after the eIM answered its GetEimPackage, the runtime calls
-   `policies.report_sent(eid, token, now)` and applies the result; at start-up, after every
+   `policies.report_sent(eid, token, now)`, applies the result and feeds the engine
+   StateReportPending(pending=False, answered=True) (the engine's own PLMN-change report stays
+   held until the device next names its network, which counts as reported); at start-up, after every
    `restore`, it applies `policies.resume(now)` (the reports decided but not yet sent).
 3. `policies.tick(now)` every minute or so (frees fallback slots of vanished devices), and
    `policies.alarms.queue_level(outbox.usage().level, ...)` after outbox writes; apply the

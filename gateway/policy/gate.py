@@ -19,13 +19,21 @@ The engine needs no change for fallback and return this way; the eIM report of t
 (`ReportStateChange`) is the backend's: `state_change_request` builds the GetEimPackage
 request it posts (notifyStateChange, stateChangeCause, rPLMN), and the eIM's answer is fed to
 the engine as an eIM package received by poll.
+
+rPLMN (GetEimPackageRequest [2], OPTIONAL; MCC/MNC coded as in 3GPP TS 24.008) is the
+registered PLMN: with stateChangeCause fallback, the network the device registered on after
+the switch, never the failing one it left. The device's status in the policy batch's Result
+(if it sends one) was taken after the refresh; when it sends none, the gate hands the wake-up
+on with the pre-switch status minus its PLMN, so a report sent before the device names its new
+network (its slot came first) carries no rPLMN rather than a wrong one; a report sent after
+that carries the network the device named.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
 from gateway.links.base import UplinkHandler
@@ -97,7 +105,8 @@ class PolicyGate:
 
     def report_request(self, report: ReportStateChange) -> bytes:
         """The GetEimPackage body for a `ReportStateChange`; rPLMN, when the decision leaves it
-        open, is the serving network the device reported last."""
+        open, is the serving network the device reported last, if it reported one since the
+        switch, else absent (see the module docstring)."""
         rplmn = report.rplmn
         if rplmn is None:
             last = self.last_status.get(report.eid)
@@ -113,9 +122,13 @@ class PolicyGate:
         if isinstance(uplink, Result) and pending is not None and uplink.result.batch_id == pending.batch_id:
             self._pending.pop(eid, None)
             decisions = self.policies.on_es10_result(eid, pending.token, _response(uplink.result), now)
+            status = uplink.status or pending.status
+            if uplink.status is None and any(isinstance(d, ReportStateChange) for d in decisions):
+                # the device switched and refreshed: its network is unknown until it says so
+                status = replace(status, plmn=None)
+            self.last_status[eid] = status          # before the report can be sent (report_request)
             await self.backend.apply_decisions(eid, decisions, now)
-            uplink = Hello(uplink.status or pending.status)
-            return await self._through(eid, uplink, now, wake=False)
+            return await self._through(eid, Hello(status), now, wake=False)
         if isinstance(uplink, Hello) and pending is not None:
             # the device lost the policy batch (or its result): the call did not run, as far as we know
             self._pending.pop(eid, None)

@@ -658,8 +658,9 @@ class Daemon:
 
     async def _report_state_change(self, report: ReportStateChange, attempt: int = 0) -> None:
         """GetEimPackage with notifyStateChange to the device's eIM. Once the eIM answered, the
-        policies learn the report is sent and the engine reports PLMN changes itself again; a
-        package in the answer goes to the engine as one received by poll. A backhaul failure
+        policies learn the report is sent and the engine reports PLMN changes itself again from
+        the device's next report of its network on (that one counts as reported); a package in
+        the answer goes to the engine as one received by poll. A backhaul failure
         that may pass is retried later (the report stays owed, also across a restart)."""
         eims = self.engine.config.eims
         if not eims:
@@ -687,7 +688,7 @@ class Daemon:
             return
         now = self.clock()
         await self.apply_decisions(report.eid, self.policies.report_sent(report.eid, report.token, now), now)
-        await self.runtime.feed(StateReportPending(eid=report.eid, now=now, pending=False))
+        await self.runtime.feed(StateReportPending(eid=report.eid, now=now, pending=False, answered=True))
         try:
             package = esipa.decode_response("GetEimPackage", answer)
         except (DecodeError, GatewayError) as exc:

@@ -318,6 +318,39 @@ def test_a_plmn_change_the_policies_report_themselves_is_not_reported_again_by_t
     assert "notifyStateChange" in value and value["rPLMN"] == bytes.fromhex("62F220")
 
 
+def test_an_eim_answer_before_the_device_wakes_on_its_new_network_still_gives_one_report_per_switch() -> None:
+    eng = engine()
+    out = eng.handle(hello(now=0.0, plmn="26201"))
+    eng.handle(E.BackhaulAnswered(EID, 0.1, posts(out)[0].request_id, NO_PACKAGE))
+    eng.handle(E.StateReportPending(EID, 1.0, True))                    # a fallback decided
+    out = eng.handle(E.DeviceHello(EID, 1.5, DeviceStatus(EID, plmn=None)))   # same wake: network unknown
+    assert "notifyStateChange" not in _poll_value(out)
+    eng.handle(E.BackhaulAnswered(EID, 1.6, posts(out)[0].request_id, NO_PACKAGE))
+    eng.handle(E.StateReportPending(EID, 2.0, False, answered=True))    # the eIM has the policy's report
+    assert eng.sessions[EID].policy_report_pending                      # held until the device names its PLMN
+    eng.restore(EID, eng.sessions[EID].to_blob())                       # also across a restart
+    out = eng.handle(hello(now=10.0, plmn="310410"))                    # awake on the fallback network
+    assert "notifyStateChange" not in _poll_value(out)
+    assert not eng.sessions[EID].policy_report_pending
+    eng.handle(E.BackhaulAnswered(EID, 10.1, posts(out)[0].request_id, NO_PACKAGE))
+    out = eng.handle(hello(now=20.0, plmn="310410"))
+    assert "notifyStateChange" not in _poll_value(out)                  # 310410 counts as reported
+    eng.handle(E.BackhaulAnswered(EID, 20.1, posts(out)[0].request_id, NO_PACKAGE))
+    out = eng.handle(hello(now=30.0, plmn="26202"))                     # a change of its own: reported
+    assert _poll_value(out)["rPLMN"] == bytes.fromhex("62F220")
+
+
+def test_a_state_report_given_up_ends_the_hold_at_once() -> None:
+    eng = engine()
+    out = eng.handle(hello(now=0.0, plmn="26201"))
+    eng.handle(E.BackhaulAnswered(EID, 0.1, posts(out)[0].request_id, NO_PACKAGE))
+    eng.handle(E.StateReportPending(EID, 1.0, True))
+    eng.handle(E.StateReportPending(EID, 2.0, False))                   # refused: the eIM was not told
+    assert not eng.sessions[EID].policy_report_pending
+    out = eng.handle(hello(now=10.0, plmn="310410"))
+    assert "notifyStateChange" in _poll_value(out)
+
+
 def test_state_report_pending_round_trips_as_an_event() -> None:
     event = E.StateReportPending(EID, 5.0, True)
     assert E.from_bytes(E.to_bytes(event)) == event

@@ -24,7 +24,7 @@ import pytest
 
 from gateway.config.policies import FallbackPolicy, FallbackWaveSection, PoliciesSection, WebhooksPolicy
 from gateway.core.actions import PostEsipa
-from gateway.core.events import EimPackageReceived
+from gateway.core.events import EimPackageReceived, StateReportPending
 from gateway.links.memory import MemoryLink
 from gateway.links.protocol import Downlink, Uplink
 from gateway.policy import (
@@ -88,7 +88,11 @@ class Backend:
                     enqueue_event(self.store, d, self.hooks, gateway_id="gw-test", now=now)
                 elif isinstance(d, SavePolicyState):
                     self.states[(d.eid, d.kind)] = d.blob
-        self.reports += [d for d in decisions if isinstance(d, ReportStateChange)]
+        for d in decisions:
+            if isinstance(d, ReportStateChange):
+                # as the supervisor does: the engine holds back its own PLMN-change report
+                await self.driver.run([StateReportPending(d.eid, now, True)])
+                self.reports.append(d)
 
     async def send_due_reports(self) -> None:
         """The runtime's timer: each report at its time, over HTTPS to the device's eIM; a package
@@ -104,6 +108,7 @@ class Backend:
             for d in self.gate.policies.report_sent(report.eid, report.token, driver.now):
                 if isinstance(d, SavePolicyState):
                     self.states[(d.eid, d.kind)] = d.blob
+            await driver.run([StateReportPending(report.eid, driver.now, False, answered=True)])
             kind, _ = esipa.decode_response("GetEimPackage", body)
             if kind != "eimPackageError":
                 await driver.run([EimPackageReceived(report.eid, driver.now, eim, body, "poll")])
@@ -183,9 +188,11 @@ async def test_fallback_and_return_run_on_the_euicc_and_the_eim_hears_each_once(
     assert card.state.enabled_profile().iccid == FALLBACK  # type: ignore[union-attr]
     assert device.refreshes == ["uicc-reset"]
     assert report.batches >= 1 and report.exchanges == 2      # the policy batch, then the IPA's Idle
+    agent.status = replace(agent.status, attach_failures=0, plmn="26202")
+    await agent.run_session()                                 # awake on the fallback network before the report's slot
     await backend.send_due_reports()
     [change] = state_changes(peers, card.eid)
-    assert change["stateChangeCause"] == 1 and change["rPLMN"] == "62f210"   # 26201
+    assert change["stateChangeCause"] == 1 and change["rPLMN"] == "62f220"   # 26202: registered after the switch
 
     # the network is back; after return_after_s the next wake-up returns from fallback. (The
     # serving PLMN is kept: the engine adds a report of its own when it changes, see the report.)

@@ -5,7 +5,9 @@ hears about it. One state-change report per policy switch:
 - while the policy's report is owed (its slot not reached), the engine holds back its own
   PLMN-change report: the device waking on another network reports nothing to the eIM;
 - once the eIM answered the policy's report, the policies record it sent (audit
-  stateChangeReported) and the engine's session no longer holds its own reports back.
+  stateChangeReported); the engine's session holds its own reports back until the device
+  names its serving network, which counts as reported (the eIM may answer before the device
+  wakes on the fallback network), and reports PLMN changes itself from then on.
 
 And the policies' state is in the store: a restart between a fallback and its return keeps
 the device in fallback with the same return time.
@@ -137,26 +139,31 @@ async def test_while_the_policy_report_is_owed_the_engine_reports_no_plmn_change
         assert r.session_pending()
 
 
-async def test_the_eim_answering_the_report_marks_it_sent_and_ends_the_hold(workdir: Path, pki: RspPki) -> None:
-    async with rig(workdir, pki, report_spread_s=0.0) as r:
+async def test_an_eim_answer_before_the_device_wakes_on_the_new_network_gives_exactly_one_report(
+        workdir: Path, pki: RspPki) -> None:
+    async with rig(workdir, pki, report_spread_s=0.0) as r:           # the report goes out at once
         await r.wake(failures=1, plmn="26201")
-        await r.wake(failures=3, plmn="26201")
+        await r.wake(failures=3, plmn="26201")                         # falls back
         device = r.eim.service.devices[EID]
-        for _ in range(200):
-            if device.state_changes:
-                break
-            await asyncio.sleep(0.05)
         audit: list[tuple[str, str]] = []
-        for _ in range(100):
+        for _ in range(200):
             status, shown = await r.daemon.get(f"/v1/devices/{EID.hex()}")
             assert status == 200
             audit = [(a["operation"], a["result"]) for a in shown["audit"]]
-            if ("stateChangeReported", "ok") in audit and not r.session_pending():
+            if ("stateChangeReported", "ok") in audit:
                 break
             await asyncio.sleep(0.05)
-        assert [(c["notifyStateChange"], c["stateChangeCause"]) for c in device.state_changes] == [(True, 1)]
-        assert ("stateChangeReported", "ok") in audit
+        assert ("stateChangeReported", "ok") in audit                  # the eIM answered the policy's report
+        # sent before the device named its new network: no rPLMN rather than the failing 262-01
+        assert [(c["notifyStateChange"], c["stateChangeCause"], c["rPLMN"]) for c in device.state_changes] == [
+            (True, 1, None)]
+        assert r.session_pending()                                     # held until the device names its PLMN
+        await r.wake(failures=0, plmn="26202")                         # awake on the fallback network
+        await asyncio.sleep(0.5)
+        assert len(device.state_changes) == 1                          # the engine did not report 262-02 again
         assert not r.session_pending()
+        await r.wake(failures=0, plmn="26203")                         # a change of its own is the engine's
+        assert [(c["stateChangeCause"], c["rPLMN"]) for c in device.state_changes[1:]] == [(None, "62f230")]
 
 
 async def test_a_restart_between_a_fallback_and_its_return_keeps_the_return_time(workdir: Path, pki: RspPki) -> None:
