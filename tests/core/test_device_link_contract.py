@@ -82,7 +82,7 @@ async def coap_download(peers: Peers, driver: EngineDriver, rtt_s: float) -> tup
 
 
 async def test_the_bpp_size_hint_saves_the_coap_round_trip_of_the_bpp_downlink(pki: RspPki) -> None:
-    rtt = 0.4
+    rtt = 0.7  # large against scheduling jitter on a loaded machine: the saving asserted is 0.6 RTT
     async with running_peers(pki) as peers:
         plain = peers.driver(peers.config(bpp_size_hint=None, authenticate_server_size_hint=None))
         without, t_without = await coap_download(peers, plain, rtt)
