@@ -15,7 +15,6 @@ from gateway.backhaul.http import BackhaulHttp
 from gateway.spec import codec, signed
 from hil import rspcrypto
 from hil.euicc import SoftEuicc
-from hil.euicc import signed_data as euicc_side
 from hil.peers.common import iccid_to_str
 from hil.peers.eim import EimServer, signing
 from hil.peers.smdpp import SmdppServer
@@ -123,13 +122,15 @@ async def test_the_euicc_refuses_a_package_with_a_bad_eim_signature_and_a_replay
     assert device.results[-1].verified
 
 
-@pytest.mark.parametrize("token", [None, 0, 1, 127, 128, 255, 256, 70000])
-def test_eim_signature_input_agrees_with_the_software_euicc(token: int | None) -> None:
+@pytest.mark.parametrize(("token", "suffix"), [
+    (None, ""), (0, "840100"), (1, "840101"), (127, "84017f"), (128, "84020080"),
+    (255, "840200ff"), (256, "84020100"), (70000, "8403011170")])
+def test_eim_and_result_signature_inputs_append_the_token_as_der_integer_content(
+        token: int | None, suffix: str) -> None:
     data = codec.encode("EuiccPackageSigned", {"eimId": "x", "eidValue": bytes(16), "counterValue": 5,
                                                "euiccPackage": ("psmoList", [("getRAT", {})])})
-    assert signing.eim_signature_input(data, token) == euicc_side.eim_signature_input(data, token)
-    assert signing.euicc_package_result_signature_input(data, token) == \
-        euicc_side.euicc_package_result_signature_input(data, token)
+    assert signing.eim_signature_input(data, token) == data + bytes.fromhex(suffix)
+    assert signing.euicc_package_result_signature_input(data, token) == data + bytes.fromhex(suffix)
 
 
 def test_eim_signature_verifies_over_an_independent_der_encoding_of_euicc_package_signed(pki: RspPki) -> None:

@@ -9,8 +9,8 @@
   euiccPackageErrorDataSigned) as received, followed by the same '84' token TLV when one is
   configured. (SGP.32 v1.0 appended the request's eimSignature instead; v1.2 is implemented.)
 
-The software eUICC (hil/euicc/signed_data.py) computes the same inputs from its side; the
-peer tests check both against each other and against an independent DER encoder.
+Both inputs are the ones in hil/euicc/signed_data.py, which the software eUICC uses too, so
+the two sides cannot drift apart; the peer tests check them against an independent DER encoder.
 """
 
 from __future__ import annotations
@@ -22,28 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.errors import LocalProtocolError
 from gateway.spec import codec, tlv
 from hil import rspcrypto
+from hil.euicc.signed_data import euicc_package_result_signature_input, eim_signature_input
 
-TAG_ASSOCIATION_TOKEN = 0x84
-TAG_SIGNATURE = 0x5F37
-
-
-def association_token_tlv(token: int) -> bytes:
-    """'84' L V with V the DER INTEGER content octets of the token (two's complement, minimal)."""
-    length = max(1, (token.bit_length() + 8) // 8)
-    value = token.to_bytes(length, "big", signed=True)
-    return tlv.header(TAG_ASSOCIATION_TOKEN, len(value)) + value
-
-
-def eim_signature_input(euicc_package_signed: bytes, association_token: int | None) -> bytes:
-    if association_token is None:
-        return euicc_package_signed
-    return euicc_package_signed + association_token_tlv(association_token)
-
-
-def euicc_package_result_signature_input(data_signed: bytes, association_token: int | None) -> bytes:
-    if association_token is None:
-        return data_signed
-    return data_signed + association_token_tlv(association_token)
+__all__ = ["eim_signature_input", "euicc_package_result_signature_input", "sign_euicc_package"]
 
 
 def sign_euicc_package(key: ec.EllipticCurvePrivateKey, signed_value: dict[str, Any],
