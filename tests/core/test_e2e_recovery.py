@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 from gateway.errors import NetworkError
 from gateway.links.memory import MemoryLink
+from hil.agent.agent import Agent
 from hil.agent.memory_transport import MemoryAgentTransport
+from hil.euicc import SoftEuicc
 from hil.pki import RspPki
-from tests.core.driver import ICCID, ICCID_DIGITS, make_agent, running_peers
+from tests.core.driver import ICCID, ICCID_DIGITS, Peers, make_agent, running_peers
 
 
 async def test_restart_after_every_exchange_still_downloads_and_enables_in_six_batches(pki: RspPki) -> None:
@@ -68,16 +70,22 @@ class FlakyTransport:
         return None
 
 
+async def _run_batch_whose_result_is_lost(peers: Peers, link: MemoryLink, card: SoftEuicc) -> Agent:
+    """A PSMO package's batch runs on the card, then the uplink carrying its Result fails."""
+    await peers.psmo(card.eid, {"op": "getRAT"})
+    agent, _ = make_agent(link, card)
+    agent.transport = FlakyTransport(MemoryAgentTransport(link, card.eid), fail_at=2)
+    first = await agent.run_session()
+    assert first.transport_error is not None and await peers.results(card.eid) == []
+    return agent
+
+
 async def test_result_delivered_after_a_gateway_restart_is_accepted_for_the_batch_in_flight(pki: RspPki) -> None:
     async with running_peers(pki) as peers:
         card = peers.card()
         driver = peers.driver()
         link = MemoryLink(driver)
-        await peers.psmo(card.eid, {"op": "getRAT"})
-        agent, _ = make_agent(link, card)
-        agent.transport = FlakyTransport(MemoryAgentTransport(link, card.eid), fail_at=2)
-        first = await agent.run_session()          # the batch ran; its Result did not get through
-        assert first.transport_error is not None and await peers.results(card.eid) == []
+        agent = await _run_batch_whose_result_is_lost(peers, link, card)
         await driver.restart()
         await agent.run_session()                  # the agent sends the kept Result first
         assert len(await peers.one_result_per_package(card.eid)) == 1
@@ -89,10 +97,7 @@ async def test_device_that_lost_the_result_gets_the_package_result_from_the_euic
         card = peers.card()
         driver = peers.driver()
         link = MemoryLink(driver)
-        await peers.psmo(card.eid, {"op": "getRAT"})
-        agent, _ = make_agent(link, card)
-        agent.transport = FlakyTransport(MemoryAgentTransport(link, card.eid), fail_at=2)
-        await agent.run_session()
+        await _run_batch_whose_result_is_lost(peers, link, card)
         await driver.restart()
         rebooted, _ = make_agent(link, card)       # the sensor rebooted and forgot the Result
         await rebooted.run_session()
