@@ -148,6 +148,16 @@ def ec_public_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
     return key
 
 
+def smdp_oid(cert: x509.Certificate) -> str | None:
+    """The SM-DP+ OID: the registeredID in CERT.DPauth's subjectAltName (SGP.22 §4.5.2.1)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    ids = san.get_values_for_type(x509.RegisteredID)
+    return ids[0].dotted_string if ids else None
+
+
 # --- EC points and ECKA (SGP.22 §3.1.3 otPK/otSK, TR-03111 §4.3.1) ---------------------------
 
 

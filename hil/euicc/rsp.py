@@ -32,16 +32,6 @@ class _Refused(Exception):
         super().__init__(why)
 
 
-def smdp_oid_of(cert: x509.Certificate) -> str:
-    """The SM-DP+ OID: the registeredID in CERT.DPauth's subjectAltName (SGP.22 §4.5.2.1)."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return ""
-    ids = san.get_values_for_type(x509.RegisteredID)
-    return ids[0].dotted_string if ids else ""
-
-
 def _load_cert(der: bytes, code: int) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(der)
@@ -157,7 +147,7 @@ def _authenticate(euicc: SoftEuicc, request: bytes, value: Any) -> RspSession:
     session.server_challenge = signed1["serverChallenge"]
     session.ci_pkid = ci_pkid
     session.dpauth_der = value["serverCertificate"]
-    session.smdp_oid = smdp_oid_of(cert)
+    session.smdp_oid = rspcrypto.smdp_oid(cert) or ""
     return session
 
 

@@ -184,13 +184,8 @@ class EuiccCertificates:
 
 
 def smdp_oid(cert: x509.Certificate) -> str:
-    """The SM-DP+ OID: the registeredID in the subjectAltName of CERT.DPauth (§4.5.2.1)."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return "0.0"
-    ids = san.get_values_for_type(x509.RegisteredID)
-    return ids[0].dotted_string if ids else "0.0"
+    """rspcrypto.smdp_oid, or "0.0" for a CERT.DPauth without one, so it still encodes as an OID."""
+    return rspcrypto.smdp_oid(cert) or "0.0"
 
 
 def certificate_der(cert: x509.Certificate) -> bytes:
