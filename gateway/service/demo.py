@@ -162,20 +162,20 @@ class Progress:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _eid(n: int) -> bytes:
+def eid(n: int) -> bytes:
     from gateway.config import eid_check_digits
 
     first = f"890490321234512345{900000000000 + n:012d}"
     return bytes.fromhex(first + eid_check_digits(first))
 
 
-def _free_tcp() -> int:
+def free_tcp() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _free_udp_pair() -> int:
+def free_udp_pair() -> int:
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", 0))
@@ -190,7 +190,7 @@ def _free_udp_pair() -> int:
 
 
 @contextlib.asynccontextmanager
-async def _mosquitto_broker(directory: Path, users: list[tuple[str, str]],
+async def mosquitto_broker(directory: Path, users: list[tuple[str, str]],
                             acl: str, port: int | None = None) -> AsyncIterator[int]:
     from gateway.links.mqtt import write_password_file
 
@@ -198,7 +198,7 @@ async def _mosquitto_broker(directory: Path, users: list[tuple[str, str]],
     password_file, acl_file = directory / "passwd", directory / "acl"
     write_password_file(password_file, users)
     acl_file.write_text(acl)
-    port = port or _free_tcp()
+    port = port or free_tcp()
     conf = directory / "mosquitto.conf"
     conf.write_text("\n".join([
         "per_listener_settings false", f"user {getpass.getuser()}", "allow_anonymous false",
@@ -309,7 +309,7 @@ async def run_demo(count: int, *, out: TextIO, timeout_s: float, wake_s: float,
 
     started = time.monotonic()
     progress = Progress(out, started)
-    devices = [DeviceRun(n, _eid(n), "coap" if n % 2 else "mqtt", f"demo-{n}",
+    devices = [DeviceRun(n, eid(n), "coap" if n % 2 else "mqtt", f"demo-{n}",
                          os.urandom(16) if n % 2 else os.urandom(12).hex().encode()) for n in range(1, count + 1)]
     failures: list[str] = []
     progress(f"{count} devices ({sum(d.link == 'coap' for d in devices)} CoAP/DTLS, "
@@ -325,13 +325,13 @@ async def run_demo(count: int, *, out: TextIO, timeout_s: float, wake_s: float,
         eim = await stack.enter_async_context(EimServer(pki, smdp_url=smdp.url))
         progress(f"SM-DP+ at {smdp.url}, eIM {eim.service.eim_id} at {eim.url}")
         mqtt_port = await stack.enter_async_context(
-            _mosquitto_broker(workdir / "broker", users, acl_text(GATEWAY_MQTT_USER, registry)))
+            mosquitto_broker(workdir / "broker", users, acl_text(GATEWAY_MQTT_USER, registry)))
         progress(f"mosquitto on 127.0.0.1:{mqtt_port}")
         webhook_secret = os.urandom(24).hex()
         receiver = await stack.enter_async_context(_WebhookReceiver(webhook_secret.encode()))
         progress(f"webhook receiver on {receiver.url}")
         eim_host, eim_port = eim.fqdn.rsplit(":", 1)
-        coap_port = _free_udp_pair()
+        coap_port = free_udp_pair()
         config_path = _write_gateway_config(workdir / "etc", coap_port=coap_port, mqtt_port=mqtt_port,
                                             mqtt_password=gateway_password, eim_host=eim_host,
                                             eim_port=int(eim_port), ca_file=Path(pki.tls_trust_path),

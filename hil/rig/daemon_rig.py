@@ -17,34 +17,19 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from gateway.core.config import EimEndpoint
 from gateway.core.engine import Engine
+from gateway.service.demo import free_udp_pair
 from hil.agent.agent import Agent
 from hil.agent.coap_transport import CoapAgentTransport
 from hil.rig.backends import AsyncBackend, RigBackend
 from hil.rig.gateway_rig import RIG_IMEI, WakeTotals, _Problems
 
 IDENTITY = "rig-device"
-
-
-def free_udp_port_pair() -> int:
-    """A UDP port p on 127.0.0.1 with p - 1 free too (aiocoap's DTLS server binds one below)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as below:
-            try:
-                below.bind(("127.0.0.1", port - 1))
-            except OSError:
-                continue
-        return port
-    raise OSError("no free UDP port pair on 127.0.0.1")
 
 
 def write_config(directory: Path, *, eid: bytes, psk: bytes, coap_port: int, eim_fqdn: str, ca_file: str) -> Path:
@@ -101,7 +86,7 @@ class DaemonRig:
         try:
             tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="ipae-rig-daemon-"))
             psk = os.urandom(16)
-            coap_port = free_udp_port_pair()
+            coap_port = free_udp_pair()
             config = write_config(Path(tmp), eid=self.eid, psk=psk, coap_port=coap_port, eim_fqdn=self.eim_fqdn,
                                   ca_file=self.tls_ca_file)
 

@@ -334,7 +334,7 @@ poll_interval_s = 5.0
 
 
 def make_eid(n: int) -> bytes:
-    return demo._eid(n)
+    return demo.eid(n)
 
 
 @contextlib.asynccontextmanager
@@ -355,9 +355,9 @@ async def fleet(count: int, *, wake_s: float = 0.3, agent_timeout_s: float = 6.0
             smdp = await stack.enter_async_context(SmdppServer(pki))
             eim = await stack.enter_async_context(EimServer(pki, smdp_url=smdp.url))
             mqtt_port = await stack.enter_async_context(
-                demo._mosquitto_broker(workdir / "broker", users, acl_text(demo.GATEWAY_MQTT_USER, registry)))
+                demo.mosquitto_broker(workdir / "broker", users, acl_text(demo.GATEWAY_MQTT_USER, registry)))
             eim_host, eim_port = eim.fqdn.rsplit(":", 1)
-            coap_port = demo._free_udp_pair()
+            coap_port = demo.free_udp_pair()
             config = write_gateway_config(workdir / "etc", coap_port=coap_port, mqtt_port=mqtt_port,
                                           mqtt_password=password, eim_host=eim_host, eim_port=int(eim_port),
                                           ca_file=Path(pki.tls_trust_path), devices=runs)

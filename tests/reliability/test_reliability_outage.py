@@ -120,7 +120,7 @@ async def _scenario(loop: WarpLoop, workdir: Path) -> dict[str, Any]:
     pki = await asyncio.to_thread(generate_pki, workdir / "pki")
     async with contextlib.AsyncExitStack() as stack:
         smdp = await stack.enter_async_context(SmdppServer(pki))
-        inject_port = demo._free_tcp()
+        inject_port = demo.free_tcp()
         eim = await stack.enter_async_context(EimServer(
             pki, smdp_url=smdp.url, inject_url=f"https://127.0.0.1:{inject_port}"))
         # how often a result is handed to the eIM (a re-send of one already stored is answered, not stored)

@@ -372,7 +372,7 @@ async def test_a_broker_that_comes_up_after_the_gateway_is_connected_in_the_back
         assert body["links"]["mqtt"].endswith("(connecting)") and "coap" in body["links"]
 
         registry = DeviceRegistry([DeviceCredential("mq2", eid, device_password.encode())])
-        async with demo._mosquitto_broker(workdir / "broker", [("ipae-gateway", gateway_password),
+        async with demo.mosquitto_broker(workdir / "broker", [("ipae-gateway", gateway_password),
                                                                ("mq2", device_password)],
                                           acl_text("ipae-gateway", registry), port=broker_port):
             for _ in range(300):
