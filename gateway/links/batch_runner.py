@@ -37,7 +37,6 @@ from gateway.links.protocol import (
     STOPPED_CARD,
     STOPPED_DATA,
     STOPPED_SW,
-    Batch,
     BatchHeader,
     BatchResult,
     Step,
@@ -93,11 +92,6 @@ async def send_command(backend: Backend, apdu: bytes) -> tuple[bytes, int]:
     while not isinstance(step, Done):
         step = assembler.feed(await _transmit(backend, step.apdu))
     return step.data, step.sw
-
-
-def batch_header(batch: Batch) -> BatchHeader:
-    """The header a streamed copy of `batch` would start with."""
-    return BatchHeader(batch.batch_id, len(batch.steps), batch.aid, batch.refresh, batch.next_size_hint)
 
 
 @dataclass

@@ -279,9 +279,7 @@ def encode_uplink(msg: Uplink) -> bytes:
 
 def encode_downlink(msg: Downlink) -> bytes:
     if isinstance(msg, BatchMsg):
-        b = msg.batch
-        header = BatchHeader(b.batch_id, len(b.steps), b.aid, b.refresh, b.next_size_hint)
-        return encode_batch_header(header) + b"".join(encode_step(s) for s in b.steps)
+        return b"".join(batch_step_items(msg.batch))
     if isinstance(msg, Idle):
         item: dict[int, object] = {K_VERSION: VERSION, K_TYPE: T_IDLE, K_RETRY_AFTER: msg.retry_after_s}
         _check_encodable(item, "Idle")
@@ -656,7 +654,11 @@ class DownlinkStream:
         return step
 
 
+def batch_header(batch: Batch) -> BatchHeader:
+    """The header a streamed copy of `batch` starts with."""
+    return BatchHeader(batch.batch_id, len(batch.steps), batch.aid, batch.refresh, batch.next_size_hint)
+
+
 def batch_step_items(batch: Batch) -> list[bytes]:
     """The encoded items of a batch (header first), for links that send them one by one."""
-    header = BatchHeader(batch.batch_id, len(batch.steps), batch.aid, batch.refresh, batch.next_size_hint)
-    return [encode_batch_header(header)] + [encode_step(s) for s in batch.steps]
+    return [encode_batch_header(batch_header(batch))] + [encode_step(s) for s in batch.steps]

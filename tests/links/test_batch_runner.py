@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 from gateway.errors import CardError
 from gateway.links import protocol as p
-from gateway.links.batch_runner import BatchRunner, batch_header
+from gateway.links.batch_runner import BatchRunner
 from gateway.links.memory import MemoryLink
+from gateway.links.protocol import batch_header
 from gateway.spec.apdu import ISD_R_AID, manage_channel_open, select
 from hil.agent import Agent
 from hil.agent.memory_transport import MemoryAgentTransport

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.links.base import UplinkHandler
-from gateway.links.batch_runner import BatchRunner, batch_header
+from gateway.links.batch_runner import BatchRunner
 from gateway.links.protocol import (
     Batch,
     BatchMsg,
@@ -27,6 +27,7 @@ from gateway.links.protocol import (
     Idle,
     Result,
     Uplink,
+    batch_header,
 )
 from gateway.links.serial.modem import AsyncModemEuicc
 
