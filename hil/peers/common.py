@@ -15,6 +15,7 @@ verified (`hil.rspcrypto.verify_euicc_chain`).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import binascii
@@ -25,6 +26,7 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -34,7 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from gateway.errors import DecodeError
 from gateway.spec import tlv
 from hil import rspcrypto
-from hil.pki import Credential, RspPki
+from hil.pki import Credential, RspPki, generate_pki
 
 log = logging.getLogger(__name__)
 
@@ -276,3 +278,29 @@ async def run_until_sigterm(server: Served) -> None:
         print(f"READY {server.url}", flush=True)
         await stop.wait()
     print("stopped", file=sys.stderr, flush=True)
+
+
+def peer_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The command line every peer process takes: --pki DIR --host H --port P, then its own."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--pki", type=Path, required=True, help="test PKI directory (generated if empty)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    return parser
+
+
+def run_peer(prog: str, pki_dir: Path, build: Callable[[RspPki], Served]) -> int:
+    """A peer process: load (or generate) the test PKI, build the server, serve until SIGTERM.
+    Exit status 2 with one line on stderr when the PKI, the options or the socket fail."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    try:
+        server = build(generate_pki(pki_dir))
+    except (ValueError, OSError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run_until_sigterm(server))
+    except OSError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    return 0
