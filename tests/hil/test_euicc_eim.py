@@ -29,11 +29,6 @@ from test_euicc_support import (
 
 
 @pytest.fixture
-def euicc(pki: RspPki) -> SoftEuicc:
-    return SoftEuicc(pki, pki.eid_bytes)
-
-
-@pytest.fixture
 def card(euicc: SoftEuicc, pki: RspPki) -> Card:
     card = Card(euicc)
     response = card.es10("AddInitialEimRequest", {"eimConfigurationDataList": [eim_configuration(pki)]},

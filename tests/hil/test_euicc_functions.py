@@ -22,11 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def euicc(pki: RspPki) -> SoftEuicc:
-    return SoftEuicc(pki, pki.eid_bytes)
-
-
-@pytest.fixture
 def card(euicc: SoftEuicc) -> Card:
     return Card(euicc)
 

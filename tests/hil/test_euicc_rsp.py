@@ -27,11 +27,6 @@ from test_euicc_support import (
 
 
 @pytest.fixture
-def euicc(pki: RspPki) -> SoftEuicc:
-    return SoftEuicc(pki, pki.eid_bytes)
-
-
-@pytest.fixture
 def card(euicc: SoftEuicc) -> Card:
     return Card(euicc)
 
