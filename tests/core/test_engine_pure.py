@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -147,10 +148,8 @@ def test_session_blob_round_trips_exactly() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_any_bytes_as_a_session_blob_are_refused_with_decode_error(data: bytes) -> None:
-    try:
+    with pytest.raises(DecodeError):
         DeviceSession.from_blob(EID, data)
-    except DecodeError:
-        pass
 
 
 @settings(max_examples=200, deadline=None)
