@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from gateway.config import eid_check_digits
+from gateway.service.demo import free_tcp, free_udp_pair
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,19 +42,11 @@ def psk_of(n: int) -> bytes:
 
 def free_udp_port() -> int:
     """A UDP port p with p - 1 free as well (aiocoap binds its DTLS server one below)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port > 1024:
-            return port
-    raise RuntimeError("no free UDP port")
+    return free_udp_pair()
 
 
 def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_tcp()
 
 
 @dataclass
