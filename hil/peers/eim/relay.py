@@ -52,6 +52,15 @@ def _oid_of(certificate: bytes) -> str:
         return "0.0"
 
 
+def _es9p_error(exc: GatewayError, errors: dict[tuple[str, str], int], call: str) -> int:
+    """The ESipa error code for a failed ES9+ call: the code `errors` maps a FunctionFailed's
+    subject and reason to, else undefinedError (logged: the SM-DP+ was not reached or answered badly)."""
+    if isinstance(exc, FunctionFailed):
+        return errors.get((exc.subject_code or "", exc.reason_code or ""), UNDEFINED)
+    log.warning("%s failed: %s", call, exc)
+    return UNDEFINED
+
+
 def _session(eim: Eim, transaction_id: bytes) -> ProxiedSession | None:
     """The relayed download with this transactionId, unless unknown or expired."""
     session = eim.sessions.get(transaction_id)
@@ -105,12 +114,9 @@ async def initiate_authentication(eim: Eim, value: dict[str, Any]) -> tuple[str,
     try:
         reply = await es9p_client.initiate_authentication(
             eim.client(), server, es9p.InitiateAuthenticationRequest(value["euiccChallenge"], info1, smdp_address))
-    except FunctionFailed as exc:
-        return ("initiateAuthenticationErrorEsipa",
-                INITIATE_AUTHENTICATION_ERRORS.get((exc.subject_code or "", exc.reason_code or ""), UNDEFINED))
     except GatewayError as exc:
-        log.warning("initiateAuthentication at %s failed: %s", server.base_url, exc)
-        return ("initiateAuthenticationErrorEsipa", UNDEFINED)
+        return ("initiateAuthenticationErrorEsipa", _es9p_error(
+            exc, INITIATE_AUTHENTICATION_ERRORS, f"initiateAuthentication at {server.base_url}"))
     eim.sessions[reply.transaction_id] = ProxiedSession(
         reply.transaction_id, server, value.get("eimTransactionId"),
         expires_at=eim.clock() + eim.session_ttl_s, smdp_oid=_oid_of(reply.server_certificate),
@@ -155,12 +161,8 @@ async def authenticate_client(eim: Eim, value: dict[str, Any]) -> tuple[str, Any
     try:
         reply = await es9p_client.authenticate_client(
             eim.client(), session.server, es9p.AuthenticateClientRequest(session.transaction_id, raw))
-    except FunctionFailed as exc:
-        return ("authenticateClientErrorEsipa",
-                AUTHENTICATE_CLIENT_ERRORS.get((exc.subject_code or "", exc.reason_code or ""), UNDEFINED))
     except GatewayError as exc:
-        log.warning("authenticateClient failed: %s", exc)
-        return ("authenticateClientErrorEsipa", UNDEFINED)
+        return ("authenticateClientErrorEsipa", _es9p_error(exc, AUTHENTICATE_CLIENT_ERRORS, "authenticateClient"))
     return ("authenticateClientOkDPEsipa", {
         "transactionId": reply.transaction_id,
         "profileMetaData": Embedded("StoreMetadataRequest", reply.profile_metadata),
@@ -186,12 +188,8 @@ async def get_bound_profile_package(eim: Eim, value: dict[str, Any]) -> tuple[st
     try:
         reply = await es9p_client.get_bound_profile_package(
             eim.client(), session.server, es9p.GetBoundProfilePackageRequest(session.transaction_id, raw))
-    except FunctionFailed as exc:
-        return ("getBoundProfilePackageErrorEsipa",
-                GET_BPP_ERRORS.get((exc.subject_code or "", exc.reason_code or ""), UNDEFINED))
     except GatewayError as exc:
-        log.warning("getBoundProfilePackage failed: %s", exc)
-        return ("getBoundProfilePackageErrorEsipa", UNDEFINED)
+        return ("getBoundProfilePackageErrorEsipa", _es9p_error(exc, GET_BPP_ERRORS, "getBoundProfilePackage"))
     return ("getBoundProfilePackageOkEsipa", {
         "transactionId": reply.transaction_id,
         "boundProfilePackage": Embedded("BoundProfilePackage", reply.bound_profile_package)})
@@ -214,12 +212,8 @@ async def cancel_session(eim: Eim, value: dict[str, Any]) -> tuple[str, Any]:
     try:
         await es9p_client.cancel_session(
             eim.client(), session.server, es9p.CancelSessionRequest(session.transaction_id, raw))
-    except FunctionFailed as exc:
-        return ("cancelSessionError",
-                CANCEL_SESSION_ERRORS.get((exc.subject_code or "", exc.reason_code or ""), UNDEFINED))
     except GatewayError as exc:
-        log.warning("cancelSession failed: %s", exc)
-        return ("cancelSessionError", UNDEFINED)
+        return ("cancelSessionError", _es9p_error(exc, CANCEL_SESSION_ERRORS, "cancelSession"))
     del eim.sessions[session.transaction_id]
     if session.package is not None:
         eim.finish_package(session.package, "failed", {"cancelled": True})
