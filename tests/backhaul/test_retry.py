@@ -123,6 +123,8 @@ def test_abandoned_probe_frees_the_half_open_slot() -> None:
     b.before_call(0)
     b.after_call(0, NetworkError("x"))
     b.before_call(5)
+    with pytest.raises(CircuitOpen):  # the half-open slot is taken by the probe
+        b.before_call(5)
     b.release()
     b.before_call(5)  # a new probe is admitted
 
