@@ -83,6 +83,19 @@ def _error(status: int, text: str) -> web.Response:
     return _json({"error": text}, status)
 
 
+async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request's JSON object body ({} when there is none), or the 400 answer to send."""
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "the body must be a JSON object")
+    if not isinstance(body, dict):
+        return _error(400, "the body must be a JSON object")
+    return body
+
+
 def parse_eid(text: str) -> bytes:
     try:
         eid = bytes.fromhex(text)
@@ -187,14 +200,9 @@ def make_app(backend: ApiBackend, *, bearer_token: Callable[[], str | None] | No
         kind = request.match_info["action"]
         if kind not in OPERATOR_ACTIONS + POLICY_ACTIONS:
             return _error(404, f"unknown action {kind!r}; one of {', '.join(OPERATOR_ACTIONS + POLICY_ACTIONS)}")
-        body: dict[str, Any] = {}
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError:
-                return _error(400, "the body must be a JSON object")
-            if not isinstance(body, dict):
-                return _error(400, "the body must be a JSON object")
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
         if kind in POLICY_ACTIONS:
             await backend.device_policy(eid, kind, body)
         else:
@@ -253,12 +261,9 @@ def make_app(backend: ApiBackend, *, bearer_token: Callable[[], str | None] | No
         group, operation = request.match_info["group"], request.match_info["operation"]
         if operation not in GROUP_OPERATIONS:
             return _error(404, f"unknown group operation {operation!r}; one of {', '.join(GROUP_OPERATIONS)}")
-        body: dict[str, Any] = {}
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError:
-                return _error(400, "the body must be a JSON object")
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
         try:
             if not await backend.groups.members(group):
                 return _error(404, f"group {group!r} has no member")

@@ -159,6 +159,8 @@ def test_the_cli_says_when_the_daemon_is_not_running(workdir: Path) -> None:
 async def test_group_operations_stream_progress_and_export_the_members_audit(daemon: Daemon) -> None:
     path = daemon.layout.socket_path
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as session:
+        async with session.post("http://gateway/v1/groups/site-a/quarantine", json=["site audit"]) as resp:
+            assert resp.status == 400 and "JSON object" in (await resp.json())["error"]
         async with session.post("http://gateway/v1/groups/site-a/quarantine", json={"reason": "site audit"}) as resp:
             assert resp.status == 200
             lines = [json.loads(line) for line in (await resp.text()).splitlines()]
