@@ -484,21 +484,18 @@ class HttpBackhaul:
         return answer or b""
 
     async def post_es9(self, action: PostEs9) -> bytes:
-        server = self._server(action.smdp_address)
-        reply = await self.http.post_json(server, es9p.es9p_path(action.function), action.body,
-                                          timeout_s=self.es9_timeout_s)
-        if reply.status == 204 or not reply.body:
-            return b""
-        require_content_type(reply, "application/json", f"ES9+ {action.function}")
-        return reply.body
+        return await self._post_json(action.smdp_address, es9p.es9p_path(action.function), action.body,
+                                     self.es9_timeout_s, f"ES9+ {action.function}")
 
     async def post_es11(self, action: PostEs11) -> bytes:
-        server = self._server(action.smds_address)
-        reply = await self.http.post_json(server, es11.es11_path(action.function), action.body,
-                                          timeout_s=self.es11_timeout_s)
+        return await self._post_json(action.smds_address, es11.es11_path(action.function), action.body,
+                                     self.es11_timeout_s, f"ES11 {action.function}")
+
+    async def _post_json(self, address: str, path: str, body: bytes, timeout_s: float | None, what: str) -> bytes:
+        reply = await self.http.post_json(self._server(address), path, body, timeout_s=timeout_s)
         if reply.status == 204 or not reply.body:
             return b""
-        require_content_type(reply, "application/json", f"ES11 {action.function}")
+        require_content_type(reply, "application/json", what)
         return reply.body
 
 
