@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +18,6 @@ from daemon_support import (
     free_tcp_port,
     free_udp_port,
     make_eid,
-    short_dir,
     start_daemon,
     stop_daemon,
     wait_for_socket,
@@ -37,11 +36,6 @@ def pushed_package(eid: bytes) -> bytes:
                                       "euiccPackage": ("psmoList", [("listProfileInfo", {})])},
                "eimSignature": bytes(64)}
     return codec.encode("TransferEimPackageRequest", ("euiccPackageRequest", package))
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    yield from short_dir()
 
 
 @pytest.fixture

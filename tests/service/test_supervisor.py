@@ -26,7 +26,6 @@ from daemon_support import (
     free_udp_port,
     make_eid,
     psk_of,
-    short_dir,
     start_daemon,
     stop_daemon,
     wait_for_socket,
@@ -43,11 +42,6 @@ from hil.agent.mqtt_transport import MqttAgentTransport
 from hil.euicc import SoftEuicc
 from hil.modem_emulator import EmulatorThread, ModemEmulator, Quirks
 from hil.pki import RspPki
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    yield from short_dir()
 
 
 def layout(workdir: Path, devices: list[int], **kwargs: str) -> Layout:

@@ -19,7 +19,7 @@ import asyncio
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,7 +40,6 @@ from tests.service.daemon_support import (
     free_udp_port,
     make_eid,
     psk_of,
-    short_dir,
     start_daemon,
     stop_daemon,
     wait_for_socket,
@@ -49,11 +48,6 @@ from tests.service.daemon_support import (
 HOME = bytes.fromhex("98001032547698103214")
 FALLBACK = bytes.fromhex("98001032547698103215")
 EID = make_eid(1)
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    yield from short_dir()
 
 
 @dataclass
