@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from aiocoap.numbers import codes
 from aiocoap.optiontypes import BlockOption
 
 from gateway.errors import AccessDenied, ConfigError, UnknownDevice
+from gateway.links.sockets import set_receive_buffer
 from gateway.links.base import DeviceRegistry, UplinkHandler, answer
 from gateway.links.protocol import ErrorCode, ErrorMsg, Downlink, encode_downlink
 
@@ -336,15 +336,3 @@ def _enlarge_receive_buffer(ctx: Any, size: int) -> None:
             found = True
     if not found:
         log.warning("could not enlarge the CoAP server's receive buffer: bursts of block requests may be dropped")
-
-
-def set_receive_buffer(sock: socket.socket, size: int) -> None:
-    """SO_RCVBUF of `size` bytes: beyond net.core.rmem_max when the process may (CAP_NET_ADMIN)."""
-    force = getattr(socket, "SO_RCVBUFFORCE", None)
-    if force is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-            return
-        except PermissionError:
-            pass
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.links.sockets import set_receive_buffer
+
 Address = tuple[str, int]
 
 
@@ -98,10 +100,7 @@ def _big_buffers(transport: asyncio.BaseTransport) -> None:
     # not for the link (net.core.rmem_max caps it)
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", socket.SO_RCVBUF), 32 << 20)
-        except PermissionError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+        set_receive_buffer(sock, 32 << 20)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
 
 
