@@ -129,6 +129,10 @@ class NorthboundSection:
     esipa_timeout_s: float = setting(60.0, "Timeout of one ESipa request", min=1, max=600)
     es9_timeout_s: float = setting(60.0, "Timeout of one ES9+ request to an SM-DP+", min=1, max=600)
     es11_timeout_s: float = setting(30.0, "Timeout of one ES11 request to an SM-DS", min=1, max=600)
+    rearm_in_flight: int = setting(
+        2, "Deliveries (results, notifications) of one device sent at once when their server answers "
+        "again after failures, oldest first; each acknowledgement sends the next (0: each waits for its "
+        "own backoff timer)", min=0, max=64)
     retry: RetrySection = table(RetrySection, "Backoff of retryable northbound failures")
     circuit_breaker: CircuitBreakerSection = table(CircuitBreakerSection, "Per-server circuit breaker")
     inject: InjectSection = table(InjectSection, "ESipa inject endpoint (eIM-initiated push)")

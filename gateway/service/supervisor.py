@@ -159,7 +159,8 @@ def engine_config(config: Config) -> EngineConfig:
                         default_smdp=nb.default_smdp, initial_eim=initial_eim_data(config),
                         poll_interval_s=nb.polling_interval_s,
                         bpp_size_hint=config.device_defaults.bpp_size_hint,
-                        authenticate_server_size_hint=config.device_defaults.authenticate_server_size_hint)
+                        authenticate_server_size_hint=config.device_defaults.authenticate_server_size_hint,
+                        rearm_in_flight=nb.rearm_in_flight)
 
 
 def _eim_address(config: Config) -> str:
@@ -754,7 +755,7 @@ class Daemon:
         self.backhaul.es11_timeout_s = nb.es11_timeout_s
         self.engine.config = dataclasses.replace(self.engine.config, **{
             k: getattr(base, k) for k in ("segment_size", "max_batch_bytes", "eims", "idle_retry_s",
-                                          "default_smdp", "initial_eim")})
+                                          "default_smdp", "initial_eim", "rearm_in_flight")})
         self.reloads += 1
         summary = {"reloaded": True, "devices": len(new.devices), "sessions_kept": len(self.engine.sessions),
                    "restart_needed_for": restart_needed}

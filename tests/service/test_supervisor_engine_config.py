@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.config import load_config
+from gateway.core.engine import EngineConfig
 from gateway.errors import ConfigError
 from gateway.service.supervisor import engine_config
 from gateway.spec import codec
@@ -122,3 +123,13 @@ def test_the_polling_interval_and_size_hint_keys_reach_the_engine(
                            "[device_defaults]\nbpp_size_hint = 65536\nauthenticate_server_size_hint = 1024\n")
     engine = engine_config(load_config(etc / "gateway.toml"))
     assert (engine.poll_interval_s, engine.bpp_size_hint, engine.authenticate_server_size_hint) == (120.0, 65536, 1024)
+
+
+def test_rearm_in_flight_reaches_the_engine_and_defaults_to_the_engines_own(
+        etc: Path, dropin: Callable[[str, str], Path]) -> None:
+    assert engine_config(load_config(etc / "gateway.toml")).rearm_in_flight == EngineConfig().rearm_in_flight
+    dropin("50-rearm.toml", "[northbound]\nrearm_in_flight = 7\n")
+    assert engine_config(load_config(etc / "gateway.toml")).rearm_in_flight == 7
+    dropin("60-rearm.toml", "[northbound]\nrearm_in_flight = -1\n")
+    with pytest.raises(ConfigError, match="rearm_in_flight"):
+        load_config(etc / "gateway.toml")
