@@ -71,19 +71,17 @@ async def test_a_40_kb_batch_arrives_in_1_kb_block2_blocks_fetched_in_parallel(
     agent = agent_for(coap_server, 2, buffer_size=16 * 1024)
     transport = agent.transport
     assert isinstance(transport, CoapAgentTransport)
-    in_flight, peak = 0, 0
-    original = transport._block
+    sent: list[asyncio.Future[aiocoap.Message]] = []
+    peak = 0
+    original = transport._request_block
 
-    async def counting(number: int, *args: object) -> bytes:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        try:
-            return await original(number, *args)  # type: ignore[arg-type]
-        finally:
-            in_flight -= 1
+    def counting(number: int, query: str | None) -> asyncio.Future[aiocoap.Message]:
+        nonlocal peak
+        sent.append(original(number, query))
+        peak = max(peak, sum(not f.done() for f in sent))
+        return sent[-1]
 
-    transport._block = counting  # type: ignore[method-assign]
+    transport._request_block = counting  # type: ignore[method-assign]
     try:
         report = await agent.run_session()
     finally:
