@@ -64,11 +64,21 @@ class StoreSection:
 
 @dataclass(frozen=True, slots=True)
 class RetrySection:
-    initial_backoff_s: float = setting(1.0, "First wait after a retryable failure", min=0.01, max=3600)
+    """The engine's backoffs (gateway.core.config.northbound_backoffs): results and notifications
+    follow these keys as they are; requests a device's session waits on keep at most 60 s between
+    attempts and 3 retries, polls 30 s and 1 retry."""
+
+    initial_backoff_s: float = setting(
+        1.0, "Longest first wait after a retryable failure (the wait is drawn below it by the jitter)",
+        min=0.01, max=3600)
     max_backoff_s: float = setting(900.0, "Longest wait between two attempts", min=0.01, max=86400)
-    multiplier: float = setting(2.0, "Factor applied to the wait after each failure", min=1.0, max=10.0)
-    jitter_ratio: float = setting(0.2, "Random spread of each wait, as a fraction of it (0: none)", min=0.0, max=1.0)
-    max_attempts: int = setting(0, "Attempts before a message is given up and audited (0: never give up)", min=0)
+    multiplier: float = setting(2.0, "Factor applied to the longest wait after each failure", min=1.0, max=10.0)
+    jitter_ratio: float = setting(
+        0.2, "Random spread of each wait, as a fraction of it: a wait w is drawn from "
+        "[(1 - jitter_ratio) * w, w) (0: exactly w, 1: full jitter)", min=0.0, max=1.0)
+    max_attempts: int = setting(
+        0, "Attempts (the first included) before a result or notification is given up and audited "
+        "(0: never give up)", min=0)
 
 
 @dataclass(frozen=True, slots=True)

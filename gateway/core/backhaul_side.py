@@ -5,7 +5,7 @@ body, attempt) under a fresh request id before its PostEsipa/PostEs9/PostEs11 ac
 emitted, so a restart re-sends it. An answer goes back to its owner: the procedure, a poll
 (a package to queue), or a delivery (acknowledged: ACKED, or refused). A retryable failure
 (gateway.errors.is_retryable, decided by the adapter) is retried after the owner's
-BackoffPolicy delay (gateway/core/retry.py: full jitter, Retry-After as a floor) while
+BackoffPolicy wait (gateway/core/retry.py: jittered, Retry-After as a floor) while
 attempts remain; a definitive one goes to the owner at once. Scheduled polls run on the
 "poll" timer.
 
@@ -216,9 +216,7 @@ class BackhaulSide(Turn):
             return False
         policy = {PROC: self.config.request_backoff, POLL: self.config.poll_backoff}.get(
             rec["owner"], self.config.delivery_backoff)
-        wait = policy.delay(attempt, self.rand)
-        if retry_after_s is not None:
-            wait = max(wait, min(retry_after_s, policy.cap_s))
+        wait = policy.wait(attempt, self.rand, retry_after_s)
         name = f"{RETRY_PREFIX}{rec['owner']}:{rec['tag']}"
         rec["attempt"] = attempt + 1
         s.retries[name] = rec

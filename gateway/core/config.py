@@ -2,13 +2,23 @@
 
 Invalid values are refused when the object is made (ConfigError), never later in a device's
 session.
+
+Backoffs. The engine retries three kinds of backhaul request, each with a `BackoffPolicy`:
+deliveries (results and notifications for a server: retried for hours, until acknowledged),
+requests of a procedure (a device's download or eIM package is waiting on them) and polls.
+`northbound_backoffs` builds all three from the one set of operator keys
+(``[northbound.retry]``): the same initial wait, multiplier and jitter; deliveries take the
+longest wait and attempt budget as configured, while requests and polls keep short bounds of
+their own (at most REQUEST_RETRY_CAP_S / POLL_RETRY_CAP_S between attempts, at most
+REQUEST_RETRIES / POLL_RETRIES retries), because a device session or a wake-up waits on them
+and the next wake polls again anyway.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from gateway.core.retry import BackoffPolicy
 from gateway.errors import ConfigError
@@ -30,6 +40,42 @@ class EimEndpoint:
         return out
 
 
+REQUEST_RETRY_CAP_S = 60.0
+REQUEST_RETRIES = 3
+POLL_RETRY_CAP_S = 30.0
+POLL_RETRIES = 1
+
+
+class Backoffs(TypedDict):
+    """EngineConfig's three backoff fields, as keyword arguments."""
+
+    request_backoff: BackoffPolicy
+    delivery_backoff: BackoffPolicy
+    poll_backoff: BackoffPolicy
+
+
+BACKOFF_KEYS = tuple(Backoffs.__annotations__)
+
+
+def northbound_backoffs(initial_s: float, max_s: float, multiplier: float, jitter_ratio: float,
+                        max_attempts: int | None) -> Backoffs:
+    """EngineConfig's three backoffs from the operator's retry settings;
+    `max_attempts` counts every attempt of a delivery, the first included (None: never give up)."""
+    retries = None if max_attempts is None else max(0, max_attempts - 1)
+
+    def policy(cap_s: float, most: int | None) -> BackoffPolicy:
+        cap = min(max_s, cap_s)
+        limit = retries if most is None else most if retries is None else min(retries, most)
+        return BackoffPolicy(min(initial_s, cap), cap, limit, multiplier, jitter_ratio)
+
+    try:
+        return Backoffs(request_backoff=policy(REQUEST_RETRY_CAP_S, REQUEST_RETRIES),
+                        delivery_backoff=policy(max_s, None),
+                        poll_backoff=policy(POLL_RETRY_CAP_S, POLL_RETRIES))
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="northbound.retry") from None
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     segment_size: int = 255                      # STORE DATA block size (some modems need less)
@@ -46,9 +92,10 @@ class EngineConfig:
     poll_interval_s: float | None = None         # scheduled GetEimPackage; None = on wake-up only
     notification_check_s: float | None = 86400.0  # RetrieveNotificationsList folded into a wake
                                                  # this often (and on first contact); None = first only
-    request_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(2.0, 60.0, 3))
+    request_backoff: BackoffPolicy = field(
+        default_factory=lambda: BackoffPolicy(2.0, REQUEST_RETRY_CAP_S, REQUEST_RETRIES))
     delivery_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(5.0, 3600.0, None))
-    poll_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(2.0, 30.0, 1))
+    poll_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(2.0, POLL_RETRY_CAP_S, POLL_RETRIES))
     # Batch.next_size_hint estimates (the engine cannot know these sizes before the server's
     # answer; a CoAP agent fetches that many Block2 blocks with its uplink, and a wrong hint only
     # costs it speculative requests answered 4.02 at once, or one round trip): the BPP, announced

@@ -3,11 +3,14 @@
 Theory of operation. *Whether* a failed operation may be retried is decided only by
 `gateway.errors.is_retryable`; this module decides *when*.
 
-- `BackoffPolicy` computes capped exponential backoff with full jitter: the n-th retry
-  (n from 0) waits a uniformly random time in ``[0, min(cap, base * 2**n))``. The random
-  source is injected (a callable returning a float in [0, 1)), so tests are deterministic
-  and many devices retrying after one outage spread their retries instead of
-  synchronising. A server's Retry-After, when it gave one, is a floor on the wait.
+- `BackoffPolicy` computes capped exponential backoff with jitter: the n-th retry (n from
+  0) has the ceiling ``w = min(cap, base * multiplier**n)`` and waits a uniformly random time
+  in ``[(1 - jitter_ratio) * w, w)``; jitter_ratio 1 (the default) is full jitter,
+  ``[0, w)``, 0 is no jitter. The random source is injected (a callable returning a float in
+  [0, 1)), so tests are deterministic and many devices retrying after one outage spread
+  their retries instead of synchronising. A server's Retry-After, when it gave one, is a
+  floor on the wait (itself capped). The daemon builds its policies from
+  ``[northbound.retry]`` (gateway.core.config.northbound_backoffs).
 - `CircuitBreaker` tracks one server's reachability: after `failure_threshold`
   consecutive retryable failures it opens and every call is refused at once
   (`CircuitOpen`, itself retryable) until `reset_timeout_s` has passed; then it lets
@@ -46,6 +49,8 @@ class BackoffPolicy:
     base_s: float = 1.0
     cap_s: float = 3600.0
     max_attempts: int | None = None  # retries allowed; None = retry for ever (notifications)
+    multiplier: float = 2.0
+    jitter_ratio: float = 1.0        # 1: full jitter, [0, w); 0: exactly w
 
     def __post_init__(self) -> None:
         if not (self.base_s > 0 and math.isfinite(self.base_s)):
@@ -54,22 +59,37 @@ class BackoffPolicy:
             raise ValueError("cap_s must be finite and >= base_s")
         if self.max_attempts is not None and self.max_attempts < 0:
             raise ValueError("max_attempts must be >= 0")
+        if not (self.multiplier >= 1.0 and math.isfinite(self.multiplier)):
+            raise ValueError("multiplier must be a finite number >= 1")
+        if not 0.0 <= self.jitter_ratio <= 1.0:
+            raise ValueError("jitter_ratio must be in [0, 1]")
 
     def ceiling(self, attempt: int) -> float:
-        """Upper bound of the wait before retry number `attempt` (0-based): min(cap, base*2^n)."""
+        """Upper bound of the wait before retry number `attempt` (0-based): min(cap, base*m^n)."""
         if attempt < 0:
             raise ValueError("attempt must be >= 0")
-        # base * 2**n reaches the cap once n >= log2(cap/base); beyond that 2**n would overflow.
-        if attempt >= math.log2(self.cap_s / self.base_s):
+        if self.multiplier == 1.0:
+            return self.base_s
+        # base * m**n reaches the cap once n >= log_m(cap/base); beyond that m**n could overflow.
+        if attempt >= math.log(self.cap_s / self.base_s, self.multiplier):
             return self.cap_s
-        return min(self.cap_s, math.ldexp(self.base_s, attempt))
+        return min(self.cap_s, self.base_s * self.multiplier ** attempt)
 
     def delay(self, attempt: int, rand: Callable[[], float]) -> float:
-        """Full jitter: uniform in [0, ceiling(attempt)). `rand()` returns a float in [0, 1)."""
+        """Uniform in [(1 - jitter_ratio) * w, w), w = ceiling(attempt). `rand()` returns a float
+        in [0, 1)."""
         r = rand()
         if not 0.0 <= r < 1.0:
             raise ValueError(f"random source returned {r!r}, outside [0, 1)")
-        return r * self.ceiling(attempt)
+        return self.ceiling(attempt) * (1.0 - self.jitter_ratio + self.jitter_ratio * r)
+
+    def wait(self, attempt: int, rand: Callable[[], float], retry_after_s: float | None = None) -> float:
+        """The wait before retry number `attempt`: `delay`, with the server's Retry-After as a
+        floor (itself capped)."""
+        wait = self.delay(attempt, rand)
+        if retry_after_s is not None and retry_after_s > wait:
+            wait = min(retry_after_s, self.cap_s)
+        return wait
 
     def next_attempt_at(self, exc: BaseException, attempt: int, now: float,
                         rand: Callable[[], float], retry_after_s: float | None = None) -> float | None:
@@ -78,9 +98,7 @@ class BackoffPolicy:
             return None
         if self.max_attempts is not None and attempt >= self.max_attempts:
             return None
-        wait = self.delay(attempt, rand)
-        if retry_after_s is not None and retry_after_s > wait:
-            wait = min(retry_after_s, self.cap_s)
+        wait = self.wait(attempt, rand, retry_after_s)
         if isinstance(exc, CircuitOpen):
             return max(now + wait, exc.retry_at)
         return now + wait

@@ -45,6 +45,7 @@ from gateway.backhaul.http import BackhaulHttp, HttpLimits, TlsTrust
 from gateway.backhaul.inject_server import InjectServer, server_ssl_context
 from gateway.config import Config, Device, load_config
 from gateway.core.actions import Audit, PostEs9, PostEs11, PostEsipa, from_bytes
+from gateway.core.config import BACKOFF_KEYS, northbound_backoffs
 from gateway.core.engine import EimEndpoint, Engine, EngineConfig
 from gateway.core.events import BackhaulAnswered, EimPackageReceived, StateReportPending
 from gateway.core.retry import BreakerState, CircuitBreaker
@@ -153,8 +154,11 @@ def engine_config(config: Config) -> EngineConfig:
     if nb.eim_fqdn is not None:
         eims = (EimEndpoint(eim_id=nb.eim_id or nb.eim_fqdn, fqdn=_eim_address(config),
                             indirect=nb.initial_eim.indirect_profile_download),)
+    retry = nb.retry
+    backoffs = northbound_backoffs(retry.initial_backoff_s, retry.max_backoff_s, retry.multiplier,
+                                   retry.jitter_ratio, retry.max_attempts or None)
     return EngineConfig(segment_size=config.device_defaults.segment_size,
-                        max_batch_bytes=config.device_defaults.max_batch_bytes, eims=eims,
+                        max_batch_bytes=config.device_defaults.max_batch_bytes, eims=eims, **backoffs,
                         idle_retry_s=int(config.device_defaults.poll_interval_s),
                         default_smdp=nb.default_smdp, initial_eim=initial_eim_data(config),
                         poll_interval_s=nb.polling_interval_s,
@@ -755,7 +759,7 @@ class Daemon:
         self.backhaul.es11_timeout_s = nb.es11_timeout_s
         self.engine.config = dataclasses.replace(self.engine.config, **{
             k: getattr(base, k) for k in ("segment_size", "max_batch_bytes", "eims", "idle_retry_s",
-                                          "default_smdp", "initial_eim", "rearm_in_flight")})
+                                          "default_smdp", "initial_eim", "rearm_in_flight", *BACKOFF_KEYS)})
         self.reloads += 1
         summary = {"reloaded": True, "devices": len(new.devices), "sessions_kept": len(self.engine.sessions),
                    "restart_needed_for": restart_needed}

@@ -38,6 +38,27 @@ def test_jitter_spreads_a_thousand_retries() -> None:
     assert len({round(d) for d in delays}) > 300
 
 
+def test_multiplier_sets_the_growth_of_the_ceiling_up_to_the_cap() -> None:
+    assert [BackoffPolicy(1, 100, multiplier=3).ceiling(n) for n in range(6)] == [1, 3, 9, 27, 81, 100]
+    assert [BackoffPolicy(5, 100, multiplier=1).ceiling(n) for n in (0, 1, 50, 10_000)] == [5, 5, 5, 5]
+    assert BackoffPolicy(1, 1e6, multiplier=10).ceiling(10**9) == 1e6
+
+
+@given(st.floats(min_value=0.0, max_value=1.0), st.floats(min_value=1.0, max_value=10.0),
+       st.integers(min_value=0, max_value=10_000), unit)
+def test_jitter_ratio_draws_the_wait_from_its_fraction_below_the_ceiling(
+        jitter: float, multiplier: float, attempt: int, r: float) -> None:
+    p = BackoffPolicy(base_s=0.5, cap_s=900.0, multiplier=multiplier, jitter_ratio=jitter)
+    w = p.ceiling(attempt)
+    assert (1.0 - jitter) * w - 1e-9 <= p.delay(attempt, lambda: r) <= w
+
+
+def test_no_jitter_waits_exactly_the_ceiling_and_full_jitter_is_the_default() -> None:
+    exact = BackoffPolicy(base_s=3, cap_s=60, jitter_ratio=0.0)
+    assert [exact.delay(n, lambda: 0.99) for n in range(6)] == [3, 6, 12, 24, 48, 60]
+    assert BackoffPolicy(base_s=4, cap_s=60).delay(2, lambda: 0.25) == 4.0       # r * w
+
+
 def test_next_attempt_only_for_retryable_errors_and_within_budget() -> None:
     p = BackoffPolicy(base_s=2, cap_s=60, max_attempts=3)
     half = lambda: 0.5  # noqa: E731
@@ -71,6 +92,10 @@ def test_bad_parameters_are_rejected() -> None:
         BackoffPolicy().delay(0, lambda: 1.0)
     with pytest.raises(ValueError):
         BackoffPolicy().ceiling(-1)
+    for bad in ({"multiplier": 0.5}, {"multiplier": float("inf")}, {"jitter_ratio": -0.1},
+                {"jitter_ratio": 1.5}):
+        with pytest.raises(ValueError):
+            BackoffPolicy(**bad)
 
 
 def test_breaker_opens_after_threshold_then_half_opens_and_closes_on_success() -> None:

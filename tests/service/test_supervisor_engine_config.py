@@ -1,6 +1,7 @@
 """The daemon's engine configuration comes from gateway.toml: the default eIM's id and address,
 the default SM-DP+, and the EimConfigurationData of AddInitialEim with the eIM's signing
-certificate (PEM or DER file) and TLS trust -- no engine hook needed."""
+certificate (PEM or DER file) and TLS trust -- no engine hook needed; and [northbound.retry]
+sets the schedule of the engine's retries (counted from the timers it starts, no waiting)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.config import load_config
-from gateway.core.engine import EngineConfig
+from gateway.core import actions as A
+from gateway.core import events as E
+from gateway.core.engine import Engine, EngineConfig
+from gateway.core.retry import BackoffPolicy
 from gateway.errors import ConfigError
+from gateway.links.protocol import DeviceStatus
 from gateway.service.supervisor import engine_config
-from gateway.spec import codec
+from gateway.spec import codec, esipa
 
 CI_PKID = "f54172bdf98a95d65cbeb88a38a1c11d800a85c3"
 
@@ -133,3 +138,82 @@ def test_rearm_in_flight_reaches_the_engine_and_defaults_to_the_engines_own(
     dropin("60-rearm.toml", "[northbound]\nrearm_in_flight = -1\n")
     with pytest.raises(ConfigError, match="rearm_in_flight"):
         load_config(etc / "gateway.toml")
+
+
+# --- [northbound.retry] -> the engine's backoffs ---------------------------------------------
+
+RETRY_EID = bytes.fromhex("89049032123451234512345678901235")
+
+
+def _retry_config(etc: Path, dropin: Callable[[str, str], Path], retry: str) -> EngineConfig:
+    dropin("50-eim.toml", '[northbound]\neim_fqdn = "eim.example.com"\neim_id = "eim-1"\n'
+                          f"[northbound.retry]\n{retry}")
+    return engine_config(load_config(etc / "gateway.toml"))
+
+
+def _delivery_waits(config: EngineConfig, eid: bytes = RETRY_EID, limit: int = 20) -> tuple[list[float], str]:
+    """Seconds the engine schedules between the attempts of one result delivery that the eIM's
+    server keeps refusing (connection refused), until it gives up or `limit` waits; and the
+    delivery's state at the end."""
+    eng = Engine(config)
+    (poll,) = [a for a in eng.handle(E.DeviceHello(eid, 0.0, DeviceStatus(eid, plmn="26201")))
+               if isinstance(a, A.PostEsipa)]
+    package = esipa.encode_from_eim("getEimPackageResponse", ("ipaEuiccDataRequest", {
+        "tagList": b"\xa9", "eimTransactionId": b"\x00\x01"}))
+    out = eng.handle(E.BackhaulAnswered(eid, 1.0, poll.request_id, package))
+    now, waits = 1.0, []
+    while len(waits) < limit:
+        (post,) = [a for a in out if isinstance(a, A.PostEsipa) and a.function == "ProvideEimPackageResult"]
+        out = eng.handle(E.BackhaulFailed(eid, now, post.request_id, "NetworkError", True, "refused"))
+        timers = [a for a in out if isinstance(a, A.StartTimer) and a.name.startswith("retry:delivery:")]
+        if not timers:
+            break
+        (timer,) = timers
+        waits.append(timer.at - now)
+        now = timer.at
+        out = eng.handle(E.TimerFired(eid, now, timer.name))
+    (delivery,) = eng.sessions[eid].deliveries.values()
+    return waits, delivery["state"]
+
+
+def test_retry_initial_max_and_multiplier_set_the_schedule_of_the_engines_deliveries(
+        etc: Path, dropin: Callable[[str, str], Path]) -> None:
+    config = _retry_config(etc, dropin, "initial_backoff_s = 10.0\nmax_backoff_s = 100.0\n"
+                                        "multiplier = 3.0\njitter_ratio = 0.0\n")
+    waits, state = _delivery_waits(config, limit=6)
+    assert waits == [10.0, 30.0, 90.0, 100.0, 100.0, 100.0] and state == "SENDING"   # still retried
+    default_waits, _ = _delivery_waits(_retry_config(etc, dropin, ""), limit=6)
+    assert default_waits != waits
+    assert all(0.8 * w <= d < w for d, w in zip(default_waits, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0], strict=True))
+
+
+def test_retry_max_attempts_counts_every_attempt_then_the_delivery_is_given_up(
+        etc: Path, dropin: Callable[[str, str], Path]) -> None:
+    config = _retry_config(etc, dropin, "initial_backoff_s = 5.0\njitter_ratio = 0.0\nmax_attempts = 4\n")
+    waits, state = _delivery_waits(config)
+    assert waits == [5.0, 10.0, 20.0] and state == "FAILED"       # 4 attempts, 3 waits between them
+    assert config.request_backoff.max_attempts == 3 and config.poll_backoff.max_attempts == 1
+    one = _retry_config(etc, dropin, "max_attempts = 1\n")
+    assert _delivery_waits(one) == ([], "FAILED")
+    assert (one.request_backoff.max_attempts, one.poll_backoff.max_attempts) == (0, 0)
+
+
+def test_retry_jitter_ratio_spreads_first_waits_of_a_fleet_within_its_fraction(
+        etc: Path, dropin: Callable[[str, str], Path]) -> None:
+    eids = [RETRY_EID[:12] + n.to_bytes(4, "big") for n in range(200)]
+    exact = _retry_config(etc, dropin, "initial_backoff_s = 60.0\njitter_ratio = 0.0\n")
+    assert {_delivery_waits(exact, e, limit=1)[0][0] for e in eids[:20]} == {60.0}
+    spread = _retry_config(etc, dropin, "initial_backoff_s = 60.0\njitter_ratio = 0.5\n")
+    firsts = [_delivery_waits(spread, e, limit=1)[0][0] for e in eids]
+    assert all(30.0 <= w < 60.0 for w in firsts)
+    assert min(firsts) < 33.0 and max(firsts) > 57.0
+    assert len({round(w) for w in firsts}) > 25
+
+
+def test_requests_and_polls_share_the_retry_shape_within_their_own_bounds(
+        etc: Path, dropin: Callable[[str, str], Path]) -> None:
+    config = _retry_config(etc, dropin, "initial_backoff_s = 45.0\nmax_backoff_s = 7200.0\n"
+                                        "multiplier = 1.5\njitter_ratio = 0.3\n")
+    assert config.delivery_backoff == BackoffPolicy(45.0, 7200.0, None, 1.5, 0.3)
+    assert config.request_backoff == BackoffPolicy(45.0, 60.0, 3, 1.5, 0.3)
+    assert config.poll_backoff == BackoffPolicy(30.0, 30.0, 1, 1.5, 0.3)
