@@ -40,6 +40,26 @@ class EimEndpoint:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceOverrides:
+    """What the operator set for one device (its fleet entry) instead of the engine-wide value;
+    None: the engine-wide value."""
+
+    segment_size: int | None = None
+    max_batch_bytes: int | None = None
+    idle_retry_s: int | None = None
+
+
+def _check_device_values(segment_size: int | None, max_batch_bytes: int | None, idle_retry_s: int | None,
+                         where: str = "") -> None:
+    if segment_size is not None and not 1 <= segment_size <= 255:
+        raise ConfigError(f"STORE DATA segment size must be 1..255{where}", key="segment_size")
+    if max_batch_bytes is not None and max_batch_bytes < 256:
+        raise ConfigError(f"a batch budget below 256 bytes cannot carry one ES10b call{where}", key="max_batch_bytes")
+    if idle_retry_s is not None and idle_retry_s < 1:
+        raise ConfigError(f"idle_retry_s must be >= 1{where}", key="idle_retry_s")
+
+
 REQUEST_RETRY_CAP_S = 60.0
 REQUEST_RETRIES = 3
 POLL_RETRY_CAP_S = 30.0
@@ -80,6 +100,7 @@ def northbound_backoffs(initial_s: float, max_s: float, multiplier: float, jitte
 class EngineConfig:
     segment_size: int = 255                      # STORE DATA block size (some modems need less)
     max_batch_bytes: int | None = None           # per-device default when the agent gives none
+    devices: Mapping[bytes, DeviceOverrides] = field(default_factory=dict)  # by EID: the fleet's overrides
     default_smdp: str | None = None              # for contactDefaultSmdp when the eUICC has none
     default_smds: str | None = None              # for contactSmds without an smdsAddress
     eims: tuple[EimEndpoint, ...] = ()           # eIMs to poll before the eUICC was read
@@ -109,14 +130,13 @@ class EngineConfig:
     seed: int | None = None                      # jitter PRNG seed (tests); None = random
 
     def __post_init__(self) -> None:
-        if not 1 <= self.segment_size <= 255:
-            raise ConfigError("STORE DATA segment size must be 1..255", key="segment_size")
-        if self.max_batch_bytes is not None and self.max_batch_bytes < 256:
-            raise ConfigError("a batch budget below 256 bytes cannot carry one ES10b call", key="max_batch_bytes")
+        _check_device_values(self.segment_size, self.max_batch_bytes, self.idle_retry_s)
+        for eid, o in self.devices.items():
+            _check_device_values(o.segment_size, o.max_batch_bytes, o.idle_retry_s, f" (device {eid.hex()})")
         if self.refresh not in (REFRESH_UICC_RESET, REFRESH_MODEM_RESET):
             raise ConfigError(f"unknown refresh {self.refresh!r}", key="refresh")
-        if self.idle_retry_s < 1 or self.busy_retry_s < 1:
-            raise ConfigError("idle_retry_s and busy_retry_s must be >= 1", key="idle_retry_s")
+        if self.busy_retry_s < 1:
+            raise ConfigError("busy_retry_s must be >= 1", key="busy_retry_s")
         if self.rearm_in_flight < 0:
             raise ConfigError("rearm_in_flight must be >= 0 (0: deliveries wait for their own timers)",
                               key="rearm_in_flight")
@@ -128,3 +148,16 @@ class EngineConfig:
                 raise ConfigError(f"{key} must be 0..{MAX_MESSAGE}", key=key)
         if self.initial_eim is not None and "eimId" not in self.initial_eim:
             raise ConfigError("the initial eIM needs an eimId", key="initial_eim")
+
+    def segment_size_of(self, eid: bytes) -> int:
+        o = self.devices.get(eid)
+        return o.segment_size if o is not None and o.segment_size is not None else self.segment_size
+
+    def max_batch_bytes_of(self, eid: bytes) -> int | None:
+        """The operator's budget for the device, used when the device reports none of its own."""
+        o = self.devices.get(eid)
+        return o.max_batch_bytes if o is not None and o.max_batch_bytes is not None else self.max_batch_bytes
+
+    def idle_retry_s_of(self, eid: bytes) -> int:
+        o = self.devices.get(eid)
+        return o.idle_retry_s if o is not None and o.idle_retry_s is not None else self.idle_retry_s

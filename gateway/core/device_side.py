@@ -23,7 +23,9 @@ it then answers a further copy. A Hello or the Result of the next batch ends tha
 Result older than that is refused.
 
 Device limits: each step must fit the agent's `buffer_size` and each batch its
-`max_batch_bytes` (planner). A call of the procedure that cannot fit at all fails the
+`max_batch_bytes` (planner): the device's own report, else the operator's value for it
+(EngineConfig.max_batch_bytes_of); STORE DATA blocks are cut at the operator's segment size
+for the device (EngineConfig.segment_size_of). A call of the procedure that cannot fit at all fails the
 procedure (its FAILURE row cancels the eUICC's RSP session where one is open) with an audit
 note naming the call and the limit. `next_size_hint` is set wherever the next downlink can
 be foreseen: exactly for the rest of a part cut by the byte budget, else the procedure's
@@ -350,7 +352,7 @@ class DeviceSide(Turn):
             self.reply(A.ReplyIdle(s.eid, int(busy) if busy else self.idle_for()))
             return
         s.counter += 1
-        planned = plan(parts, s.counter & 0xFFFFFFFF, segment_size=self.config.segment_size,
+        planned = plan(parts, s.counter & 0xFFFFFFFF, segment_size=self.segment_size(),
                        max_batch_bytes=self.max_batch_bytes(), buffer_size=s.buffer_size)
         owners = [[o, n] for o, n in planned.owners]
         if s.work is not None:
@@ -377,15 +379,18 @@ class DeviceSide(Turn):
         s.resend_once = False
         self.reply(A.SendBatch(s.eid, batch))
 
+    def segment_size(self) -> int:
+        return self.config.segment_size_of(self.s.eid)
+
     def max_batch_bytes(self) -> int | None:
-        return self.s.max_batch_bytes or self.config.max_batch_bytes
+        return self.s.max_batch_bytes or self.config.max_batch_bytes_of(self.s.eid)
 
     def next_size_hint(self) -> int | None:
         """The size of the downlink that will answer this batch's Result, when foreseeable."""
         s = self.s
         if s.work is not None:
             # the rest of a part cut by the byte budget: the next batch starts with it
-            rest = plan([s.work], (s.counter + 1) & 0xFFFFFFFF, segment_size=self.config.segment_size,
+            rest = plan([s.work], (s.counter + 1) & 0xFFFFFFFF, segment_size=self.segment_size(),
                         max_batch_bytes=self.max_batch_bytes(), buffer_size=s.buffer_size)
             if rest.leftover:       # that batch will carry a hint of its own, about as large
                 return downlink_size(dataclasses.replace(rest.batch, next_size_hint=downlink_size(rest.batch)))
@@ -412,7 +417,7 @@ class DeviceSide(Turn):
             self.feed(FAILED, Failure("device", DEVICE_LIMIT, why))
 
     def oversize(self, call: Call) -> str | None:
-        return oversize(call, segment_size=self.config.segment_size, buffer_size=self.s.buffer_size,
+        return oversize(call, segment_size=self.segment_size(), buffer_size=self.s.buffer_size,
                         max_batch_bytes=self.max_batch_bytes())
 
     def stop_uplink_timer(self) -> None:
@@ -424,5 +429,5 @@ class DeviceSide(Turn):
         procedure waits to retry a server (its eUICC session should not wait for the next
         ordinary wake). Polls and deliveries retry without the device."""
         due = [at - self.now for name, at in self.s.timers.items() if name.startswith(f"{RETRY_PREFIX}{PROC}:")]
-        wait = min([float(self.config.idle_retry_s)] + [d for d in due if d > 0])
+        wait = min([float(self.config.idle_retry_s_of(self.s.eid))] + [d for d in due if d > 0])
         return max(1, math.ceil(wait))

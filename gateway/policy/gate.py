@@ -93,12 +93,13 @@ class _Pending:
 
 class PolicyGate:
     def __init__(self, inner: UplinkHandler, policies: Policies, backend: GateBackend, *,
-                 clock: Callable[[], float] = time.time, segment_size: int = apdu.DEFAULT_SEGMENT_SIZE) -> None:
+                 clock: Callable[[], float] = time.time,
+                 segment_size_of: Callable[[bytes], int] = lambda eid: apdu.DEFAULT_SEGMENT_SIZE) -> None:
         self.inner = inner
         self.policies = policies
         self.backend = backend
         self.clock = clock
-        self.segment_size = segment_size
+        self.segment_size_of = segment_size_of
         self._pending: dict[bytes, _Pending] = {}
         self._next_id = 0
         self.last_status: dict[bytes, DeviceStatus] = {}
@@ -169,7 +170,7 @@ class PolicyGate:
             batch_id = POLICY_BATCH_BASE + (self._next_id % POLICY_BATCH_SPAN)
             self._next_id += 1
             self._pending[eid] = _Pending(batch_id, run.token, status)
-            step = Step(tuple(apdu.store_data(run.request, self.segment_size)))
+            step = Step(tuple(apdu.store_data(run.request, self.segment_size_of(eid))))
             return BatchMsg(Batch(batch_id, (step,), aid=apdu.ISD_R_AID, refresh=run.refresh))
         return await self.inner.exchange(eid, uplink)
 

@@ -45,7 +45,7 @@ from gateway.backhaul.http import BackhaulHttp, HttpLimits, TlsTrust
 from gateway.backhaul.inject_server import InjectServer, server_ssl_context
 from gateway.config import Config, Device, load_config
 from gateway.core.actions import Audit, PostEs9, PostEs11, PostEsipa, from_bytes
-from gateway.core.config import BACKOFF_KEYS, northbound_backoffs
+from gateway.core.config import BACKOFF_KEYS, DeviceOverrides, northbound_backoffs
 from gateway.core.engine import EimEndpoint, Engine, EngineConfig
 from gateway.core.events import BackhaulAnswered, EimPackageReceived, StateReportPending
 from gateway.core.retry import BreakerState, CircuitBreaker
@@ -158,13 +158,29 @@ def engine_config(config: Config) -> EngineConfig:
     backoffs = northbound_backoffs(retry.initial_backoff_s, retry.max_backoff_s, retry.multiplier,
                                    retry.jitter_ratio, retry.max_attempts or None)
     return EngineConfig(segment_size=config.device_defaults.segment_size,
-                        max_batch_bytes=config.device_defaults.max_batch_bytes, eims=eims, **backoffs,
+                        max_batch_bytes=config.device_defaults.max_batch_bytes, devices=device_overrides(config), eims=eims,
+                        **backoffs,
                         idle_retry_s=int(config.device_defaults.poll_interval_s),
                         default_smdp=nb.default_smdp, initial_eim=initial_eim_data(config),
                         poll_interval_s=nb.polling_interval_s,
                         bpp_size_hint=config.device_defaults.bpp_size_hint,
                         authenticate_server_size_hint=config.device_defaults.authenticate_server_size_hint,
                         rearm_in_flight=nb.rearm_in_flight)
+
+
+def device_overrides(config: Config) -> dict[bytes, DeviceOverrides]:
+    """The fleet entries' own segment_size, max_batch_bytes and poll_interval_s, where they differ
+    from [device_defaults] (those are the engine-wide values)."""
+    defaults = config.device_defaults
+    out = {}
+    for d in config.devices:
+        own = DeviceOverrides(
+            segment_size=None if d.segment_size == defaults.segment_size else d.segment_size,
+            max_batch_bytes=None if d.max_batch_bytes == defaults.max_batch_bytes else d.max_batch_bytes,
+            idle_retry_s=None if d.poll_interval_s == defaults.poll_interval_s else int(d.poll_interval_s))
+        if own != DeviceOverrides():
+            out[d.eid] = own
+    return out
 
 
 def _eim_address(config: Config) -> str:
@@ -300,7 +316,7 @@ class Daemon:
             self.policies = Policies(cfg.policies)
             await self._restore_policies()
             self.gate = PolicyGate(self.runtime, self.policies, self, clock=self.clock,
-                                   segment_size=cfg.device_defaults.segment_size)
+                                   segment_size_of=lambda eid: self.engine.config.segment_size_of(eid))
             self.webhooks = await self._start_webhooks(stack)
             self.runtime.on_audit = self._profile_webhook
             self.runtime.on_queued = self._kick_webhooks
@@ -758,7 +774,7 @@ class Daemon:
         self.backhaul.esipa_timeout_s, self.backhaul.es9_timeout_s = nb.esipa_timeout_s, nb.es9_timeout_s
         self.backhaul.es11_timeout_s = nb.es11_timeout_s
         self.engine.config = dataclasses.replace(self.engine.config, **{
-            k: getattr(base, k) for k in ("segment_size", "max_batch_bytes", "eims", "idle_retry_s",
+            k: getattr(base, k) for k in ("segment_size", "max_batch_bytes", "devices", "eims", "idle_retry_s",
                                           "default_smdp", "initial_eim", "rearm_in_flight", *BACKOFF_KEYS)})
         self.reloads += 1
         summary = {"reloaded": True, "devices": len(new.devices), "sessions_kept": len(self.engine.sessions),

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from gateway.core import actions as A
 from gateway.core import events as E
 from gateway.core import serial
+from gateway.core.config import DeviceOverrides
 from gateway.core.engine import EimEndpoint, Engine, EngineConfig
 from gateway.core.session import DeviceSession
-from gateway.errors import DecodeError
+from gateway.errors import ConfigError, DecodeError
 from gateway.links.protocol import Batch, BatchResult, DeviceStatus, Step, StepResult
 from gateway.spec import esipa
 
@@ -434,3 +435,15 @@ def test_let_go_requests_survive_a_restart_in_the_blob() -> None:
     s = DeviceSession(EID)
     s.let_go = {"7": A.STALE_ACKNOWLEDGED}
     assert DeviceSession.from_blob(EID, s.to_blob()).let_go == {"7": A.STALE_ACKNOWLEDGED}
+
+
+def test_a_bad_per_device_override_is_refused_naming_the_key_and_the_device() -> None:
+    for bad, key in ((DeviceOverrides(segment_size=0), "segment_size"),
+                     (DeviceOverrides(max_batch_bytes=100), "max_batch_bytes"),
+                     (DeviceOverrides(idle_retry_s=0), "idle_retry_s")):
+        with pytest.raises(ConfigError, match=EID.hex()) as info:
+            EngineConfig(devices={EID: bad})
+        assert info.value.key == key
+    config = EngineConfig(segment_size=200, devices={EID: DeviceOverrides(max_batch_bytes=512)})
+    assert (config.segment_size_of(EID), config.max_batch_bytes_of(EID), config.max_batch_bytes_of(eid(1))) == \
+        (200, 512, None)

@@ -24,6 +24,8 @@ from gateway.links.protocol import DeviceStatus
 from gateway.service.supervisor import engine_config
 from gateway.spec import codec, esipa
 
+from service_support import PSK_HEX
+
 CI_PKID = "f54172bdf98a95d65cbeb88a38a1c11d800a85c3"
 
 
@@ -217,3 +219,66 @@ def test_requests_and_polls_share_the_retry_shape_within_their_own_bounds(
     assert config.delivery_backoff == BackoffPolicy(45.0, 7200.0, None, 1.5, 0.3)
     assert config.request_backoff == BackoffPolicy(45.0, 60.0, 3, 1.5, 0.3)
     assert config.poll_backoff == BackoffPolicy(30.0, 30.0, 1, 1.5, 0.3)
+
+
+# --- per-device overrides (devices.d) -> the engine's batch planning -------------------------
+
+def _euicc_package(eid: bytes, deletes: int) -> bytes:
+    """A GetEimPackageResponse with an EuiccPackageRequest of `deletes` PSMOs (the signature is
+    not checked by the IPA: the eUICC checks it)."""
+    return esipa.encode_from_eim("getEimPackageResponse", ("euiccPackageRequest", {
+        "euiccPackageSigned": {"eimId": "eim-1", "eidValue": eid, "counterValue": 1, "eimTransactionId": b"\x00\x07",
+                               "euiccPackage": ("psmoList", [("delete", {"iccid": bytes(10)})] * deletes)},
+        "eimSignature": bytes(64)}))
+
+
+def _first_downlink(config: EngineConfig, eid: bytes, package: bytes) -> tuple[list[A.Action], list[A.Action]]:
+    """(downlinks, audits) of a device's first wake whose poll brings `package`."""
+    eng = Engine(config)
+    (poll,) = [a for a in eng.handle(E.DeviceHello(eid, 0.0, DeviceStatus(eid, plmn="26201")))
+               if isinstance(a, A.PostEsipa)]
+    out = eng.handle(E.BackhaulAnswered(eid, 1.0, poll.request_id, package))
+    return [a for a in out if isinstance(a, A.DOWNLINKS)], [a for a in out if isinstance(a, A.Audit)]
+
+
+def test_a_devices_own_segment_size_and_batch_budget_reach_the_engines_batch_planning(
+        etc: Path, dropin: Callable[[str, str], Path], write_credentials: Callable[[str], Path]) -> None:
+    cut, small, plain = "89049032123451234512345678901235", "89001012012341234012345678901224", \
+        "89049032123451234512345678901332"
+    (etc / "devices.d").mkdir(exist_ok=True)
+    (etc / "devices.d" / "fleet.toml").write_text(f"""
+[[device]]
+eid = "{cut}"
+link = "coap"
+identity = "cut"
+segment_size = 100
+[[device]]
+eid = "{small}"
+link = "coap"
+identity = "small"
+max_batch_bytes = 256
+poll_interval_s = 7200.0
+[[device]]
+eid = "{plain}"
+link = "coap"
+identity = "plain"
+""")
+    write_credentials("[dtls_psk]\n" + "".join(f'{name} = "{PSK_HEX}"\n' for name in ("cut", "small", "plain")))
+    dropin("50-eim.toml", '[northbound]\neim_fqdn = "eim.example.com"\neim_id = "eim-1"\n')
+    config = engine_config(load_config(etc / "gateway.toml"))
+
+    def load_euicc_package_blocks(eid: str) -> list[int]:
+        e = bytes.fromhex(eid)
+        (downlink,), _ = _first_downlink(config, e, _euicc_package(e, 20))
+        assert isinstance(downlink, A.SendBatch)
+        (step,) = [s for s in downlink.batch.steps if s.apdus[0][5:7] == b"\xbf\x51"]
+        return [apdu[4] for apdu in step.apdus]          # Lc: data bytes of each STORE DATA block
+
+    assert load_euicc_package_blocks(cut) == [100, 100, 100, 92]
+    assert load_euicc_package_blocks(plain) == [255, 137]
+    e = bytes.fromhex(small)
+    (downlink,), audits = _first_downlink(config, e, _euicc_package(e, 20))
+    assert isinstance(downlink, A.SendBatch)
+    assert b"\xbf\x51" not in [s.apdus[0][5:7] for s in downlink.batch.steps]
+    assert any(a.operation == "deviceLink" and a.result == "refused" and "256 bytes" in a.detail for a in audits)
+    assert (config.idle_retry_s_of(e), config.idle_retry_s_of(bytes.fromhex(plain))) == (7200, 3600)
