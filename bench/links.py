@@ -226,6 +226,25 @@ class GatewayProcess:
             self.proc.stdout.close()
 
 
+class InstructionCounter:
+    """`perf stat -e instructions` attached to a running process, until stop()."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = subprocess.Popen(["perf", "stat", "-x", ",", "-e", "instructions", "-p", str(pid)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.2)  # attached before the phase starts
+
+    def stop(self) -> int:
+        import signal
+        self.proc.send_signal(signal.SIGINT)
+        _, err = self.proc.communicate(timeout=30)
+        for line in err.splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[2].startswith("instructions") and fields[0].isdigit():
+                return int(fields[0])
+        raise RuntimeError(f"perf stat gave no instruction count: {err.strip()[-300:]}")
+
+
 def start_broker(directory: Path, devices: int) -> tuple[subprocess.Popen[bytes], int]:
     import getpass
 
@@ -336,11 +355,13 @@ async def run_devices(args: argparse.Namespace) -> dict[str, object]:
             workers.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         attached = [json.loads(w.stdout.readline()) for w in workers]  # type: ignore[union-attr]
         before = gateway.stats()
+        counter = InstructionCounter(gateway.proc.pid) if args.count_instructions else None
         for w in workers:
             w.stdin.write("go\n")  # type: ignore[union-attr]
             w.stdin.flush()  # type: ignore[union-attr]
         results = [json.loads(w.stdout.readline()) for w in workers]  # type: ignore[union-attr]
         after = gateway.stats()
+        instructions = counter.stop() if counter is not None else None
     finally:
         for w in workers:
             with contextlib.suppress(Exception):
@@ -377,6 +398,7 @@ async def run_devices(args: argparse.Namespace) -> dict[str, object]:
         "gateway_cpu_s": round(after["cpu_s"] - before["cpu_s"], 3),
         "gateway_cpu_total_s": round(after["cpu_s"], 3),
         "gateway_rss_mb": round(after["rss_mb"], 1),
+        "gateway_instructions_per_device": None if instructions is None else round(instructions / args.devices),
         "broker_cpu_total_s": None if broker_cpu is None else round(broker_cpu, 3),
         "loadgen_workers": args.workers, "loadgen_cpu_s": round(sum(r["cpu_s"] for r in results), 3),
         "datagrams": sum(r["datagrams"] for r in results), "dropped": sum(r["dropped"] for r in results),
@@ -449,6 +471,9 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--probe-dtls", action="store_true")
     ap.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    ap.add_argument("--count-instructions", action="store_true",
+                    help="count the gateway's instructions in the download phase (perf stat): a figure that "
+                         "other load on the machine does not change, unlike CPU seconds")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--serve", choices=("coap", "mqtt"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)

@@ -220,10 +220,11 @@ class DeviceLinkResource(aiocoap.resource.Resource):  # type: ignore[misc]
     async def _block(self, request: aiocoap.Message, eid: bytes) -> aiocoap.Message:
         block2 = request.opt.block2
         fut = self._slot(eid, self._tag(request))
-        try:
-            payload = await asyncio.wait_for(asyncio.shield(fut), self._block_wait_s)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        if not fut.done():  # a request sent with the uplink: wait for the downlink to exist
+            await asyncio.wait((fut,), timeout=self._block_wait_s)
+        if not fut.done() or fut.cancelled():
             return aiocoap.Message(code=codes.REQUEST_ENTITY_INCOMPLETE)
+        payload = fut.result()
         szx = min(block2.size_exponent, 6)
         size = 1 << (szx + 4)
         start = block2.block_number * size

@@ -94,13 +94,12 @@ class CoapAgentTransport:
     def _message(self, query: str | None, **options: Any) -> aiocoap.Message:
         """A POST to this device's resource, to the known session when there is one."""
         query_options = (query,) if query else ()
+        if "payload" in options:
+            options["content_format"] = CONTENT_FORMAT_CBOR_SEQ
         if self._remote is None:
-            msg = aiocoap.Message(code=aiocoap.POST, uri=self._uri, content_format=CONTENT_FORMAT_CBOR_SEQ,
-                                  uri_query=query_options, **options)
-        else:
-            msg = aiocoap.Message(code=aiocoap.POST, uri_path=self._path, uri_query=query_options,
-                                  content_format=CONTENT_FORMAT_CBOR_SEQ, **options)
-            msg.remote = self._remote
+            return aiocoap.Message(code=aiocoap.POST, uri=self._uri, uri_query=query_options, **options)
+        msg = aiocoap.Message(code=aiocoap.POST, uri_path=self._path, uri_query=query_options, **options)
+        msg.remote = self._remote
         return msg
 
     def _send(self, msg: aiocoap.Message) -> Response:
