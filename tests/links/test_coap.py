@@ -32,14 +32,15 @@ def agent_for(server: CoapServer, n: int, *, psk: bytes | None = None, identity:
     return Agent(Agent.make_status(eid_of(n), buffer_size=buffer_size), echo_card(), transport)
 
 
-async def raw_post(server: CoapServer, n: int, path_eid: bytes, payload: bytes) -> aiocoap.Message:
+async def raw_post(server: CoapServer, n: int, path_eid: bytes, payload: bytes, **options: object) -> aiocoap.Message:
     ctx = await aiocoap.Context.create_client_context(transports=["tinydtls"])
     ctx.client_credentials[f"coaps://127.0.0.1:{port_of(server)}/*"] = aiocoap.credentials.DTLS(
         psk=f"psk-of-device-{n}".encode(), client_identity=f"dev{n}".encode())
     try:
         uri = f"coaps://127.0.0.1:{port_of(server)}/ipae/v1/{path_eid.hex()}"
         return await asyncio.wait_for(
-            ctx.request(aiocoap.Message(code=aiocoap.POST, uri=uri, payload=payload)).response, 20)
+            ctx.request(aiocoap.Message(code=aiocoap.POST, uri=uri, payload=payload, **options),
+                        handle_blockwise=False).response, 20)
     finally:
         await ctx.shutdown()
 
@@ -136,6 +137,21 @@ async def test_another_eids_resource_is_forbidden_even_with_valid_credentials(
     reply = p.decode_downlink(response.payload)
     assert isinstance(reply, p.ErrorMsg) and reply.code == p.ErrorCode.FORBIDDEN
     assert handler.uplinks == []
+
+
+async def test_another_eids_downlink_blocks_are_forbidden_even_with_valid_credentials(
+        coap_server: CoapServer, handler: ScriptedHandler) -> None:
+    handler.batches[eid_of(2)] = [p.Batch(1, es10_steps(10), aid=ISD_R_AID)]
+    agent = agent_for(coap_server, 2)
+    try:
+        assert (await agent.run_session()).batches == 1  # device 2 has a multi-block downlink
+    finally:
+        await agent.transport.close()
+    response = await raw_post(coap_server, 1, eid_of(2), b"", block2=BlockOption.BlockwiseTuple(1, False, 6))
+    assert response.code == aiocoap.FORBIDDEN
+    reply = p.decode_downlink(response.payload)
+    assert isinstance(reply, p.ErrorMsg) and reply.code == p.ErrorCode.FORBIDDEN
+    assert coap_server.dtls_site.refused == 1
 
 
 async def test_an_uplink_claiming_another_eid_on_its_own_resource_is_forbidden(
