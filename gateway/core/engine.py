@@ -13,17 +13,27 @@ blob the store kept (after a restart) and `resume` returns the actions that pick
 in flight. `forget` drops a device (a card swap; the operator's "forget"); answers to what
 it had in flight are then stale (gateway.core.actions.StaleAnswer), and a session made for
 it again numbers its requests on from where it stopped.
+
+EimAcknowledgements an eIM pushes (TransferEimPackage) name sequence numbers but no EID, and
+sequence numbers are per eUICC: `route_acknowledgements` places them by the deliveries the
+gateway made to an eIM. A list that exactly one device's deliveries (to one eIM) cover all
+goes to that device; otherwise each number goes to the one device whose delivery carried
+it, and a number several devices (or none) carried is not placed: acknowledging the wrong
+eUICC would remove a notification its eIM never got, while a number left alone only waits
+for its delivery's own answer, which acknowledges it again.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from gateway.core import actions as A
 from gateway.core.config import EimEndpoint, EngineConfig
 from gateway.core.events import OPERATOR_FORGET, Event, OperatorAction
 from gateway.core.session import DeviceSession
+
+AckRoutes = dict[tuple[bytes, str], list[int]]
 
 __all__ = ["EimEndpoint", "Engine", "EngineConfig"]
 
@@ -69,3 +79,28 @@ class Engine:
     def state_of(self, eid: bytes) -> str:
         session = self.sessions.get(eid)
         return session.state_name if session is not None else "unknown"
+
+    def route_acknowledgements(self, seqs: Sequence[int]) -> tuple[AckRoutes, list[int]]:
+        """({(eid, eim_id): its sequence numbers}, the numbers not placed) for pushed
+        EimAcknowledgements (see the module docstring)."""
+        wanted = list(dict.fromkeys(seqs))
+        owners: dict[int, set[tuple[bytes, str]]] = {seq: set() for seq in wanted}
+        for eid, session in self.sessions.items():
+            for d in session.deliveries.values():
+                if d.get("target") != "esipa":
+                    continue
+                for seq in d["remove_seqs"]:
+                    if seq in owners:
+                        owners[seq].add((eid, str(d["server"])))
+        covering = set.intersection(*owners.values()) if wanted else set()
+        routes: AckRoutes = {}
+        if len(covering) == 1:
+            routes[covering.pop()] = wanted
+            return routes, []
+        unplaced = []
+        for seq in wanted:
+            if len(owners[seq]) == 1:
+                routes.setdefault(next(iter(owners[seq])), []).append(seq)
+            else:
+                unplaced.append(seq)
+        return routes, unplaced

@@ -20,7 +20,8 @@ order and their transactions commit in that order. The clock is injected (DESIGN
 principle 5): every event's `now`, every stored time and every timer delay comes from it.
 
 An eIM push (`on_transfer`, the inject endpoint's callback) is persisted in the device's
-inbox before it is acknowledged, then fed to the engine as EimPackageReceived.
+inbox before it is acknowledged, then fed to the engine as EimPackageReceived. Pushed
+EimAcknowledgements name no EID: the engine says which devices they belong to.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -88,9 +89,12 @@ DOWNLOAD_OPERATIONS = ("download", "profiledownload")   # the engine's audit nam
 
 
 class Engine(Protocol):
-    """What the runtime needs of gateway.core's engine: a pure step function."""
+    """What the runtime needs of gateway.core's engine: a pure step function, and where pushed
+    EimAcknowledgements belong (gateway.core.engine.Engine.route_acknowledgements)."""
 
     def handle(self, event: Event) -> list[Action]: ...
+
+    def route_acknowledgements(self, seqs: Sequence[int]) -> tuple[dict[tuple[bytes, str], list[int]], list[int]]: ...
 
 
 class Backhaul(Protocol):
@@ -193,6 +197,9 @@ class Runtime:
         """Persist a pushed eIM package, then acknowledge it (eimPackageReceived)."""
         if binding != "asn1":
             raise RemoteProtocolError("the JSON binding of TransferEimPackage is not supported by this gateway")
+        seqs = _pushed_acknowledgements(body)
+        if seqs is not None:
+            return await self._on_pushed_acknowledgements(seqs)
         eid, eim_id, key = _pushed_package_identity(body)
         now = self.clock()
 
@@ -209,6 +216,29 @@ class Runtime:
                        f"push for {eid.hex()}")
         else:
             log.info("eIM package %s for %s pushed again: already in the inbox", key, eid.hex())
+        return codec.encode("TransferEimPackageResponse", ("eimPackageReceived", None))
+
+    async def _on_pushed_acknowledgements(self, seqs: list[int]) -> bytes:
+        """EimAcknowledgements name no EID: each device the engine places some of them with gets
+        its own EimAcknowledgements, persisted in its inbox, then fed; the rest are logged."""
+        routes, unplaced = self.engine.route_acknowledgements(seqs)
+        if unplaced:
+            log.warning("pushed EimAcknowledgements: sequence numbers %s match no single device's delivery "
+                        "to an eIM; left to those deliveries' own answers", unplaced)
+        now = self.clock()
+        entries = []
+        for (eid, eim_id), own in routes.items():
+            raw = codec.encode("EimAcknowledgements", own)
+            entries.append((eid, eim_id, raw, package_key(raw)))
+
+        def persist(s: Store) -> list[bool]:
+            return [s.inbox.enqueue(eid, key, INBOX_KIND_EIM_PACKAGE, raw, origin=eim_id, now=now).new
+                    for eid, eim_id, raw, key in entries]
+
+        for (eid, eim_id, raw, key), new in zip(entries, await self.astore.atomic(persist), strict=True):
+            if new:
+                self.spawn(self.feed(EimPackageReceived(eid=eid, now=now, eim_id=eim_id, raw=raw, via="push",
+                                                        key=key)), f"acknowledgements for {eid.hex()}")
         return codec.encode("TransferEimPackageResponse", ("eimPackageReceived", None))
 
     # --- operator actions ----------------------------------------------------------------
@@ -554,13 +584,27 @@ def iccid_digits(iccid: bytes) -> str:
 
 TAG_TRANSFER_EIM_PACKAGE = 0xBF4E
 TAG_EUICC_PACKAGE_REQUEST = 0xBF51
+TAG_EIM_ACKNOWLEDGEMENTS = 0xBF53
+
+
+def _pushed_acknowledgements(body: bytes) -> list[int] | None:
+    """The sequence numbers of a pushed TransferEimPackageRequest carrying EimAcknowledgements;
+    None for any other package."""
+    outer = tlv.read_tlv(body)
+    if outer.tag != TAG_TRANSFER_EIM_PACKAGE or outer.end != len(body):
+        return None
+    inner = tlv.children(body, outer)
+    if len(inner) != 1 or inner[0].tag != TAG_EIM_ACKNOWLEDGEMENTS:
+        return None
+    return [int(v) for v in codec.decode("EimAcknowledgements", body[inner[0].start:inner[0].end])]
 
 
 def _pushed_package_identity(body: bytes) -> tuple[bytes, str, str]:
     """(EID, eimId, inbox key) of a pushed EsipaMessageFromEimToIpa.
 
     Only an EuiccPackageRequest names its eUICC (euiccPackageSigned.eidValue); a gateway
-    serving many eUICCs cannot place the other package kinds, which eIMs deliver by poll.
+    serving many eUICCs cannot place the other package kinds, which eIMs deliver by poll
+    (EimAcknowledgements are placed by what they acknowledge: _on_pushed_acknowledgements).
     """
     outer = tlv.read_tlv(body)
     if outer.tag != TAG_TRANSFER_EIM_PACKAGE or outer.end != len(body):
