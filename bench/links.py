@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 
 from gateway.links import protocol as p  # noqa: E402
 from gateway.links.base import DeviceCredential, DeviceRegistry  # noqa: E402
+from gateway.service.demo import free_tcp, free_udp_pair  # noqa: E402
 from gateway.spec.apdu import ISD_R_AID, store_data  # noqa: E402
 
 GATEWAY_USER, GATEWAY_PASSWORD = "ipae-gateway", "bench-gateway-secret"
@@ -181,20 +182,6 @@ async def serve(args: argparse.Namespace) -> None:
 # --- the device side ----------------------------------------------------------------------------
 
 
-def free_udp_port() -> int:
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_tcp_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class GatewayProcess:
     def __init__(self, kind: str, devices: int, port: int, profile_kb: int, no_hints: bool = False) -> None:
         self.proc = subprocess.Popen(
@@ -253,7 +240,7 @@ def start_broker(directory: Path, devices: int) -> tuple[subprocess.Popen[bytes]
     write_password_file(directory / "passwd", [(GATEWAY_USER, GATEWAY_PASSWORD)]
                         + [(d.identity, mqtt_password(d)) for d in registry])
     write_acl_file(directory / "acl", GATEWAY_USER, registry)
-    port = free_tcp_port()
+    port = free_tcp()
     (directory / "mosquitto.conf").write_text("\n".join([
         "per_listener_settings false", "allow_anonymous false", f"user {getpass.getuser()}",
         f"password_file {directory / 'passwd'}", f"acl_file {directory / 'acl'}", "persistence false",
@@ -338,9 +325,7 @@ async def run_devices(args: argparse.Namespace) -> dict[str, object]:
     tmp = tempfile.TemporaryDirectory(prefix="ipae-bench-")
     broker = None
     if args.transport == "coap":
-        port = free_udp_port()
-        while port - 1 < 1024:
-            port = free_udp_port()
+        port = free_udp_pair()
     else:
         broker, port = start_broker(Path(tmp.name), args.devices)
     gateway = GatewayProcess(args.transport, args.devices, port, args.profile_kb, args.no_hints)
@@ -427,7 +412,7 @@ async def probe_dtls(args: argparse.Namespace) -> dict[str, object]:
     import logging
     logging.basicConfig(level=logging.ERROR)
     handler = DownloadHandler(1024)
-    port = free_udp_port()
+    port = free_udp_pair()
     server = CoapServer(handler, registry_for(args.devices), CoapServerConfig(dtls_port=port))
     await server.start()
     pool = server._contexts[0].request_interfaces[0].token_interface.message_interface._pool  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ import pytest
 
 from gateway.links import protocol as p
 from gateway.links.base import DeviceCredential, DeviceRegistry
+from gateway.service.demo import free_tcp, free_udp_pair  # noqa: F401  (free_udp_pair: for the tests)
 from gateway.links.coap import CoapServer, CoapServerConfig
 from gateway.spec.apdu import ISD_R_AID, store_data
 from hil.euicc.card import ApduLayer
@@ -79,17 +80,6 @@ def registry() -> DeviceRegistry:
                           for n in range(1, 6))
 
 
-def free_udp_pair() -> int:
-    """A UDP port p (p - 1 too is free: aiocoap binds the DTLS server one below and adds 1)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port > 1024:
-            return port
-    raise RuntimeError("no free UDP port")
-
-
 @pytest.fixture
 async def coap_server(handler: ScriptedHandler, registry: DeviceRegistry) -> AsyncIterator[CoapServer]:
     server = CoapServer(handler, registry, CoapServerConfig(dtls_port=free_udp_pair()))
@@ -129,17 +119,11 @@ def _wait_port(port: int, deadline: float, proc: subprocess.Popen[bytes] | None 
     raise RuntimeError(f"mosquitto did not listen on {port}")
 
 
-def _free_tcp() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_mosquitto(directory: Path, password_file: Path, acl_file: Path,
                     tls: tuple[Path, Path, Path] | None = None) -> Broker:
     if not os.path.exists(MOSQUITTO) or shutil.which("mosquitto_passwd") is None:
         pytest.skip("Debian's mosquitto is not installed")
-    port = _free_tcp()
+    port = free_tcp()
     lines = [
         "per_listener_settings false",
         f"user {getpass.getuser()}",  # when the tests run as root, do not drop to 'mosquitto'
@@ -153,7 +137,7 @@ def start_mosquitto(directory: Path, password_file: Path, acl_file: Path,
     ]
     tls_port = None
     if tls is not None:
-        tls_port = _free_tcp()
+        tls_port = free_tcp()
         ca, cert, key = tls
         lines += [f"listener {tls_port} 127.0.0.1", f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
     conf = directory / "mosquitto.conf"

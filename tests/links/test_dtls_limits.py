@@ -22,7 +22,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +30,8 @@ import aiocoap
 import aiocoap.credentials
 import aiocoap.resource
 import pytest
+
+from gateway.service.demo import free_udp_pair
 
 LONGEST_PSK = 16        # DTLS_PSK_MAX_KEY_LEN (= DTLS_KEY_LENGTH) in the bundled tinydtls
 LONGEST_IDENTITY = 32   # DTLS_PSK_MAX_CLIENT_IDENTITY_LEN
@@ -44,13 +45,6 @@ needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None,
 class _Echo(aiocoap.resource.Resource):  # type: ignore[misc]
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
         return aiocoap.Message(code=aiocoap.CHANGED, payload=request.payload)
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _start_server(psk: bytes, identity: bytes, port: int) -> aiocoap.Context:
@@ -67,7 +61,7 @@ async def _start_server(psk: bytes, identity: bytes, port: int) -> aiocoap.Conte
 async def aiocoap_round_trip(psk: bytes, identity: bytes) -> str:
     """One POST from aiocoap's tinydtls client to aiocoap's tinydtls server: "ok", "timeout" or
     "error: ..."."""
-    port = _free_udp_port()
+    port = free_udp_pair()
     server = await _start_server(psk, identity, port)
     client = await aiocoap.Context.create_client_context(transports=["tinydtls"])
     client.client_credentials[f"coaps://127.0.0.1:{port}/*"] = aiocoap.credentials.DTLS(
@@ -88,7 +82,7 @@ async def aiocoap_round_trip(psk: bytes, identity: bytes) -> str:
 async def openssl_round_trip(psk: bytes, identity: bytes, client_psk: bytes) -> str:
     """One CoAP POST from OpenSSL's DTLS 1.2 client (a standard, non-tinydtls device stack) to
     aiocoap's tinydtls server: "ok" or "failed: <openssl's alert line>"."""
-    port = _free_udp_port()
+    port = free_udp_pair()
     server = await _start_server(psk, identity, port)
     # CON POST /echo, message id 0x1234, no token, payload "ping" (RFC 7252 §3)
     datagram = bytes([0x40, 0x02, 0x12, 0x34, 0xB4]) + b"echo" + b"\xff" + b"ping"
