@@ -149,9 +149,6 @@ class NorthboundSection:
     initial_eim: InitialEimSection = table(InitialEimSection, "The default eIM given to eUICCs that have none")
 
 
-_BLOCK_SIZES = (16, 32, 64, 128, 256, 512, 1024)
-
-
 @dataclass(frozen=True, slots=True)
 class CoapSection:
     enabled: bool = setting(True, "Serve device agents over CoAP")
@@ -160,8 +157,10 @@ class CoapSection:
     dtls: bool = setting(True, "DTLS with a pre-shared key per device (identity bound to the EID)")
     allow_plain_lab: bool = setting(
         False, "Allow dtls = false; for a lab bench only: anyone on the network could act for a device")
-    block_size: int = setting(
-        512, "CoAP block-wise transfer size in bytes (16 to 1024, a power of two)", choices=_BLOCK_SIZES)
+    receive_buffer_bytes: int = setting(
+        32 * 1024 * 1024, "UDP receive buffer of the CoAP socket: devices fetch their downlink blocks in "
+        "parallel, so a fleet waking together sends bursts of thousands of small datagrams; capped by "
+        "net.core.rmem_max (the package raises it to 32 MiB)", min=256 * 1024, max=1024 * 1024 * 1024)
 
 
 @dataclass(frozen=True, slots=True)

@@ -283,7 +283,7 @@ class CoapServerConfig:
     # Devices fetch Block2 blocks in parallel: 1,000 devices x 32 requests arrive as one burst,
     # and a small datagram costs ~1 KB of socket buffer, so the 208 KB Linux default overflows
     # (RcvbufErrors) at ~250 requests in flight. Capped by net.core.rmem_max unless the process
-    # has CAP_NET_ADMIN.
+    # has CAP_NET_ADMIN (the daemon has not: the package raises rmem_max instead).
     receive_buffer: int = 32 * 1024 * 1024
 
 
@@ -349,7 +349,11 @@ def _enlarge_receive_buffer(ctx: Any, size: int) -> None:
         transport = getattr(holder, "_transport", None) or getattr(holder, "transport", None)
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is not None:
-            set_receive_buffer(sock, size)
+            granted = set_receive_buffer(sock, size)
+            if granted < size:
+                log.warning("the CoAP socket got a %d KiB receive buffer, not the %d KiB configured "
+                            "(links.coap.receive_buffer_bytes): raise net.core.rmem_max, or bursts of "
+                            "block requests from many devices will be dropped", granted // 1024, size // 1024)
             found = True
     if not found:
         log.warning("could not enlarge the CoAP server's receive buffer: bursts of block requests may be dropped")

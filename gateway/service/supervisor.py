@@ -420,7 +420,7 @@ class Daemon:
             if not links.coap.dtls:
                 raise ConfigError("the daemon serves CoAP over DTLS only", key="links.coap.dtls")
             coap = CoapServer(self.gate, self.registries["coap"], CoapServerConfig(
-                host=links.coap.listen, dtls_port=links.coap.port))
+                host=links.coap.listen, dtls_port=links.coap.port, receive_buffer=links.coap.receive_buffer_bytes))
             await self._listen_coap(coap, links.coap.listen, links.coap.port)
             stack.push_async_callback(coap.close)
             self._links["coap"] = f"{'coaps' if links.coap.dtls else 'coap'}://[{links.coap.listen}]:{links.coap.port}"

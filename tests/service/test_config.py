@@ -122,12 +122,12 @@ def test_dropins_merge_in_name_order_and_keep_sibling_keys(etc: Path, dropin: Ca
 
 
 def test_unknown_key_in_a_dropin_names_the_dropin_and_the_dotted_key(etc: Path, dropin: Callable[..., Path]) -> None:
-    bad = dropin("30-typo.toml", "[links.coap]\nblocksize = 256\n")
+    bad = dropin("30-typo.toml", "[links.coap]\nreceive_buffer = 1048576\n")
     with pytest.raises(ConfigError) as err:
         load_config(etc / "gateway.toml")
     assert err.value.file == str(bad)
-    assert err.value.key == "links.coap.blocksize"
-    assert "unknown key" in str(err.value) and "block_size" in str(err.value)
+    assert err.value.key == "links.coap.receive_buffer"
+    assert "unknown key" in str(err.value) and "receive_buffer_bytes" in str(err.value)
 
 
 def test_unknown_table_is_refused(etc: Path, dropin: Callable[..., Path]) -> None:
@@ -141,7 +141,7 @@ def test_unknown_table_is_refused(etc: Path, dropin: Callable[..., Path]) -> Non
     ('[links.coap]\nport = "5684"', "links.coap.port", "expected an integer from 1 to 65535, got a string '5684'"),
     ("[links.coap]\nport = 70000", "links.coap.port", "from 1 to 65535"),
     ("[links.coap]\nport = true", "links.coap.port", "expected an integer"),
-    ("[links.coap]\nblock_size = 100", "links.coap.block_size", "one of 16, 32, 64, 128, 256, 512, 1024"),
+    ("[links.coap]\nreceive_buffer_bytes = 100", "links.coap.receive_buffer_bytes", "from 262144"),
     ('[gateway]\nlog_level = "verbose"', "gateway.log_level", "one of 'debug', 'info', 'warning', 'error'"),
     ("[store]\noutbox_alarm_ratio = 1.5", "store.outbox_alarm_ratio", "from 0.1 to 1.0"),
     ('[northbound]\neim_fqdn = "not a host"', "northbound.eim_fqdn", "matching"),
