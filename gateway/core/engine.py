@@ -21,6 +21,10 @@ goes to that device; otherwise each number goes to the one device whose delivery
 it, and a number several devices (or none) carried is not placed: acknowledging the wrong
 eUICC would remove a notification its eIM never got, while a number left alone only waits
 for its delivery's own answer, which acknowledges it again.
+
+A state change the engine did not make (a policy's fallback) is the device's eIMs' to hear:
+`state_report_posts` addresses the report to each eIM of the device's eUICC configuration
+(GetEimConfigurationData, with the TLS trust it names) once read, else to the configured eIMs.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from gateway.core import actions as A
 from gateway.core.config import EimEndpoint, EngineConfig
 from gateway.core.events import OPERATOR_FORGET, Event, OperatorAction
 from gateway.core.session import DeviceSession
+from gateway.core.turn import post_action
 
 AckRoutes = dict[tuple[bytes, str], list[int]]
 
@@ -104,3 +109,20 @@ class Engine:
             else:
                 unplaced.append(seq)
         return routes, unplaced
+
+    def state_report_posts(self, eid: bytes, request_id: str, body: bytes) -> list[A.PostEsipa]:
+        """One GetEimPackage `body` post per eIM of the device (see the module docstring); each
+        request id is `request_id`:eimId."""
+        session = self.sessions.get(eid)
+        if session is None or not session.eims:
+            return [A.PostEsipa(eid, f"{request_id}:{e.eim_id}", e.eim_id, e.fqdn, "GetEimPackage", body)
+                    for e in self.config.eims]
+        posts = []
+        for eim in session.eims:
+            if not eim.get("eimFqdn"):
+                continue
+            rec = {"target": "esipa", "server": str(eim["eimId"]), "function": "GetEimPackage", "body": body}
+            post = post_action(session, f"{request_id}:{eim['eimId']}", rec)
+            assert isinstance(post, A.PostEsipa)
+            posts.append(post)
+        return posts

@@ -677,48 +677,63 @@ class Daemon:
             handle.cancel()
         self._report_timers.clear()
 
-    async def _report_state_change(self, report: ReportStateChange, attempt: int = 0) -> None:
-        """GetEimPackage with notifyStateChange to the device's eIM. Once the eIM answered, the
-        policies learn the report is sent and the engine reports PLMN changes itself again from
-        the device's next report of its network on (that one counts as reported); a package in
-        the answer goes to the engine as one received by poll. A backhaul failure
-        that may pass is retried later (the report stays owed, also across a restart)."""
-        eims = self.engine.config.eims
-        if not eims:
+    async def _report_state_change(self, report: ReportStateChange, attempt: int = 0,
+                                   owed: frozenset[str] | None = None, answered: bool = False) -> None:
+        """GetEimPackage with notifyStateChange to each of the device's eIMs (its eUICC's eIM
+        configuration once read, else the configured eIMs: Engine.state_report_posts). Once one
+        eIM answered, the policies learn the report is sent and the engine reports PLMN changes
+        itself again from the device's next report of its network on (that one counts as
+        reported); a package in an answer goes to the engine as one received by poll from that
+        eIM. An eIM whose post failed in a way that may pass (`owed`) is retried later on its own
+        (the report stays owed, also across a restart, until some eIM answered)."""
+        body = self.gate.report_request(report)
+        posts = [p for p in self.engine.state_report_posts(report.eid, f"policy-{report.token}", body)
+                 if owed is None or p.eim_id in owed]
+        if not posts:
             log.warning("state change of %s not reported: no eIM configured", report.eid.hex(),
                         extra=log_fields(eid=report.eid))
+            if not answered:
+                await self.runtime.feed(StateReportPending(eid=report.eid, now=self.clock(), pending=False))
+            return
+        outcomes = await asyncio.gather(*(self.runtime.backhaul.post_esipa(p) for p in posts), return_exceptions=True)
+        retry: set[str] = set()
+        answers: list[tuple[str, bytes]] = []
+        for post, outcome in zip(posts, outcomes, strict=True):
+            if isinstance(outcome, bytes):
+                answers.append((post.eim_id, outcome))
+            elif isinstance(outcome, GatewayError) and is_retryable(outcome) and not self.runtime.draining:
+                retry.add(post.eim_id)
+                log.warning("state-change report of %s to %s failed (%s)", report.eid.hex(), post.eim_id, outcome,
+                            extra=log_fields(eid=report.eid))
+            elif isinstance(outcome, GatewayError):
+                log.error("state-change report of %s refused by %s (%s): not retried before the next start",
+                          report.eid.hex(), post.eim_id, outcome, extra=log_fields(eid=report.eid))
+            else:
+                raise outcome
+        if retry:
+            delay = min(REPORT_RETRY_S * 2 ** attempt, REPORT_RETRY_MAX_S)
+            log.warning("state-change report of %s: next try to %s in %.0f s", report.eid.hex(),
+                        ", ".join(sorted(retry)), delay, extra=log_fields(eid=report.eid))
+            again, was_answered = frozenset(retry), answered or bool(answers)
+            self._report_timers[report.token] = asyncio.get_running_loop().call_later(
+                delay, lambda: self.runtime.spawn(self._report_state_change(report, attempt + 1, again, was_answered),
+                                                  "state-change report"))
+        if answers and not answered:
+            now = self.clock()
+            await self.apply_decisions(report.eid, self.policies.report_sent(report.eid, report.token, now), now)
+            await self.runtime.feed(StateReportPending(eid=report.eid, now=now, pending=False, answered=True))
+        elif not answers and not retry and not answered:
             await self.runtime.feed(StateReportPending(eid=report.eid, now=self.clock(), pending=False))
-            return
-        eim = eims[0]
-        body = self.gate.report_request(report)
-        try:
-            answer = await self.runtime.backhaul.post_esipa(PostEsipa(report.eid, f"policy-{report.token}",
-                                                                      eim.eim_id, eim.fqdn, "GetEimPackage", body))
-        except GatewayError as exc:
-            if is_retryable(exc) and not self.runtime.draining:
-                delay = min(REPORT_RETRY_S * 2 ** attempt, REPORT_RETRY_MAX_S)
-                log.warning("state-change report of %s failed (%s): next try in %.0f s", report.eid.hex(), exc,
-                            delay, extra=log_fields(eid=report.eid))
-                self._report_timers[report.token] = asyncio.get_running_loop().call_later(
-                    delay, lambda: self.runtime.spawn(self._report_state_change(report, attempt + 1),
-                                                      "state-change report"))
-                return
-            log.error("state-change report of %s refused (%s): not retried before the next start",
-                      report.eid.hex(), exc, extra=log_fields(eid=report.eid))
-            await self.runtime.feed(StateReportPending(eid=report.eid, now=self.clock(), pending=False))
-            return
-        now = self.clock()
-        await self.apply_decisions(report.eid, self.policies.report_sent(report.eid, report.token, now), now)
-        await self.runtime.feed(StateReportPending(eid=report.eid, now=now, pending=False, answered=True))
-        try:
-            package = esipa.decode_response("GetEimPackage", answer)
-        except (DecodeError, GatewayError) as exc:
-            log.warning("state-change report of %s: unusable answer (%s)", report.eid.hex(), exc)
-            return
-        if isinstance(package, tuple) and package[0] == "eimPackageError":
-            return
-        await self.runtime.feed(EimPackageReceived(eid=report.eid, now=self.clock(), eim_id=eim.eim_id, raw=answer,
-                                                   via="poll"))
+        for eim_id, answer in answers:
+            try:
+                package = esipa.decode_response("GetEimPackage", answer)
+            except (DecodeError, GatewayError) as exc:
+                log.warning("state-change report of %s: unusable answer from %s (%s)", report.eid.hex(), eim_id, exc)
+                continue
+            if isinstance(package, tuple) and package[0] == "eimPackageError":
+                continue
+            await self.runtime.feed(EimPackageReceived(eid=report.eid, now=self.clock(), eim_id=eim_id, raw=answer,
+                                                       via="poll"))
 
     async def _policy_tick_loop(self) -> None:
         """Every minute: the fallback policy's clock, and the outbox level against its alarm."""

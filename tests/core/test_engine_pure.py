@@ -447,3 +447,16 @@ def test_a_bad_per_device_override_is_refused_naming_the_key_and_the_device() ->
     config = EngineConfig(segment_size=200, devices={EID: DeviceOverrides(max_batch_bytes=512)})
     assert (config.segment_size_of(EID), config.max_batch_bytes_of(EID), config.max_batch_bytes_of(eid(1))) == \
         (200, 512, None)
+
+
+def test_a_state_report_goes_to_each_eim_of_the_euicc_else_to_the_configured_ones() -> None:
+    eng = engine()
+    assert [(p.request_id, p.eim_id, p.eim_fqdn) for p in eng.state_report_posts(EID, "policy-1", b"body")] == \
+        [("policy-1:eim-1", "eim-1", "eim.example")]
+    eng.handle(hello())
+    eng.sessions[EID].eims = [{"eimId": "a", "eimFqdn": "a.example", "tlsTrust": ("certificate", b"\x30\x00")},
+                              {"eimId": "b", "eimFqdn": "b.example"}, {"eimId": "c"}]    # c: no address
+    posts = eng.state_report_posts(EID, "policy-1", b"body")
+    assert [(p.request_id, p.eim_id, p.eim_fqdn, p.tls_trust, p.body) for p in posts] == [
+        ("policy-1:a", "a", "a.example", ("certificate", b"\x30\x00"), b"body"),
+        ("policy-1:b", "b", "b.example", None, b"body")]

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,45 +43,86 @@ def workdir() -> Iterator[Path]:
     yield from short_dir()
 
 
+def fallback_card(pki: RspPki, eid: bytes, eims: list[EimServer]) -> SoftEuicc:
+    """A software eUICC with a home and a fallback profile, managed by `eims` (each knows it)."""
+    card = SoftEuicc(pki, eid)
+    for eim in eims:
+        eim.service.device(eid, create=True)
+        card.state.eims.append(eim_config_from(card, eim.service.own_configuration_data(indirect_download=False)))
+    card.state.profiles += [
+        Profile(HOME, card.new_isdp_aid(), state="enabled", install_state="installed"),
+        Profile(FALLBACK, card.new_isdp_aid(), install_state="installed", fallback=True, fallback_allowed=True)]
+    card.commit()
+    return card
+
+
+def daemon_layout(workdir: Path, pki: RspPki, eim: EimServer) -> Layout:
+    """The daemon with `eim` as its one configured eIM and the fallback policy on."""
+    host, port = eim.fqdn.split(":")
+    lay = Layout(workdir, free_udp_port(), workdir / "api.sock", [1], extra=(
+        f'[northbound]\neim_fqdn = "{host}"\neim_port = {port}\neim_ca_file = "{pki.tls_ca.cert_path}"\n'
+        "[policies.fallback]\nenabled = true\nattach_failures = 3\n"
+        "[policies.fallback_wave]\nreport_spread_s = 0.0\n"))
+    lay.write()
+    return lay
+
+
+async def fall_back(agent: Agent, card: SoftEuicc) -> None:
+    for failures in (1, 3):
+        agent.status = replace(agent.status, attach_failures=failures)
+        report = await agent.run_session()
+        assert report.error is None and report.transport_error is None, report
+    assert card.state.enabled_profile().iccid == FALLBACK  # type: ignore[union-attr]
+
+
+async def state_changes_heard(eims: list[EimServer], eid: bytes) -> list[list[tuple[Any, ...]]]:
+    """What each eIM recorded of the device's state-change reports, once all heard one (or 10 s
+    passed) and half a second more for any second report."""
+    devices = [eim.service.devices[eid] for eim in eims]
+    for _ in range(200):
+        if all(d.state_changes for d in devices):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    return [[(c["notifyStateChange"], c["stateChangeCause"], c["rPLMN"]) for c in d.state_changes] for d in devices]
+
+
 async def test_the_daemon_falls_a_device_back_and_the_eim_hears_it_once(workdir: Path, pki: RspPki) -> None:
     eid = make_eid(1)
     async with EimServer(pki) as eim:
-        eim.service.device(eid, create=True)
-        card = SoftEuicc(pki, eid)
-        card.state.eims.append(eim_config_from(card, eim.service.own_configuration_data(indirect_download=False)))
-        card.state.profiles += [
-            Profile(HOME, card.new_isdp_aid(), state="enabled", install_state="installed"),
-            Profile(FALLBACK, card.new_isdp_aid(), install_state="installed", fallback=True, fallback_allowed=True)]
-        card.commit()
-        host, port = eim.fqdn.split(":")
-        lay = Layout(workdir, free_udp_port(), workdir / "api.sock", [1], extra=(
-            f'[northbound]\neim_fqdn = "{host}"\neim_port = {port}\neim_ca_file = "{pki.tls_ca.cert_path}"\n'
-            "[policies.fallback]\nenabled = true\nattach_failures = 3\n"
-            "[policies.fallback_wave]\nreport_spread_s = 0.0\n"))
-        lay.write()
+        card = fallback_card(pki, eid, [eim])
+        lay = daemon_layout(workdir, pki, eim)
         daemon = start_daemon(lay)
         transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
         try:
             daemon.wait_notify("READY=1")
             await wait_for_socket(lay.socket_path)
             agent = Agent(Agent.make_status(eid, imei="356938035643809", plmn="26201"), card, transport)
-            for failures in (1, 3):
-                agent.status = replace(agent.status, attach_failures=failures)
-                report = await agent.run_session()
-                assert report.error is None and report.transport_error is None, report
-            assert card.state.enabled_profile().iccid == FALLBACK  # type: ignore[union-attr]
-            device = eim.service.devices[eid]
-            for _ in range(200):
-                if device.state_changes:
-                    break
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)                      # and no second report follows
+            await fall_back(agent, card)
             # fallback(1), sent before the device named its new network: no rPLMN (never the failing 262-01)
-            assert [(c["notifyStateChange"], c["stateChangeCause"], c["rPLMN"]) for c in device.state_changes] == [
-                (True, 1, None)]
+            assert await state_changes_heard([eim], eid) == [[(True, 1, None)]]
             status, shown = await daemon.get(f"/v1/devices/{eid.hex()}")
             assert status == 200
             assert ("ExecuteFallbackMechanism", "ok") in [(r["operation"], r["result"]) for r in shown["audit"]]
+        finally:
+            await transport.close()
+            assert stop_daemon(daemon) == 0
+
+
+async def test_the_fallback_report_goes_to_each_eim_of_the_euicc_not_only_the_configured_one(
+        workdir: Path, pki: RspPki) -> None:
+    eid = make_eid(1)
+    async with EimServer(pki) as configured, EimServer(pki, eim_id="eim-two") as second:
+        card = fallback_card(pki, eid, [configured, second])
+        lay = daemon_layout(workdir, pki, configured)
+        daemon = start_daemon(lay)
+        transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
+        try:
+            daemon.wait_notify("READY=1")
+            await wait_for_socket(lay.socket_path)
+            agent = Agent(Agent.make_status(eid, imei="356938035643809", plmn="26201"), card, transport)
+            await fall_back(agent, card)
+            assert await state_changes_heard([configured, second], eid) == [[(True, 1, None)]] * 2
         finally:
             await transport.close()
             assert stop_daemon(daemon) == 0
