@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "queue": ("gateway.service.admin_cli", "show the inbox and outbox queues and the backhaul circuits"),
     "audit": ("gateway.service.admin_cli", "query or export (--jsonl) the audit log"),
     "metrics": ("gateway.service.admin_cli", "print the Prometheus metrics"),
+    "group": ("gateway.service.admin_cli", "run retry|reread-eim|quarantine|release on a device group, or show its audit"),
     "demo": ("gateway.service.demo", "run eIM, SM-DP+, mosquitto, the gateway and N device agents on loopback"),
 }
 

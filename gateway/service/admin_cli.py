@@ -1,10 +1,14 @@
-"""`ipae-gateway status|devices|device EID|queue|audit|metrics`: the operator's view, over the API.
+"""`ipae-gateway status|devices|device EID|queue|audit|metrics|group`: the operator's view, over the API.
 
-Each command is one GET on the management API's unix socket (or its TCP listener with
+Each command is one request to the management API's unix socket (or its TCP listener with
 `--url` and a bearer token from `--token-file`), printed as a table for people or, with
 `--json`, as the API's JSON unchanged. `audit --jsonl` streams the JSON-lines export;
 `metrics` prints the Prometheus text. `device EID --action retry|cancel|forget|reread-eim|poll`
-posts an operator action. Exit codes: 0 done, 1 the API refused, 3 the daemon is unreachable.
+posts an operator action. `group NAME retry|reread-eim|quarantine|release` runs an operation
+on every member of a `[policies.groups]` group (progress as JSON lines with `--json`, else
+a summary and the members that failed); `group NAME audit` shows the members' audit records.
+Exit codes: 0 done, 1 the API refused, 3 the daemon is unreachable, 4 a group operation
+failed on some members.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import aiohttp
 
 from gateway.config import DEFAULT_CONFIG, load_config
 from gateway.errors import ConfigError
+from gateway.service.api import GROUP_OPERATIONS
 
 EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 3
+EXIT_PARTIAL = 4
 DEFAULT_SOCKET = Path("/run/ipae-gateway/api.sock")
 ACTIONS = ("retry", "cancel", "forget", "reread-eim", "poll", "quarantine", "release")
+GROUP_COMMANDS = (*GROUP_OPERATIONS, "audit")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("eid", help="the device's EID (32 digits)")
         parser.add_argument("--action", choices=ACTIONS, help="post this operator action to the device")
         parser.add_argument("--reason", help="why (with --action quarantine)")
+    if command == "group":
+        parser.add_argument("group", help="the group's name ([policies.groups.NAME] of gateway.toml)")
+        parser.add_argument("operation", choices=GROUP_COMMANDS,
+                            help="run this on every member (retry: their failed work), or show their audit records")
+        parser.add_argument("--reason", help="why (with quarantine)")
+        parser.add_argument("--forget-imei", action="store_true",
+                            help="with release: the next IMEI each member reports becomes its binding")
+        parser.add_argument("--since", type=float, help="with audit: from this time (epoch seconds)")
+        parser.add_argument("--until", type=float, help="with audit: before this time (epoch seconds)")
     if command == "audit":
         parser.add_argument("--eid", help="only this device")
         parser.add_argument("--operation", help="only this operation (e.g. EnableProfile)")
@@ -187,6 +203,36 @@ def show_audit(data: dict[str, Any]) -> str:
     return _audit_table(data["records"]) if data["records"] else "no audit records"
 
 
+def show_group(final: dict[str, Any]) -> str:
+    """The last progress line of a group operation, for people."""
+    out = [f"{final['operation']} on group {final['group']}: {final['done']} done, {final['failed']} failed "
+           f"of {final['total']} members"]
+    if final["errors"]:
+        out += ["", table([(e["eid"], e["error"]) for e in final["errors"]], ["eid", "error"])]
+    return "\n".join(out)
+
+
+async def group(args: argparse.Namespace) -> tuple[str, int]:
+    """(what to print, exit code) of `group NAME OPERATION`."""
+    base = f"/v1/groups/{args.group}"
+    if args.operation == "audit":
+        params = {k: str(v) for k, v in (("since", args.since), ("until", args.until)) if v is not None}
+        text = (await call(args, "GET", f"{base}/audit", params)).decode().rstrip("\n")
+        if args.json:
+            return text, 0
+        records = [json.loads(line) for line in text.splitlines()]
+        return (_audit_table(records) if records else "no audit records"), 0
+    body: dict[str, Any] = {}
+    if args.reason:
+        body["reason"] = args.reason
+    if args.forget_imei:
+        body["keep_binding"] = False
+    text = (await call(args, "POST", f"{base}/{args.operation}", json_body=body)).decode().rstrip("\n")
+    final = json.loads(text.splitlines()[-1])
+    code = EXIT_PARTIAL if final["failed"] else 0
+    return (text if args.json else show_group(final)), code
+
+
 async def execute(args: argparse.Namespace) -> str:
     command = args.command
     if command == "metrics":
@@ -215,8 +261,12 @@ async def execute(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        print(asyncio.run(execute(args)))
+        if args.command == "group":
+            text, code = asyncio.run(group(args))
+        else:
+            text, code = asyncio.run(execute(args)), 0
     except ApiFailure as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
-    return 0
+    print(text)
+    return code

@@ -171,3 +171,32 @@ async def test_group_operations_stream_progress_and_export_the_members_audit(dae
     assert released.returncode == 0, released.stderr
     status, device = await daemon.get(f"/v1/devices/{make_eid(1).hex()}")
     assert device["quarantined"] is False
+
+
+async def test_the_group_cli_runs_each_operation_on_the_members_and_shows_their_audit(daemon: Daemon) -> None:
+    members = {make_eid(1).hex(), make_eid(2).hex()}
+    quarantined = daemon.cli("group", "site-a", "quarantine", "--reason", "site audit")
+    assert quarantined.returncode == 0, quarantined.stderr
+    assert quarantined.stdout.strip() == "quarantine on group site-a: 2 done, 0 failed of 2 members"
+    status, body = await daemon.get("/v1/devices")
+    assert {d["eid"] for d in body["devices"] if d["quarantined"]} == members
+
+    audit = daemon.cli("group", "site-a", "audit")
+    assert audit.returncode == 0 and audit.stdout.count("quarantine") == 2
+    records = [json.loads(line) for line in daemon.cli("group", "site-a", "audit", "--json").stdout.splitlines()]
+    assert {r["eid"] for r in records if r["operation"] == "quarantine"} == members
+
+    released = daemon.cli("group", "site-a", "release", "--forget-imei", "--json")
+    assert released.returncode == 0, released.stderr
+    progress = [json.loads(line) for line in released.stdout.splitlines()]
+    assert progress[0]["done"] == 0 and progress[-1]["finished"] and progress[-1]["done"] == 2
+    status, body = await daemon.get("/v1/devices")
+    assert not any(d["quarantined"] for d in body["devices"])
+    status, body = await daemon.get("/v1/audit", {"operation": "release"})
+    assert {r["eid"] for r in body["records"]} == members
+    assert all(r["detail"]["keep_binding"] is False for r in body["records"])
+
+    retried = daemon.cli("group", "site-a", "retry")
+    assert retried.returncode == 0 and "retry-failed on group site-a: 2 done" in retried.stdout
+    unknown = daemon.cli("group", "nowhere", "reread-eim")
+    assert unknown.returncode == 1 and "404" in unknown.stderr and "no device group 'nowhere'" in unknown.stderr
