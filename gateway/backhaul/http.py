@@ -6,8 +6,9 @@ whose connector pools connections per server (`HttpLimits.per_server_connections
 global cap, so one slow SM-DP+ cannot starve the eIM.
 
 TLS is always verified. Each `Server` carries its `TlsTrust`: the system store, a CA file,
-or trust anchors given as DER certificates (how an eIM's `trustedPublicKeyDataTls` learnt
-from the eUICC pins that eIM: only those anchors are trusted for it). Contexts are built
+trust anchors given as DER certificates, or one pinned public key (how an eIM's
+`trustedPublicKeyDataTls` learnt from the eUICC pins that eIM: a certificate becomes its only
+anchor, a public key must be the key its certificate carries). Contexts are built
 once per trust and cached; aiohttp keys pooled connections by SSL context, so servers with
 different trust never share a connection. TLS 1.2 is the floor (SGP.22 §2.6.6).
 
@@ -28,6 +29,7 @@ connect timeout; it is fed with the outcome of every admitted call.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 import time
 from collections.abc import Callable
@@ -36,6 +38,8 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from gateway.core.retry import CircuitBreaker
 from gateway.errors import (
@@ -77,11 +81,17 @@ class TlsTrust:
     """Which certificate authorities a server's certificate must chain to.
 
     Nothing given: the system trust store. `ca_file` (PEM) and/or `ca_der` (DER
-    certificates, e.g. the eIM's trustedPublicKeyDataTls): only those anchors.
+    certificates, e.g. the eIM's trustedPublicKeyDataTls): only those anchors. With
+    `client_cert_file` (and its key), the client authenticates itself too (mutual TLS).
     """
 
     ca_file: str | None = None
     ca_der: tuple[bytes, ...] = ()
+    client_cert_file: str | None = None  # PEM: mutual TLS, the certificate this client presents
+    client_key_file: str | None = None
+    # DER SubjectPublicKeyInfo: the server must hold exactly this key (the eIM's trustedEimPkTls);
+    # it replaces the anchors: a pinned key has no chain to verify
+    pinned_spki: bytes | None = None
 
     def ssl_context(self) -> ssl.SSLContext:
         try:
@@ -95,10 +105,34 @@ class TlsTrust:
                     ctx.load_verify_locations(cadata=der)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"unusable TLS trust anchors: {exc}", file=self.ca_file) from None
+        if self.client_cert_file is not None:
+            try:
+                ctx.load_cert_chain(self.client_cert_file, self.client_key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"unusable TLS client certificate or key: {exc}", file=self.client_cert_file) from None
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.check_hostname = True
         ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
+
+
+class SpkiPin(aiohttp.Fingerprint):
+    """aiohttp's certificate pinning, by the server's public key instead of its whole certificate."""
+
+    def __init__(self, spki_der: bytes) -> None:
+        super().__init__(hashlib.sha256(spki_der).digest())
+
+    def check(self, transport: asyncio.Transport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der is None:
+            raise TlsVerificationError("the server presented no certificate to check against the pinned key")
+        spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        got = hashlib.sha256(spki).digest()
+        if got != self.fingerprint:
+            host, port, *_ = transport.get_extra_info("peername")
+            raise aiohttp.ServerFingerprintMismatch(self.fingerprint, got, host, port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +227,9 @@ class BackhaulHttp:
             b = self._breakers[server.base_url] = self._breaker_factory(server.base_url)
         return b
 
-    def _ssl_context(self, trust: TlsTrust) -> ssl.SSLContext:
+    def _ssl_context(self, trust: TlsTrust) -> ssl.SSLContext | SpkiPin:
+        if trust.pinned_spki is not None:
+            return SpkiPin(trust.pinned_spki)
         ctx = self._contexts.get(trust)
         if ctx is None:
             ctx = self._contexts[trust] = trust.ssl_context()

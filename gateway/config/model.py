@@ -132,7 +132,8 @@ class NorthboundSection:
         None, "Client certificate (PEM) for mutual TLS to the eIM; its key path is credentials tls.eim_client_key_file")
     esipa_binding: Literal["asn1", "json"] = setting("asn1", "ESipa binding: asn1 (DER over HTTPS) or json")
     admin_protocol_version: str = setting(
-        "2.1.0", "Version sent in the X-Admin-Protocol header (gsma/rsp/v<version>)", pattern=r"\d+\.\d+\.\d+")
+        "2.1.0", "Version in the X-Admin-Protocol header of ESipa requests to the eIM (gsma/rsp/v<version>); "
+        "ES9+ and ES11 requests send gsma/rsp/v2.2.0", pattern=r"\d+\.\d+\.\d+")
     polling_interval_s: float = setting(
         300.0, "Seconds between GetEimPackage polls of the eIM when nothing is pushed", min=5, max=86400)
     connect_timeout_s: float = setting(10.0, "TCP+TLS connect timeout for eIM, SM-DP+ and SM-DS", min=0.5, max=300)

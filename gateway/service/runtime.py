@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -485,24 +486,37 @@ class Runtime:
 class HttpBackhaul:
     """`Backhaul` over the one HTTPS client (gateway.backhaul): ESipa to the eIM, ES9+ to SM-DP+s."""
 
-    def __init__(self, http: BackhaulHttp, *, trust: TlsTrust, esipa_binding: str = "asn1",
+    def __init__(self, http: BackhaulHttp, *, trust: TlsTrust, eim_trust: TlsTrust | None = None,
+                 eim_admin_protocol: str = esipa.ADMIN_PROTOCOL, esipa_binding: str = "asn1",
                  esipa_timeout_s: float | None = None, es9_timeout_s: float | None = None,
                  es11_timeout_s: float | None = None) -> None:
         self.http = http
-        self.trust = trust
+        self.trust = trust  # SM-DP+ and SM-DS
+        self.eim_trust = eim_trust or trust  # the eIM: the same anchors, and a client certificate if any
+        self.eim_admin_protocol = eim_admin_protocol
         self.esipa_binding = esipa_binding
         self.esipa_timeout_s = esipa_timeout_s
         self.es9_timeout_s = es9_timeout_s
         self.es11_timeout_s = es11_timeout_s
         self.servers: dict[str, Server] = {}   # every server posted to (for its breaker state)
 
-    def _server(self, fqdn: str) -> Server:
-        server = Server.from_fqdn(fqdn, self.trust)
+    def _server(self, fqdn: str, trust: TlsTrust | None = None, admin_protocol: str = es9p.ADMIN_PROTOCOL) -> Server:
+        server = Server.from_fqdn(fqdn, trust or self.trust, admin_protocol)
         self.servers.setdefault(server.base_url, server)
         return server
 
+    def _eim_trust(self, action: PostEsipa) -> TlsTrust:
+        """The configured trust, unless the eUICC's eIM configuration pins the eIM's TLS
+        (trustedPublicKeyDataTls): then that certificate is its only anchor, or that key its key."""
+        if action.tls_trust is None:
+            return self.eim_trust
+        kind, value = action.tls_trust
+        if kind == "certificate":
+            return dataclasses.replace(self.eim_trust, ca_file=None, ca_der=(value,))
+        return dataclasses.replace(self.eim_trust, ca_file=None, ca_der=(), pinned_spki=value)
+
     async def post_esipa(self, action: PostEsipa) -> bytes:
-        server = self._server(action.eim_fqdn)
+        server = self._server(action.eim_fqdn, self._eim_trust(action), self.eim_admin_protocol)
         if self.esipa_binding == "json":
             # the engine speaks the ASN.1 binding; signed parts cross as their exact bytes
             function, body = esipa_binding.request_to_json(action.function, action.body)

@@ -305,10 +305,8 @@ class Daemon:
                                                               max(breaker.open_s, 1800.0), breaker.half_open_probes),
                 clock=self.clock)
             stack.push_async_callback(self.http.close)
-            trust = TlsTrust(ca_file=str(nb.eim_ca_file) if nb.eim_ca_file is not None else None)
-            self.backhaul = backhaul = HttpBackhaul(self.http, trust=trust, esipa_binding=nb.esipa_binding,
-                                    esipa_timeout_s=nb.esipa_timeout_s, es9_timeout_s=nb.es9_timeout_s,
-                                    es11_timeout_s=nb.es11_timeout_s)
+            self.backhaul = backhaul = HttpBackhaul(self.http, trust=TlsTrust())
+            configure_backhaul(backhaul, cfg)
             self.runtime = Runtime(self.engine, self.astore, backhaul, clock=self.clock,
                                    options=self._runtime_options, metrics=self.metrics)
             stack.push_async_callback(self.runtime.close)
@@ -783,11 +781,7 @@ class Daemon:
         if old.policies.webhooks != new.policies.webhooks or old.credentials.webhooks != new.credentials.webhooks:
             restart_needed.append("policies.webhooks")
         await self._register_fleet()
-        nb = new.northbound
-        self.backhaul.trust = TlsTrust(ca_file=str(nb.eim_ca_file) if nb.eim_ca_file is not None else None)
-        self.backhaul.esipa_binding = nb.esipa_binding
-        self.backhaul.esipa_timeout_s, self.backhaul.es9_timeout_s = nb.esipa_timeout_s, nb.es9_timeout_s
-        self.backhaul.es11_timeout_s = nb.es11_timeout_s
+        configure_backhaul(self.backhaul, new)
         self.engine.config = dataclasses.replace(self.engine.config, **{
             k: getattr(base, k) for k in ("segment_size", "max_batch_bytes", "devices", "eims", "idle_retry_s",
                                           "default_smdp", "initial_eim", "rearm_in_flight", *BACKOFF_KEYS)})
@@ -877,3 +871,18 @@ class Daemon:
 
 async def run_daemon(config_path: Path, **kwargs: Any) -> int:
     return await Daemon(config_path, **kwargs).run()
+
+
+def configure_backhaul(backhaul: HttpBackhaul, cfg: Config) -> None:
+    """What [northbound] and the credentials say about TLS, the ESipa binding and timeouts."""
+    nb = cfg.northbound
+    ca_file = str(nb.eim_ca_file) if nb.eim_ca_file is not None else None
+    backhaul.trust = TlsTrust(ca_file=ca_file)
+    key = cfg.credentials.tls.eim_client_key_file
+    backhaul.eim_trust = TlsTrust(
+        ca_file=ca_file, client_cert_file=str(nb.eim_client_cert_file) if nb.eim_client_cert_file else None,
+        client_key_file=str(key) if key is not None and nb.eim_client_cert_file else None)
+    backhaul.eim_admin_protocol = f"gsma/rsp/v{nb.admin_protocol_version}"
+    backhaul.esipa_binding = nb.esipa_binding
+    backhaul.esipa_timeout_s, backhaul.es9_timeout_s = nb.esipa_timeout_s, nb.es9_timeout_s
+    backhaul.es11_timeout_s = nb.es11_timeout_s

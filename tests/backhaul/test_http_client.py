@@ -94,6 +94,33 @@ async def test_trust_anchors_given_as_der_pin_the_server(serve: Serve, pki: RspP
             await http.post_esipa_asn1(wrong, b"\x01")
 
 
+async def test_an_eim_that_demands_a_client_certificate_gets_the_configured_one(serve: Serve, pki: RspPki) -> None:
+    eim_ssl = server_ssl_context(str(pki.eim_tls.cert_path), str(pki.eim_tls.key_path),
+                                 client_ca_file=str(pki.client_ca.cert_path))
+    seen: list[web.Request] = []
+    anchors = str(pki.tls_ca.cert_path)
+    mutual = TlsTrust(ca_file=anchors, client_cert_file=str(pki.gateway_client.cert_path),
+                      client_key_file=str(pki.gateway_client.key_path))
+    server = await serve(echo_app(seen), ssl_context=eim_ssl, trust=mutual)
+    async with BackhaulHttp() as http:
+        assert (await http.post_esipa_asn1(server, b"\x01\x02")).body == b"\x02\x01"
+        peer = seen[0].transport.get_extra_info("peercert") if seen[0].transport else None
+        assert peer is not None and int(peer["serialNumber"], 16) == pki.gateway_client.cert.serial_number
+        anonymous = Server(server.base_url, TlsTrust(ca_file=anchors))
+        with pytest.raises((NetworkError, TlsVerificationError)):
+            await http.post_esipa_asn1(anonymous, b"\x01")
+    assert len(seen) == 1
+
+
+def test_an_unusable_client_certificate_is_a_config_error_naming_the_file(tmp_path: Path, pki: RspPki) -> None:
+    bad = tmp_path / "client.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(ConfigError) as err:
+        TlsTrust(ca_file=str(pki.tls_ca.cert_path), client_cert_file=str(bad),
+                 client_key_file=str(pki.gateway_client.key_path)).ssl_context()
+    assert err.value.file == str(bad)
+
+
 async def test_wrong_ca_is_a_tls_verification_error_not_retryable(serve: Serve, pki: RspPki) -> None:
     server = await serve(echo_app(), trust=TlsTrust(ca_file=str(pki.tls_ca.cert_path)))
     async with BackhaulHttp() as http:
