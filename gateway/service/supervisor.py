@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import random
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -100,8 +101,6 @@ STATUS_EVERY_S = 10.0
 MQTT_RETRY_MAX_S = 60.0
 BIND_RETRY_S = 5.0
 EIM_ID_TYPE_FQDN = 2   # SGP.32 EimIdType eimIdTypeFqdn
-REPORT_RETRY_S = 60.0
-REPORT_RETRY_MAX_S = 3600.0
 
 
 class LiveRegistry(DeviceRegistry):
@@ -682,8 +681,9 @@ class Daemon:
         eIM answered, the policies learn the report is sent and the engine reports PLMN changes
         itself again from the device's next report of its network on (that one counts as
         reported); a package in an answer goes to the engine as one received by poll from that
-        eIM. An eIM whose post failed in a way that may pass (`owed`) is retried later on its own
-        (the report stays owed, also across a restart, until some eIM answered)."""
+        eIM. An eIM whose post failed in a way that may pass (`owed`) is retried on its own after
+        the delivery backoff ([northbound.retry]) while attempts remain (the report stays owed,
+        also across a restart, until some eIM answered)."""
         body = self.gate.report_request(report)
         posts = [p for p in self.engine.state_report_posts(report.eid, f"policy-{report.token}", body)
                  if owed is None or p.eim_id in owed]
@@ -694,22 +694,24 @@ class Daemon:
                 await self.runtime.feed(StateReportPending(eid=report.eid, now=self.clock(), pending=False))
             return
         outcomes = await asyncio.gather(*(self.runtime.backhaul.post_esipa(p) for p in posts), return_exceptions=True)
+        backoff = self.engine.config.delivery_backoff     # [northbound.retry], as results and notifications
         retry: set[str] = set()
         answers: list[tuple[str, bytes]] = []
         for post, outcome in zip(posts, outcomes, strict=True):
             if isinstance(outcome, bytes):
                 answers.append((post.eim_id, outcome))
-            elif isinstance(outcome, GatewayError) and is_retryable(outcome) and not self.runtime.draining:
+            elif isinstance(outcome, GatewayError) and is_retryable(outcome) and not self.runtime.draining \
+                    and (backoff.max_attempts is None or attempt < backoff.max_attempts):
                 retry.add(post.eim_id)
                 log.warning("state-change report of %s to %s failed (%s)", report.eid.hex(), post.eim_id, outcome,
                             extra=log_fields(eid=report.eid))
             elif isinstance(outcome, GatewayError):
-                log.error("state-change report of %s refused by %s (%s): not retried before the next start",
+                log.error("state-change report of %s to %s failed (%s): not retried before the next start",
                           report.eid.hex(), post.eim_id, outcome, extra=log_fields(eid=report.eid))
             else:
                 raise outcome
         if retry:
-            delay = min(REPORT_RETRY_S * 2 ** attempt, REPORT_RETRY_MAX_S)
+            delay = backoff.wait(attempt, random.random)
             log.warning("state-change report of %s: next try to %s in %.0f s", report.eid.hex(),
                         ", ".join(sorted(retry)), delay, extra=log_fields(eid=report.eid))
             again, was_answered = frozenset(retry), answered or bool(answers)

@@ -56,13 +56,13 @@ def fallback_card(pki: RspPki, eid: bytes, eims: list[EimServer]) -> SoftEuicc:
     return card
 
 
-def daemon_layout(workdir: Path, pki: RspPki, eim: EimServer) -> Layout:
+def daemon_layout(workdir: Path, pki: RspPki, eim: EimServer, extra: str = "") -> Layout:
     """The daemon with `eim` as its one configured eIM and the fallback policy on."""
     host, port = eim.fqdn.split(":")
     lay = Layout(workdir, free_udp_port(), workdir / "api.sock", [1], extra=(
         f'[northbound]\neim_fqdn = "{host}"\neim_port = {port}\neim_ca_file = "{pki.tls_ca.cert_path}"\n'
         "[policies.fallback]\nenabled = true\nattach_failures = 3\n"
-        "[policies.fallback_wave]\nreport_spread_s = 0.0\n"))
+        "[policies.fallback_wave]\nreport_spread_s = 0.0\n" + extra))
     lay.write()
     return lay
 
@@ -122,6 +122,36 @@ async def test_the_fallback_report_goes_to_each_eim_of_the_euicc_not_only_the_co
             await wait_for_socket(lay.socket_path)
             agent = Agent(Agent.make_status(eid, imei="356938035643809", plmn="26201"), card, transport)
             await fall_back(agent, card)
+            assert await state_changes_heard([configured, second], eid) == [[(True, 1, None)]] * 2
+        finally:
+            await transport.close()
+            assert stop_daemon(daemon) == 0
+
+
+async def test_an_eim_down_at_report_time_hears_the_fallback_once_it_is_back_and_the_other_only_once(
+        workdir: Path, pki: RspPki) -> None:
+    eid = make_eid(1)
+    async with EimServer(pki) as configured, EimServer(pki, eim_id="eim-two") as second:
+        card = fallback_card(pki, eid, [configured, second])
+        # [northbound.retry] sets when the report is tried again: every 0.2 s, no jitter; the
+        # refused server's circuit lets a probe through after 1 s
+        lay = daemon_layout(workdir, pki, configured,
+                            "[northbound.retry]\ninitial_backoff_s = 0.2\nmax_backoff_s = 0.2\njitter_ratio = 0.0\n"
+                            "[northbound.circuit_breaker]\nopen_s = 1.0\n")
+        daemon = start_daemon(lay)
+        transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
+        try:
+            daemon.wait_notify("READY=1")
+            await wait_for_socket(lay.socket_path)
+            agent = Agent(Agent.make_status(eid, imei="356938035643809", plmn="26201"), card, transport)
+            agent.status = replace(agent.status, attach_failures=1)
+            assert (await agent.run_session()).error is None       # the eUICC's eIMs are read
+            await second.peer.stop()                               # connection refused from now on
+            await fall_back(agent, card)
+            assert (await state_changes_heard([configured], eid)) == [[(True, 1, None)]]
+            await asyncio.sleep(1.0)                                # a few refused tries
+            assert second.service.devices[eid].state_changes == []
+            await second.peer.start()
             assert await state_changes_heard([configured, second], eid) == [[(True, 1, None)]] * 2
         finally:
             await transport.close()
