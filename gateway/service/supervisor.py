@@ -167,6 +167,17 @@ def engine_config(config: Config) -> EngineConfig:
                         rearm_in_flight=nb.rearm_in_flight)
 
 
+RELOADED_ENGINE_KEYS = ("segment_size", "max_batch_bytes", "devices", "eims", "idle_retry_s", "default_smdp",
+                        "initial_eim", "rearm_in_flight", "poll_interval_s", "bpp_size_hint",
+                        "authenticate_server_size_hint", *BACKOFF_KEYS)
+
+
+def reloaded_engine_config(running: EngineConfig, new: EngineConfig) -> EngineConfig:
+    """The running engine's configuration with everything `engine_config` reads from the files
+    taken from `new` (a reload); the rest (the seed, what a test harness set) stays."""
+    return dataclasses.replace(running, **{k: getattr(new, k) for k in RELOADED_ENGINE_KEYS})
+
+
 def device_overrides(config: Config) -> dict[bytes, DeviceOverrides]:
     """The fleet entries' own segment_size, max_batch_bytes and poll_interval_s, where they differ
     from [device_defaults] (those are the engine-wide values)."""
@@ -784,9 +795,7 @@ class Daemon:
             restart_needed.append("policies.webhooks")
         await self._register_fleet()
         configure_backhaul(self.backhaul, new)
-        self.engine.config = dataclasses.replace(self.engine.config, **{
-            k: getattr(base, k) for k in ("segment_size", "max_batch_bytes", "devices", "eims", "idle_retry_s",
-                                          "default_smdp", "initial_eim", "rearm_in_flight", *BACKOFF_KEYS)})
+        self.engine.config = reloaded_engine_config(self.engine.config, base)
         self.reloads += 1
         summary = {"reloaded": True, "devices": len(new.devices), "sessions_kept": len(self.engine.sessions),
                    "restart_needed_for": restart_needed}

@@ -5,6 +5,7 @@ sets the schedule of the engine's retries (counted from the timers it starts, no
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from gateway.core.engine import Engine, EngineConfig
 from gateway.core.retry import BackoffPolicy
 from gateway.errors import ConfigError
 from gateway.links.protocol import DeviceStatus
-from gateway.service.supervisor import engine_config
+from gateway.service.supervisor import engine_config, reloaded_engine_config
 from gateway.spec import codec, esipa
 
 from service_support import PSK_HEX
@@ -282,3 +283,38 @@ identity = "plain"
     assert b"\xbf\x51" not in [s.apdus[0][5:7] for s in downlink.batch.steps]
     assert any(a.operation == "deviceLink" and a.result == "refused" and "256 bytes" in a.detail for a in audits)
     assert (config.idle_retry_s_of(e), config.idle_retry_s_of(bytes.fromhex(plain))) == (7200, 3600)
+
+
+def test_a_reload_hands_the_engine_every_key_engine_config_reads(
+        etc: Path, dropin: Callable[[str, str], Path], write_credentials: Callable[[str], Path]) -> None:
+    eid = "89049032123451234512345678901235"
+    before = engine_config(load_config(etc / "gateway.toml"))
+    (etc / "devices.d").mkdir(exist_ok=True)
+    (etc / "devices.d" / "one.toml").write_text(
+        f'[[device]]\neid = "{eid}"\nlink = "coap"\nidentity = "one"\nsegment_size = 64\n')
+    write_credentials(f'[dtls_psk]\none = "{PSK_HEX}"\n')
+    dropin("50-all.toml", """
+[northbound]
+eim_fqdn = "eim.example.com"
+default_smdp = "smdp.example.com"
+polling_interval_s = 60.0
+rearm_in_flight = 5
+[northbound.retry]
+initial_backoff_s = 3.0
+max_backoff_s = 30.0
+multiplier = 1.5
+jitter_ratio = 0.5
+max_attempts = 7
+[device_defaults]
+segment_size = 128
+max_batch_bytes = 4096
+poll_interval_s = 600.0
+bpp_size_hint = 1000
+authenticate_server_size_hint = 500
+""")
+    after = engine_config(load_config(etc / "gateway.toml"))
+    changed = [f.name for f in dataclasses.fields(EngineConfig) if getattr(before, f.name) != getattr(after, f.name)]
+    assert len(changed) >= 12, changed
+    assert reloaded_engine_config(before, after) == after
+    running = dataclasses.replace(before, seed=42)
+    assert reloaded_engine_config(running, after).seed == 42
