@@ -13,9 +13,10 @@ QoS 1 may deliver an uplink twice (a PUBLISH resent after a lost PUBACK): the ga
 the last (correlation data, downlink) per EID and answers a repeated uplink with the same
 downlink instead of calling the handler again, so one exchange stays one exchange.
 
-paho runs inside the asyncio event loop (`AsyncioMqtt`: the socket is watched with
-add_reader/add_writer and loop_read/loop_write/loop_misc are called from the loop) rather than
-in paho's own network thread: the handler is async, and a test or benchmark can run
+paho runs inside the asyncio event loop (`AsyncioMqtt`: loop_read runs when the socket is
+readable, the packets paho queues are written by loop_write on the loop's next turn -- the
+socket is watched for writability only while its send buffer is full -- and loop_misc runs a
+few times per keepalive) rather than in paho's own network thread: the handler is async, and a test or benchmark can run
 hundreds of agents in one loop without a thread each. Only the blocking part of paho,
 `connect()`/`reconnect()` (DNS, TCP and TLS handshakes), runs in a worker thread. Reconnection
 after a lost connection uses exponential backoff with jitter.
@@ -181,6 +182,8 @@ class AsyncioMqtt:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id = 0
         self._misc: asyncio.Task[None] | None = None
+        self._flush_pending = False
+        self._writer_sock: Any = None  # the socket watched for writability, if any
         self._reconnector: asyncio.Task[None] | None = None
         self._connected: asyncio.Future[None] | None = None  # the first connect() only
         self._up = asyncio.Event()
@@ -212,29 +215,49 @@ class AsyncioMqtt:
         assert self._loop is not None
         self._loop.add_reader(sock, self.client.loop_read)
         if self.client.want_write():
-            self._loop.add_writer(sock, self.client.loop_write)
+            self._register_write(sock)
         if self._misc is None or self._misc.done():
             self._misc = self._loop.create_task(self._misc_loop())
 
     def _socket_close(self, sock: Any) -> None:
         assert self._loop is not None
+        self._writer_sock = None
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(sock)
             self._loop.remove_writer(sock)
 
     def _register_write(self, sock: Any) -> None:
+        # paho has queued a packet: write it on the loop's next turn rather than after an epoll
+        # round (add_writer, then remove_writer once written: two epoll_ctl calls per packet)
         assert self._loop is not None
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.add_writer(sock, self.client.loop_write)
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        self.client.loop_write()
+        sock = self.client.socket()
+        if sock is not None and self.client.want_write() and self._writer_sock is None:
+            # the socket's send buffer is full: wait until it drains
+            assert self._loop is not None
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.add_writer(sock, self._flush)
+                self._writer_sock = sock
 
     def _unregister_write(self, sock: Any) -> None:
         assert self._loop is not None
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_writer(sock)
+        if self._writer_sock is not None:
+            self._writer_sock = None
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_writer(sock)
 
     async def _misc_loop(self) -> None:
+        # keepalive: a PINGREQ at most a quarter keepalive late keeps well within the broker's
+        # 1.5 x keepalive; waking every second would cost a thousand agents a thousand wake-ups/s
+        interval = max(0.5, min(self.config.keepalive / 4, 30.0))
         while self.client.loop_misc() == paho.MQTT_ERR_SUCCESS:
-            await asyncio.sleep(1)
+            await asyncio.sleep(interval)
 
     # paho callbacks (loop thread: they run inside loop_read/loop_write/loop_misc)
     def _handle_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
