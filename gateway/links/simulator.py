@@ -253,21 +253,114 @@ class UdpLinkSimulator:
             flow.listener.transport.sendto(data, flow.peer)
 
 
+class _TcpEnd(asyncio.Protocol):
+    """One end of a relayed TCP connection: what it receives goes on its line to the other end.
+
+    An empty chunk on a line ends that direction (EOF, or the connection lost); once both
+    directions have ended, both connections are closed."""
+
+    def __init__(self, relay: TcpLinkSimulator, line: _Line, *, up: bool) -> None:
+        self.relay, self.line, self.up = relay, line, up
+        self.transport: asyncio.Transport | None = None
+        self.other: _TcpEnd | None = None
+        self.backlog: list[bytes] = []  # arrived for this end before its connection was made
+        self.eof = False  # this end's direction is ended (an empty chunk is on the line)
+        self.ended = False  # ... and that has reached the other end
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.up:
+            self.relay._device_connected(self)
+        for data in self.backlog:
+            self.send(data)
+        self.backlog.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.up:
+            self.relay.stats.bytes_up += len(data)
+        else:
+            self.relay.stats.bytes_down += len(data)
+        self.line.carry(self.relay.loop, data, self._arrived)
+
+    def eof_received(self) -> bool:
+        self._end()
+        return True  # keep the other direction open until it ends too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if not self.eof:
+            self.eof = True
+            self.line.carry(self.relay.loop, b"", self._arrived)
+
+    def _arrived(self, data: bytes) -> None:
+        other = self.other
+        if other is None:
+            return
+        if other.transport is None:
+            other.backlog.append(data)
+        else:
+            other.send(data)
+        if not data:
+            self.ended = True
+            if other.ended:
+                self.close()
+                other.close()
+
+    def send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if data:
+            transport.write(data)
+        elif transport.can_write_eof():
+            with contextlib.suppress(OSError):
+                transport.write_eof()
+
+    def close(self) -> None:
+        self.eof = True
+        self.line.cancel()
+        self.relay._ends.discard(self)
+        if self.transport is not None:
+            self.transport.close()
+
+    # the other end's data comes faster than this end's connection takes it: stop reading there
+    def pause_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.resume_reading()
+
+
 class TcpLinkSimulator:
-    """Relay TCP connections from devices to `target` with per-connection RTT and bandwidth."""
+    """Relay TCP connections from devices to `target` with per-connection RTT and bandwidth.
+
+    asyncio protocols, no streams or tasks per connection: a chunk read from one end goes on
+    that direction's line (`_Line.carry`, one timer per busy line) and is written to the other
+    end when it arrives."""
 
     def __init__(self, target: Address, profile: ProfileSource, *, host: str = "127.0.0.1") -> None:
         self.target = target
         self.host = host
         self._source = profile
         self._server: asyncio.Server | None = None
+        self._ends: set[_TcpEnd] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = LinkStats()
         self.listen_port = 0
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, self.host, 0)
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(self._accept, self.host, 0)
         self.listen_port = int(self._server.sockets[0].getsockname()[1])
         return self.listen_port
 
@@ -279,13 +372,12 @@ class TcpLinkSimulator:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await task
-        for writer in list(self._writers):
-            writer.close()
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                await writer.wait_closed()
+        for end in list(self._ends):
+            end.close()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        await asyncio.sleep(0)  # let the transports' connection_lost run
 
     async def __aenter__(self) -> TcpLinkSimulator:
         await self.start()
@@ -294,53 +386,27 @@ class TcpLinkSimulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
+    def _accept(self) -> _TcpEnd:
+        device = _TcpEnd(self, _Line(LinkProfile()), up=True)
+        self._ends.add(device)
+        return device
+
+    def _device_connected(self, device: _TcpEnd) -> None:
+        assert device.transport is not None
+        peer = device.transport.get_extra_info("peername")
         profile = _profile(self._source, (str(peer[0]), int(peer[1])))
+        device.line.profile = profile
         self.stats.flows += 1
-        self._writers.add(writer)
+        gateway = _TcpEnd(self, _Line(profile), up=False)
+        device.other, gateway.other = gateway, device
+        self._ends.add(gateway)
+        task = self.loop.create_task(self._connect(device, gateway))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, device: _TcpEnd, gateway: _TcpEnd) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            await self.loop.create_connection(lambda: gateway, *self.target)
         except OSError:
-            writer.close()
-            return
-        self._writers.add(up_writer)
-        for src, dst, up in ((reader, up_writer, True), (up_reader, writer, False)):
-            task = asyncio.get_running_loop().create_task(self._pump(src, dst, _Line(profile), up))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, line: _Line, up: bool) -> None:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-        async def deliver() -> None:
-            while True:
-                when, data = await queue.get()
-                if not data:
-                    break
-                delay = when - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                dst.write(data)
-                await dst.drain()
-            with contextlib.suppress(OSError):
-                if dst.can_write_eof():
-                    dst.write_eof()
-
-        sender = loop.create_task(deliver())
-        try:
-            while data := await src.read(65536):
-                if up:
-                    self.stats.bytes_up += len(data)
-                else:
-                    self.stats.bytes_down += len(data)
-                queue.put_nowait((line.arrival(loop.time(), len(data)), data))
-            queue.put_nowait((loop.time(), b""))
-            await sender
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await sender
+            gateway.close()
+            device.close()

@@ -179,3 +179,28 @@ async def test_an_established_coap_dtls_session_survives_10_percent_loss_each_wa
     assert sim.stats.dropped > 0
     (_, second) = handler.results_for(eid_of(3))
     assert len(second.results) == 60
+
+
+async def test_tcp_relay_carries_a_large_stream_whole_in_order_and_passes_each_close_on() -> None:
+    blob = bytes(range(256)) * 8192  # 2 MB: more than the sockets buffer, so flow control runs
+    received: list[bytes] = []
+
+    async def server_side(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read())  # until the device's EOF came through the relay
+        writer.write(blob)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    server = await asyncio.start_server(server_side, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with TcpLinkSimulator(("127.0.0.1", port), LinkProfile(rtt_s=0.05)) as sim:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.listen_port)
+        writer.write(blob[:100_000])
+        writer.write_eof()
+        assert await reader.read() == blob  # read() ends at the server's close, relayed as EOF
+        writer.close()
+        await writer.wait_closed()
+        assert sim.stats.bytes_up == 100_000 and sim.stats.bytes_down == len(blob)
+    server.close()
+    await server.wait_closed()
+    assert received == [blob[:100_000]]
