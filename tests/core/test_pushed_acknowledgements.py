@@ -15,6 +15,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from gateway.backhaul.http import TlsTrust
 from gateway.backhaul.inject_server import InjectServer, server_ssl_context
 from gateway.core.actions import PostEs9, PostEs11, PostEsipa
@@ -22,9 +25,11 @@ from gateway.core.engine import Engine
 from gateway.core.procedures import notifications as N
 from gateway.core.retry import BackoffPolicy
 from gateway.core.session import DeviceSession
-from gateway.errors import NetworkError
+from gateway.errors import NetworkError, RemoteProtocolError
 from gateway.links.memory import MemoryLink
 from gateway.service.runtime import HttpBackhaul, Runtime, RuntimeOptions
+from gateway.service.runtime import _pushed_acknowledgements as pushed_acknowledgements
+from gateway.spec import codec
 from gateway.store import AsyncStore
 from hil import rspcrypto
 from hil.peers.eim import push
@@ -171,3 +176,15 @@ def test_deliveries_to_an_smdp_do_not_place_an_eim_acknowledgement() -> None:
     engine = _engine_with({A_EID: [("eim-1", [3])]})
     engine.sessions[A_EID].deliveries["r0"]["target"] = "es9"
     assert engine.route_acknowledgements([3]) == ({}, [3])
+
+
+@given(st.binary(max_size=64))
+def test_any_pushed_acknowledgements_body_is_read_or_refused_as_a_protocol_error(inner: bytes) -> None:
+    body = b"\xbf\x4e" + len(b"\xbf\x53" + bytes([len(inner)]) + inner).to_bytes(1, "big") \
+        + b"\xbf\x53" + bytes([len(inner)]) + inner
+    try:
+        seqs = pushed_acknowledgements(body)
+    except RemoteProtocolError:
+        return
+    assert seqs is not None and all(isinstance(s, int) for s in seqs)
+    assert codec.decode("EimAcknowledgements", codec.encode("EimAcknowledgements", seqs)) == seqs
