@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -578,17 +577,12 @@ def _origin(origin: str) -> tuple[str | None, bytes | None]:
         return origin, None
 
 
-_REMOVED_NOTIFICATION = re.compile(r"seq (\d+) \((install|enable|disable|delete)\)")
-
-
 def profile_change(a: Audit) -> tuple[str, int] | None:
     """(event, sequence number) when `a` records an eUICC notification delivered and removed: the
-    profile state change is then known to its server and gone from the eUICC. The engine writes
-    these as removeNotification / ok / "seq <n> (<event>)" (gateway.core.device_side)."""
-    if a.operation != "removeNotification" or a.result != "ok":
+    profile state change is then known to its server and gone from the eUICC."""
+    if a.operation != "removeNotification" or a.result != "ok" or a.event is None or a.seq is None:
         return None
-    found = _REMOVED_NOTIFICATION.fullmatch(a.detail)
-    return None if found is None else (found.group(2), int(found.group(1)))
+    return a.event, a.seq
 
 
 def iccid_digits(iccid: bytes) -> str:

@@ -250,8 +250,9 @@ async def test_drain_gives_up_at_its_bound_and_close_answers_what_is_left(astore
 async def test_a_removed_notification_queues_its_webhook_event_in_the_same_transaction(astore: AsyncStore) -> None:
     def script(event: Event) -> list[Action]:
         return [SaveSession(EID, "idle", b"s"),
-                Audit(EID, bytes.fromhex("98490000000000000010"), "removeNotification", "engine", "ok", "seq 3 (enable)"),
-                Audit(EID, None, "removeNotification", "engine", "ok", "seq 4 (result)"), ReplyIdle(EID, 5)]
+                Audit(EID, bytes.fromhex("98490000000000000010"), "removeNotification", "engine", "ok", "seq 3 (enable)",
+                      event="enable", seq=3),
+                Audit(EID, None, "removeNotification", "engine", "ok", "seq 4 (result)", seq=4), ReplyIdle(EID, 5)]
 
     seen: list[tuple[str, int]] = []
 
