@@ -53,11 +53,13 @@ class GatewaySection:
 class StoreSection:
     db_path: Path = setting(Path("gateway.sqlite3"), "SQLite database file (relative: inside gateway.state_dir)")
     outbox_max_messages: int = setting(
-        100_000, "Messages kept for the eIM while the backhaul is down; beyond it the oldest results are refused", min=100)
+        100_000, "Messages waiting for the backhaul (results, notifications, cancellations, webhook events); at "
+        "this bound the gateway takes no new work and drops nothing stored", min=100)
     outbox_max_bytes: int = setting(
-        256 * 1024 * 1024, "Bytes kept in the outbox while the backhaul is down", min=1024 * 1024)
+        256 * 1024 * 1024, "Bytes waiting for the backhaul", min=1024 * 1024)
     outbox_alarm_ratio: float = setting(
-        0.8, "Fill ratio of the outbox (by messages or bytes) that raises the queue alarm", min=0.1, max=1.0)
+        0.8, "Fill ratio of the outbox (by messages or bytes) that raises the queue alarm; new work is taken "
+        "again under it", min=0.1, max=1.0)
     audit_retention_days: int = setting(
         365, "Days the audit log of eUICC state changes is kept", min=1, max=36500)
 

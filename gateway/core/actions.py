@@ -1,7 +1,7 @@
 """The engine's outputs: frozen dataclasses the runtime performs, in list order.
 
 Theory of operation. `Engine.handle` returns a list of actions for one event. The runtime
-applies the store actions of one list (SaveSession, MarkInbox, Audit) in ONE store
+applies the store actions of one list (SaveSession, BackhaulWaiting, MarkInbox, Audit) in ONE store
 transaction *before* it performs any I/O action of the same list (SendBatch, ReplyIdle,
 ReplyError, PostEsipa, PostEs9, PostEs11, timers): the session blob is a write-ahead record of what
 the engine is about to do, so a crash after the commit re-sends (the engine re-emits its
@@ -109,6 +109,36 @@ class SaveSession:
 
 @serial.register
 @dataclass(frozen=True, slots=True)
+class Waiting:
+    """One delivery of a device waiting for the backhaul: a result, notification or
+    cancellation not yet acknowledged by its server. `key` is the delivery's key in the
+    device's session (its idempotency key with the EID); `attempts` how often it failed;
+    `next_at` when its backoff timer sends it again (None: being sent, or not yet)."""
+
+    key: str
+    kind: str           # "result" | "notification" | "cancellation"
+    server: str         # eIM id or SM-DP+ address
+    function: str
+    size: int           # bytes of the request body
+    state: str          # the delivery's state (gateway.core.procedures.notifications)
+    attempts: int
+    next_at: float | None
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
+class BackhaulWaiting:
+    """Every delivery of the device now waiting for the backhaul (replaces the set last
+    given; empty: none). Emitted when that set changed, in the same list as the SaveSession
+    that records it, so the store's one accounting of what waits for the backhaul (the
+    outbox bound and alarm) matches the session blobs across any crash."""
+
+    eid: bytes
+    waiting: tuple[Waiting, ...]
+
+
+@serial.register
+@dataclass(frozen=True, slots=True)
 class MarkInbox:
     """Move an inbox entry: "running" when its procedure starts, "done" when its result is
     recorded, "duplicate" when it was refused as a replay of a package already run."""
@@ -182,9 +212,9 @@ class CancelTimer:
 
 
 Action: TypeAlias = (SendBatch | ReplyIdle | ReplyError | PostEsipa | PostEs9 | PostEs11 | SaveSession
-                     | MarkInbox | Audit | StartTimer | CancelTimer | StaleAnswer)
+                     | BackhaulWaiting | MarkInbox | Audit | StartTimer | CancelTimer | StaleAnswer)
 DOWNLINKS = (SendBatch, ReplyIdle, ReplyError)
-STORE_ACTIONS = (SaveSession, MarkInbox, Audit)
+STORE_ACTIONS = (SaveSession, BackhaulWaiting, MarkInbox, Audit)
 
 
 def to_bytes(action: Action) -> bytes:
@@ -194,7 +224,7 @@ def to_bytes(action: Action) -> bytes:
 def from_bytes(data: bytes) -> Action:
     value = serial.loads(data)
     if not isinstance(value, (SendBatch, ReplyIdle, ReplyError, PostEsipa, PostEs9, PostEs11, SaveSession,
-                              MarkInbox, Audit, StartTimer, CancelTimer, StaleAnswer)):
+                              BackhaulWaiting, MarkInbox, Audit, StartTimer, CancelTimer, StaleAnswer)):
         from gateway.errors import DecodeError
         raise DecodeError(f"not an action: {type(value).__name__}", type_name="engine action")
     return value

@@ -61,6 +61,8 @@ class BackhaulSide(Turn):
 
     def poll(self, eim_id: str, state_changed: bool, cause: str | None = None) -> None:
         s = self.s
+        if self.hold:
+            return      # a package now would add its result to the backlog: the eIM keeps it
         if any(r["owner"] == POLL and r["server"] == eim_id for r in s.requests.values()):
             return
         tag = f"poll:{eim_id}"
@@ -247,7 +249,7 @@ class BackhaulSide(Turn):
             self.settle(force=True)     # answer the device with what is ready; the rest waits
             return
         rec = s.retries.pop(name, None)
-        if rec is None:
+        if rec is None or (rec["owner"] == POLL and self.hold):   # held: the next wake after the hold polls
             return
         if rec["owner"] == DELIVERY:
             d = s.deliveries.get(rec["tag"])

@@ -311,7 +311,7 @@ class DeviceSide(Turn):
                 for seq, call in N.removal_calls(d):
                     calls.append(call)
                     items.append(["remove", key, seq])
-        if s.want_retrieve:
+        if s.want_retrieve and not self.hold:     # held: the notifications wait on the eUICC
             calls.append(Call("RetrieveNotificationsList", es10.retrieve_notifications_list()))
             items.append(["retrieve"])
         if s.want_discover:

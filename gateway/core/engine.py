@@ -51,18 +51,20 @@ class Engine:
         # a forgotten device's request counter and requests in flight: a session made for it
         # later numbers on (no request id used twice) and knows their answers as stale
         self._forgotten: dict[bytes, tuple[int, list[str]]] = {}
+        # set by the runtime while what waits for the backhaul is at its bound (Turn.hold)
+        self.hold_new_work = False
 
     def handle(self, event: Event) -> list[A.Action]:
         if isinstance(event, OperatorAction) and event.kind == OPERATOR_FORGET:
             self.forget(event.eid)
-            return [A.Audit(event.eid, None, "operator", "operator", "forget")]
+            return [A.Audit(event.eid, None, "operator", "operator", "forget"), A.BackhaulWaiting(event.eid, ())]
         session = self.sessions.get(event.eid)
         if session is None:
             session = self.sessions[event.eid] = DeviceSession(event.eid)
             counter, in_flight = self._forgotten.pop(event.eid, (0, []))
             session.counter = counter
             session.let_go = {rid: A.STALE_FORGOTTEN for rid in in_flight}
-        return session.handle(event, self.config, self._random.random)
+        return session.handle(event, self.config, self._random.random, hold=self.hold_new_work)
 
     def restore(self, eid: bytes, blob: bytes) -> None:
         """Load a device's session from the blob of its last SaveSession."""

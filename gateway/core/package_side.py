@@ -125,6 +125,8 @@ class PackageSide(Turn):
                 # polled before the eUICC was read: it may still need the initial eIM (and its
                 # key, to verify the package), which the read decides
                 return
+            if self.hold and s.queue[0]["via"] != "internal":
+                return      # its result would add to the backlog: it waits in the queue (and inbox)
             item = s.queue.pop(0)
             proc = PROCEDURES[item["kind"]]()
             proc.ctx.update(request=item["raw"], eim_id=item["eim_id"])

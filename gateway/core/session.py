@@ -47,7 +47,8 @@ from gateway.core.events import (
 from gateway.core.package_side import PackageSide
 from gateway.core.planner import Part
 from gateway.core.procedures.base import Call, Procedure, Reply
-from gateway.core.turn import PROCEDURES, post_action
+from gateway.core.procedures import notifications as N
+from gateway.core.turn import DELIVERY, PROCEDURES, RETRY_PREFIX, post_action
 from gateway.errors import DecodeError
 
 
@@ -173,9 +174,21 @@ class DeviceSession:
 
     # -- entry point -------------------------------------------------------------------------
 
-    def handle(self, event: Event, config: EngineConfig, rand: Callable[[], float]) -> list[A.Action]:
+    def waiting(self) -> tuple[A.Waiting, ...]:
+        """The deliveries waiting for the backhaul (not yet acknowledged by their server; a
+        delivery the server refused for good, FAILED, waits for an operator, not the backhaul)."""
+        return tuple(
+            A.Waiting(key, d["kind"], d["server"], d["function"], len(d["body"]), d["state"], int(d["attempt"]),
+                      self.timers.get(f"{RETRY_PREFIX}{DELIVERY}:{key}"))
+            for key, d in self.deliveries.items() if d["state"] in N.WAITING_FOR_BACKHAUL)
+
+    def handle(self, event: Event, config: EngineConfig, rand: Callable[[], float], *,
+               hold: bool = False) -> list[A.Action]:
+        """One event. `hold`: take no new work that would add to what waits for the backhaul
+        (see Turn.hold)."""
         out: list[A.Action] = []
-        ctx = _Turn(self, config, rand, event.now, out)
+        waiting = self.waiting()
+        ctx = _Turn(self, config, rand, event.now, out, hold)
         if isinstance(event, DeviceHello):
             ctx.on_hello(event.status)
         elif isinstance(event, DeviceResult):
@@ -195,11 +208,14 @@ class DeviceSession:
         ctx.settle()
         store = [a for a in out if isinstance(a, A.STORE_ACTIONS)]
         rest = [a for a in out if not isinstance(a, A.STORE_ACTIONS)]
+        now_waiting = self.waiting()
+        if now_waiting != waiting:
+            store.append(A.BackhaulWaiting(self.eid, now_waiting))
         return store + [A.SaveSession(self.eid, self.state_name, self.to_blob())] + rest
 
     def resume(self, now: float) -> list[A.Action]:
         """After a restart: send again what was in flight, arm the timers again."""
-        out: list[A.Action] = []
+        out: list[A.Action] = [A.BackhaulWaiting(self.eid, self.waiting())]
         self.uplink_pending = False
         for rid, rec in self.requests.items():
             out.append(post_action(self, rid, rec))

@@ -61,8 +61,12 @@ def post_action(s: DeviceSession, rid: str, rec: dict[str, Any]) -> A.Action:
 
 class Turn:
     def __init__(self, s: DeviceSession, config: EngineConfig, rand: Callable[[], float], now: float,
-                 out: list[A.Action]) -> None:
+                 out: list[A.Action], hold: bool = False) -> None:
         self.s, self.config, self.rand, self.now, self.out = s, config, rand, now, out
+        # what waits for the backhaul is at its bound: no GetEimPackage poll, no new notifications
+        # read from the eUICC, no queued package started (each would add a result or notification
+        # to the backlog); what runs finishes, deliveries and removals go on
+        self.hold = hold
         self.last_request: dict[str, Any] | None = None
 
     def env(self) -> Env:

@@ -51,12 +51,19 @@ class AlarmBook:
 
     def queue_level(self, level: str, entries: int, payload_bytes: int, now: float) -> list[PolicyDecision]:
         """Decisions for the outbox usage level ("ok" | "alarm" | "full") just read."""
-        raised = QUEUE_ALARM_KEY in self.active
-        if level != "ok" and not raised:
+        active = self.active.get(QUEUE_ALARM_KEY)
+        raised = active is not None
+        severity = "critical" if level == "full" else "major"
+        if level != "ok" and (active is None or active.alarm.severity != severity):
+            # raised, or raised again with the severity of the new level (alarm <-> full)
             text = f"outbox {level}: {entries} messages / {payload_bytes} bytes waiting for the backhaul"
-            return [RaiseAlarm(Alarm(QUEUE_ALARM_KEY, "queue", "critical" if level == "full" else "major", text,
+            if level == "full":
+                text += "; new work refused until it drains under its alarm level"
+            again: list[PolicyDecision] = [] if active is None else [ClearAlarm(QUEUE_ALARM_KEY, text)]
+            return again + [
+                    RaiseAlarm(Alarm(QUEUE_ALARM_KEY, "queue", severity, text,
                                      None, (("entries", entries), ("bytes", payload_bytes)))),
-                    EmitEvent(f"alarm.raised:{QUEUE_ALARM_KEY}:{now:.0f}", "alarm.raised", now, None,
+                    EmitEvent(f"alarm.raised:{QUEUE_ALARM_KEY}:{level}:{now:.0f}", "alarm.raised", now, None,
                               (("key", QUEUE_ALARM_KEY), ("kind", "queue"), ("text", text)))]
         if level == "ok" and raised:
             text = f"outbox back under its alarm level ({entries} messages)"

@@ -31,6 +31,7 @@ import aiohttp
 
 from gateway.backhaul.http import TlsTrust
 from gateway.config.policies import WebhooksPolicy
+from gateway.clock import Clock, as_clock
 from gateway.core.retry import BreakerPolicy
 from gateway.errors import NetworkError, TransportTimeout
 from gateway.policy.decisions import EmitEvent
@@ -161,9 +162,9 @@ class WebhookSender:
 class WebhookDispatcher:
     """Drains the webhook entries of the outbox, one drainer per URL, until stopped."""
 
-    def __init__(self, astore: AsyncStore, sender: WebhookSender, *, clock: Callable[[], float] = time.time,
+    def __init__(self, astore: AsyncStore, sender: WebhookSender, *, clock: Clock | Callable[[], float] = time.time,
                  breaker: BreakerPolicy = BreakerPolicy()) -> None:
-        self._clock = clock
+        self._clock = as_clock(clock)
         self._kick = asyncio.Event()
         self.drainers = [OutboxDrainer(astore, server_name(url), sender.send, policy=breaker,
                                        concurrency=sender.policy.max_concurrency)
@@ -196,9 +197,10 @@ class WebhookDispatcher:
                 continue
             kicked = asyncio.ensure_future(self._kick.wait())
             stopped = asyncio.ensure_future(stop.wait())
+            slept = asyncio.ensure_future(self._clock.sleep(delay))
             try:
-                await asyncio.wait({kicked, stopped}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({kicked, stopped, slept}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for f in (kicked, stopped):
+                for f in (kicked, stopped, slept):
                     f.cancel()
-                await asyncio.gather(kicked, stopped, return_exceptions=True)
+                await asyncio.gather(kicked, stopped, slept, return_exceptions=True)

@@ -180,7 +180,8 @@ def show_device(data: dict[str, Any]) -> str:
 def show_queue(data: dict[str, Any]) -> str:
     usage = data["outbox_usage"]
     out = [f"inbox:  {len(data['inbox'])} entries waiting for devices",
-           f"outbox: {usage['entries']} entries ({usage['bytes']} bytes) of at most {usage['max_entries']}"]
+           f"outbox: {usage['entries']} entries ({usage['bytes']} bytes) of at most {usage['max_entries']}"
+           + (f" -- {usage['level'].upper()}" if usage.get("level", "ok") != "ok" else "")]
     if data["inbox"]:
         out += ["", table([(e["eid"], e["key"], e["kind"], e["state"], when(e["created_at"])) for e in data["inbox"]],
                           ["eid", "key", "kind", "state", "created"])]

@@ -223,14 +223,20 @@ def make_app(backend: ApiBackend, *, bearer_token: Callable[[], str | None] | No
         def read(s: Store) -> dict[str, Any]:
             inbox = [{"eid": e.eid.hex(), "key": e.key, "kind": e.kind, "state": e.state, "origin": e.origin,
                       "created_at": e.created_at} for eid in s.inbox.eids_with_work() for e in s.inbox.pending(eid)]
-            outbox = [{"server": e.server, "key": e.key, "kind": e.kind, "attempts": e.attempts,
-                       "next_attempt_at": e.next_attempt_at, "last_error": e.last_error}
-                      for e in s.outbox.pending()[:1000]]
+            # one list of what waits for the backhaul: the engine's deliveries (results, notifications,
+            # cancellations; key = EID/delivery key) and the outbox's own entries (webhook events)
+            outbox = [{"server": d.server, "key": d.idempotency_key, "kind": d.kind, "attempts": d.attempts,
+                       "next_attempt_at": d.next_attempt_at, "last_error": None, "state": d.state}
+                      for d in s.deliveries.list(limit=1000)]
+            outbox += [{"server": e.server, "key": e.key, "kind": e.kind, "attempts": e.attempts,
+                        "next_attempt_at": e.next_attempt_at, "last_error": e.last_error, "state": "pending"}
+                       for e in s.outbox.pending()[:1000 - len(outbox)]]
             usage = s.outbox.usage()
             breakers = {server: s.outbox.load_breaker(server).state for server in s.outbox.servers()}
             return {"inbox": inbox, "outbox": outbox,
                     "outbox_usage": {"entries": usage.entries, "bytes": usage.payload_bytes,
-                                     "max_entries": usage.limits.max_entries, "max_bytes": usage.limits.max_bytes},
+                                     "max_entries": usage.limits.max_entries, "max_bytes": usage.limits.max_bytes,
+                                     "alarm_ratio": usage.limits.alarm_ratio, "level": usage.level},
                     "outbox_breakers": breakers}
         out = await backend.astore.run(read)
         out["backhaul"] = backend.status().get("backhaul", {})

@@ -127,6 +127,10 @@ class GatewayMetrics:
         self.queue_depth = r.gauge("queue_depth", "Entries waiting: inbox (for devices), outbox (for servers)",
                                    ["queue"])
         self.queue_bytes = r.gauge("outbox_bytes", "Payload bytes waiting in the outbox")
+        self.outbox_level = r.gauge("outbox_level", "Fill level of the outbox (everything waiting for the backhaul):"
+                                    " 0 ok, 1 above its alarm ratio, 2 at its bound")
+        self.holding_new_work = r.gauge("holding_new_work", "1 while the outbox is at its bound: no eIM polls or"
+                                        " pushes, no notifications read, no queued package started")
         self.sessions = r.gauge("sessions", "Device sessions by state", ["state"])
         self.devices = r.gauge("devices", "Devices known to the gateway")
         self.pending_exchanges = r.gauge("pending_exchanges", "Device uplinks waiting for their downlink")

@@ -7,7 +7,7 @@ after backhaul round trips (Hello -> GetEimPackage -> batch). Every event goes t
 `feed()`:
 
 1. `engine.handle(event)` (pure, synchronous) returns a list of actions;
-2. the store actions of that list (SaveSession, MarkInbox, Audit) and the device's contact
+2. the store actions of that list (SaveSession, BackhaulWaiting, MarkInbox, Audit) and the device's contact
    record commit in ONE store transaction (`AsyncStore.atomic`) -- a failure there rolls all
    of them back and performs none of the I/O actions;
 3. only then the I/O actions, in list order: a downlink resolves the device's pending
@@ -17,7 +17,9 @@ after backhaul round trips (Hello -> GetEimPackage -> batch). Every event goes t
 
 Events of one device are fed one at a time (a lock per EID) so the engine sees them in
 order and their transactions commit in that order. The clock is injected (DESIGN
-principle 5): every event's `now`, every stored time and every timer delay comes from it.
+principle 5, gateway.clock): every event's `now`, every stored time and every engine timer
+(StartTimer, armed with `clock.call_at`) comes from it; only the exchange timeout, a bound on
+a real wait for the device, runs on the event loop's time.
 
 An eIM push (`on_transfer`, the inject endpoint's callback) is persisted in the device's
 inbox before it is acknowledged, then fed to the engine as EimPackageReceived. Pushed
@@ -30,16 +32,18 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from gateway.backhaul import esipa_client
+from gateway.clock import Clock, SystemClock, Timer, as_clock
 from gateway.backhaul.http import BackhaulHttp, Server, TlsTrust, require_content_type
 from gateway.core.actions import (
+    STORE_ACTIONS,
     Action,
     Audit,
+    BackhaulWaiting,
     CancelTimer,
     MarkInbox,
     PostEs9,
@@ -78,11 +82,9 @@ from gateway.service import esipa_binding
 from gateway.service.logging import log_fields
 from gateway.service.metrics import GatewayMetrics
 from gateway.spec import codec, es9p, es11, esipa, tlv
-from gateway.store import AsyncStore, Store, package_key, transaction_key
+from gateway.store import AsyncStore, OutboxFull, OutboxUsage, Store, package_key, transaction_key
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
 
 INBOX_KIND_EIM_PACKAGE = "eim-package"
 DOWNLOAD_OPERATIONS = ("download", "profiledownload")   # the engine's audit name of a finished download
@@ -91,6 +93,8 @@ DOWNLOAD_OPERATIONS = ("download", "profiledownload")   # the engine's audit nam
 class Engine(Protocol):
     """What the runtime needs of gateway.core's engine: a pure step function, and where pushed
     EimAcknowledgements belong (gateway.core.engine.Engine.route_acknowledgements)."""
+
+    hold_new_work: bool   # set while what waits for the backhaul is at its bound (note_backlog)
 
     def handle(self, event: Event) -> list[Action]: ...
 
@@ -117,27 +121,30 @@ class RuntimeOptions:
 
 class Runtime:
     def __init__(self, engine: Engine, astore: AsyncStore, backhaul: Backhaul, *,
-                 clock: Clock = time.time, options: RuntimeOptions = RuntimeOptions(),
+                 clock: Clock | Callable[[], float] = SystemClock(), options: RuntimeOptions = RuntimeOptions(),
                  metrics: GatewayMetrics | None = None,
                  after_commit: Callable[[list[Action]], None] | None = None,
                  on_audit: Callable[[Store, Audit, float], int] | None = None) -> None:
         self.engine = engine
         self.astore = astore
         self.backhaul = backhaul
-        self.clock = clock
+        self.clock = as_clock(clock)
         self.options = options
         self.metrics = metrics or GatewayMetrics()
         self._after_commit = after_commit   # test hook: runs between the commit and the I/O
         self.on_audit = on_audit            # inside the transaction, per Audit (webhook events); > 0: queued
         self.on_queued: Callable[[], None] | None = None   # after a commit that queued something
+        self.on_backlog: Callable[[OutboxUsage], None] | None = None   # the outbox level changed
+        self.backlog: OutboxUsage | None = None   # what waits for the backhaul, as of the last commit
         self._locks: dict[bytes, asyncio.Lock] = {}
         self._pending: dict[bytes, asyncio.Future[Downlink]] = {}
-        self._timers: dict[tuple[bytes, str], asyncio.TimerHandle] = {}
+        self._timers: dict[tuple[bytes, str], Timer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
+        self._holding = False
 
     # --- device links --------------------------------------------------------------------
 
@@ -201,6 +208,12 @@ class Runtime:
         if seqs is not None:
             return await self._on_pushed_acknowledgements(seqs)
         eid, eim_id, key = _pushed_package_identity(body)
+        if self.holding:
+            usage = self.backlog
+            assert usage is not None
+            raise OutboxFull(f"eIM package for {eid.hex()} refused: the outbox is full ({usage.entries} entries, "
+                             f"{usage.payload_bytes} bytes waiting for the backhaul); the eIM keeps it and pushes "
+                             "it again", entries=usage.entries, payload_bytes=usage.payload_bytes)
         now = self.clock()
 
         def persist(s: Store) -> bool:
@@ -279,10 +292,11 @@ class Runtime:
     async def apply(self, actions: list[Action], now: float, *,
                     contact: tuple[bytes, dict[str, Any] | None] | None = None) -> None:
         """Store actions (and the contact record) in one transaction, then the I/O actions."""
-        stored = [a for a in actions if isinstance(a, (SaveSession, MarkInbox, Audit))]
+        stored = [a for a in actions if isinstance(a, STORE_ACTIONS)]
         queued = 0
         if stored or contact is not None:
-            queued = await self.astore.atomic(lambda s: self._apply_store(s, stored, now, contact))
+            queued, usage = await self.astore.atomic(lambda s: self._apply_store(s, stored, now, contact))
+            self.note_backlog(usage)
         if queued and self.on_queued is not None:
             self.on_queued()
         for a in stored:
@@ -293,8 +307,8 @@ class Runtime:
         for action in actions:
             self._perform(action)
 
-    def _apply_store(self, s: Store, actions: list[SaveSession | MarkInbox | Audit], now: float,
-                     contact: tuple[bytes, dict[str, Any] | None] | None) -> int:
+    def _apply_store(self, s: Store, actions: list[SaveSession | BackhaulWaiting | MarkInbox | Audit], now: float,
+                     contact: tuple[bytes, dict[str, Any] | None] | None) -> tuple[int, OutboxUsage]:
         queued = 0
         if contact is not None:
             eid, status = contact
@@ -303,6 +317,8 @@ class Runtime:
         for a in actions:
             if isinstance(a, SaveSession):
                 s.sessions.put(a.eid, a.state_name, a.blob, now=now)
+            elif isinstance(a, BackhaulWaiting):
+                s.deliveries.replace(a.eid, a.waiting, now=now)
             elif isinstance(a, MarkInbox):
                 _mark_inbox(s, a, now)
             else:
@@ -312,7 +328,38 @@ class Runtime:
                                detail={"detail": a.detail} if a.detail else None)
                 if self.on_audit is not None:
                     queued += self.on_audit(s, a, now)
-        return queued
+        usage = s.outbox.usage()
+        s.outbox.note(usage)
+        return queued, usage
+
+    # --- the bound on what waits for the backhaul ------------------------------------------
+
+    def note_backlog(self, usage: OutboxUsage) -> None:
+        """What waits for the backhaul (the outbox usage, the engine's deliveries included) as just
+        read. At the bound the engine takes no new work (Engine.hold_new_work: no eIM poll, no
+        notification read from an eUICC, no queued package started) and eIM pushes are refused
+        with a retryable error (503 Retry-After): the eIM and the eUICCs keep what is new, and
+        nothing stored is dropped. Work already running finishes and its messages are kept, so
+        the backlog may pass the bound by what was in progress. New work is taken again once the
+        backlog is back under the alarm ratio (not merely under the bound: no flapping)."""
+        before = self.backlog
+        self.backlog = usage
+        level = usage.level
+        holding = level == "full" or (level == "alarm" and self.holding)
+        self.engine.hold_new_work = holding
+        self._holding = holding
+        m = self.metrics
+        m.queue_depth.set(usage.entries, queue="outbox")
+        m.queue_bytes.set(usage.payload_bytes)
+        m.outbox_level.set({"ok": 0, "alarm": 1, "full": 2}[level])
+        m.holding_new_work.set(1 if holding else 0)
+        if (before is None or before.level != level) and self.on_backlog is not None:
+            self.on_backlog(usage)
+
+    @property
+    def holding(self) -> bool:
+        """New work is refused: what waits for the backhaul reached its bound (note_backlog)."""
+        return self._holding
 
     def _count_audit(self, a: Audit) -> None:
         log.info("%s %s%s", a.operation, a.result, f": {a.detail}" if a.detail else "",
@@ -391,15 +438,13 @@ class Runtime:
         old = self._timers.pop(key, None)
         if old is not None:
             old.cancel()
-        delay = max(0.0, action.at - self.clock())
-        loop = asyncio.get_running_loop()
 
         def fire() -> None:
             self._timers.pop(key, None)
             self.spawn(self.feed(TimerFired(eid=action.eid, now=self.clock(), name=action.name)),
                        f"timer {action.name}")
 
-        self._timers[key] = loop.call_later(delay, fire)
+        self._timers[key] = self.clock.call_at(action.at, fire)
 
     # --- tasks and draining --------------------------------------------------------------
 

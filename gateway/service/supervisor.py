@@ -11,8 +11,9 @@ Theory of operation (DESIGN principle 10, Hypercorn's `worker_serve`). `Daemon.r
    engine), the device links (CoAP/DTLS, MQTT), the ESipa inject endpoint and the management
    API, then re-sends what the sessions had in flight (`Engine.resume`), gives the engine the
    pushed packages still waiting in the inbox, and tells systemd READY;
-4. runs its loops in one TaskGroup -- the watchdog, the outbox drainer, the policy tick, the
-   webhook dispatcher, one loop per modem on a serial port (the daemon plays that device's
+4. runs its loops in one TaskGroup -- the watchdog, the policy tick, the webhook dispatcher
+   (webhook events are the outbox entries the daemon sends itself; results, notifications and
+   cancellations are the engine's deliveries, sent by the runtime), one loop per modem on a serial port (the daemon plays that device's
    agent) -- until SIGTERM or SIGINT sets the stop event; SIGHUP (or POST /v1/reload)
    re-reads the configuration and swaps the device list, credentials, northbound trust and
    policies in place: links keep running and no session is dropped (what only a restart can
@@ -22,7 +23,9 @@ Theory of operation (DESIGN principle 10, Hypercorn's `worker_serve`). `Daemon.r
    Idle too; links, inject endpoint and API close, what is left is cancelled, the WAL is
    checkpointed and the store closed.
 
-Everything that needs the time takes the injected clock (principle 5).
+Everything that needs the time or schedules takes the injected clock (principle 5,
+gateway.clock): the engine's and the report timers, the policy tick, the webhook drain loop,
+the modem and MQTT retry waits. The systemd watchdog and the shutdown grace stay on real time.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.backhaul.http import BackhaulHttp, HttpLimits, TlsTrust
+from gateway.clock import Clock, SystemClock, Timer, as_clock
 from gateway.backhaul.inject_server import InjectServer, server_ssl_context
 from gateway.config import Config, Device, load_config
 from gateway.core.actions import Audit, PostEs9, PostEs11, PostEsipa, from_bytes
@@ -78,15 +82,13 @@ from gateway.service.metrics import GatewayMetrics
 from gateway.service.notify import Notifier
 from gateway.service.runtime import (
     INBOX_KIND_EIM_PACKAGE,
-    Clock,
     HttpBackhaul,
     Runtime,
     RuntimeOptions,
     iccid_digits,
     profile_change,
 )
-from gateway.store import AsyncStore, LinkIdentityTaken, OutboxDrainer, OutboxEntry, Outcome, Store, StoreOptions
-from gateway.core.retry import BreakerPolicy
+from gateway.store import AsyncStore, LinkIdentityTaken, OutboxUsage, Store, StoreOptions
 from gateway.store.outbox import OutboxLimits
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 MQTT_BROKER_AUTHENTICATED = b"broker-authenticated"  # MQTT devices log in at the broker, not here
-DRAIN_IDLE_S = 5.0
 POLICY_TICK_S = 60.0
 STATUS_EVERY_S = 10.0
 MQTT_RETRY_MAX_S = 60.0
@@ -237,12 +238,12 @@ def _certificate_der(path: Path, key: str) -> bytes:
 class Daemon:
     """`ipae-gateway run`; also the management API's backend."""
 
-    def __init__(self, config_path: Path, *, clock: Clock = time.time,
+    def __init__(self, config_path: Path, *, clock: Clock | Callable[[], float] = SystemClock(),
                  environ: Mapping[str, str] | None = None,
                  make_engine: Callable[[Config], Engine] | None = None,
                  runtime_options: RuntimeOptions = RuntimeOptions()) -> None:
         self.config_path = config_path
-        self.clock = clock
+        self.clock = clock = as_clock(clock)
         self.notifier = Notifier(environ)
         self._make_engine = make_engine or (lambda c: Engine(engine_config(c)))
         self._runtime_options = runtime_options
@@ -253,7 +254,6 @@ class Daemon:
         self.started_at = clock()
         self._redactor: RedactingFilter | None = None
         self._links: dict[str, str] = {}
-        self._drain_wakeup = asyncio.Event()
         self.config: Config
         self.engine: Engine
         self.astore: AsyncStore
@@ -264,7 +264,7 @@ class Daemon:
         self.gate: PolicyGate
         self.webhooks: webhooks.WebhookDispatcher | None = None
         self.groups: GroupOperations
-        self._report_timers: dict[str, asyncio.TimerHandle] = {}
+        self._report_timers: dict[str, Timer] = {}
         self._mqtt_pending: tuple[MqttGateway, str] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -319,6 +319,7 @@ class Daemon:
             configure_backhaul(backhaul, cfg)
             self.runtime = Runtime(self.engine, self.astore, backhaul, clock=self.clock,
                                    options=self._runtime_options, metrics=self.metrics)
+            self.runtime.on_backlog = self._on_backlog
             stack.push_async_callback(self.runtime.close)
             stack.callback(self._cancel_report_timers)
             self.policies = Policies(cfg.policies)
@@ -339,6 +340,7 @@ class Daemon:
             await api.start()
             stack.push_async_callback(api.close)
             self.api = api
+            self.runtime.note_backlog(await self.astore.run(lambda s: s.outbox.usage()))
             if sessions:
                 resumed = self.engine.resume(self.clock())
                 await self.runtime.apply(resumed, self.clock())
@@ -356,8 +358,7 @@ class Daemon:
             log.info("ready: %s", self._status_line())
 
             async with asyncio.TaskGroup() as tg:
-                loops = [tg.create_task(self._watchdog_loop(), name="watchdog"),
-                         tg.create_task(self._drain_loop(), name="outbox drainer")]
+                loops = [tg.create_task(self._watchdog_loop(), name="watchdog")]
                 loops.append(tg.create_task(self._policy_tick_loop(), name="policy tick"))
                 if self._mqtt_pending is not None:
                     loops.append(tg.create_task(self._mqtt_connect_loop(*self._mqtt_pending), name="mqtt connect"))
@@ -503,31 +504,10 @@ class Daemon:
                 last = line
             await asyncio.sleep(min(interval, STATUS_EVERY_S) if interval is not None else STATUS_EVERY_S)
 
-    async def _drain_loop(self) -> None:
-        """Deliver outbox entries (PostEsipa/PostEs9 kept while a server was down)."""
-        drainers: dict[str, OutboxDrainer] = {}
-        policy = BreakerPolicy(self.config.northbound.circuit_breaker.failure_threshold,
-                               self.config.northbound.circuit_breaker.open_s)
-        while True:
-            servers = [server for server in await self.astore.run(lambda s: s.outbox.servers())
-                       if not server.startswith(webhooks.SERVER_PREFIX)]   # the webhook dispatcher's
-            wakeups: list[float] = []
-            for server in servers:
-                drainer = drainers.get(server)
-                if drainer is None:
-                    drainer = drainers[server] = OutboxDrainer(self.astore, server, self._send_queued, policy=policy)
-                result = await drainer.step(self.clock())
-                if result.next_wakeup is not None:
-                    wakeups.append(result.next_wakeup)
-            delay = DRAIN_IDLE_S if not wakeups else min(DRAIN_IDLE_S, max(0.05, min(wakeups) - self.clock()))
-            self._drain_wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drain_wakeup.wait(), delay)
-
     async def _mqtt_connect_loop(self, gateway: MqttGateway, url: str) -> None:
         delay = 1.0
         while True:
-            await asyncio.sleep(delay)
+            await self.clock.sleep(delay)
             try:
                 await gateway.start()
             except (NetworkError, TransportTimeout) as exc:
@@ -553,7 +533,7 @@ class Daemon:
             except GatewayError as exc:
                 log.error("modem on %s unavailable (%s); retrying in %.0f s", device.identity, exc, retry_s,
                           extra=log_fields(eid=device.eid))
-                await asyncio.sleep(retry_s)
+                await self.clock.sleep(retry_s)
                 retry_s = min(retry_s * 2, 300.0)
                 continue
             retry_s = 1.0
@@ -563,29 +543,13 @@ class Daemon:
                     session = await local.run_session()
                     wait = device.poll_interval_s if session.idle_after_s is None else min(
                         float(session.idle_after_s), device.poll_interval_s)
-                    await asyncio.sleep(wait)
+                    await self.clock.sleep(wait)
             except GatewayError as exc:
                 log.error("modem session on %s failed: %s", device.identity, exc, extra=log_fields(eid=device.eid))
                 local.attach_failures += 1
             finally:
                 await asyncio.to_thread(modem.close)
-            await asyncio.sleep(retry_s)
-
-    async def _send_queued(self, entry: OutboxEntry) -> Outcome:
-        action = from_bytes(entry.payload)
-        if isinstance(action, PostEsipa):
-            body = await self.runtime.backhaul.post_esipa(action)
-        elif isinstance(action, PostEs9):
-            body = await self.runtime.backhaul.post_es9(action)
-        elif isinstance(action, PostEs11):
-            body = await self.runtime.backhaul.post_es11(action)
-        else:
-            log.error("outbox entry %s holds a %s, not a backhaul request", entry.key, type(action).__name__)
-            return "rejected"
-        self.runtime.spawn(self.runtime.feed(BackhaulAnswered(eid=action.eid, now=self.clock(),
-                                                              request_id=action.request_id, body=body)),
-                           f"queued {action.function}")
-        return "delivered"
+            await self.clock.sleep(retry_s)
 
     # --- policies (gateway.policy.gate.GateBackend) ----------------------------------------
 
@@ -678,7 +642,7 @@ class Daemon:
             self._report_timers.pop(report.token, None)
             self.runtime.spawn(self._report_state_change(report), "state-change report")
 
-        self._report_timers[report.token] = asyncio.get_running_loop().call_later(delay, fire)
+        self._report_timers[report.token] = self.clock.call_at(self.clock() + delay, fire)
 
     def _cancel_report_timers(self) -> None:
         for handle in self._report_timers.values():
@@ -726,9 +690,9 @@ class Daemon:
             log.warning("state-change report of %s: next try to %s in %.0f s", report.eid.hex(),
                         ", ".join(sorted(retry)), delay, extra=log_fields(eid=report.eid))
             again, was_answered = frozenset(retry), answered or bool(answers)
-            self._report_timers[report.token] = asyncio.get_running_loop().call_later(
-                delay, lambda: self.runtime.spawn(self._report_state_change(report, attempt + 1, again, was_answered),
-                                                  "state-change report"))
+            self._report_timers[report.token] = self.clock.call_at(
+                self.clock() + delay, lambda: self.runtime.spawn(
+                    self._report_state_change(report, attempt + 1, again, was_answered), "state-change report"))
         if answers and not answered:
             now = self.clock()
             await self.apply_decisions(report.eid, self.policies.report_sent(report.eid, report.token, now), now)
@@ -749,13 +713,21 @@ class Daemon:
     async def _policy_tick_loop(self) -> None:
         """Every minute: the fallback policy's clock, and the outbox level against its alarm."""
         while True:
-            await asyncio.sleep(POLICY_TICK_S)
+            await self.clock.sleep(POLICY_TICK_S)
             now = self.clock()
             usage = await self.astore.run(lambda s: s.outbox.usage())
+            self.runtime.note_backlog(usage)    # webhook deliveries drain it too
             decisions = self.policies.tick(now) + self.policies.alarms.queue_level(
                 usage.level, usage.entries, usage.payload_bytes, now)
             if decisions:
                 await self.apply_decisions(None, decisions, now)
+
+    def _on_backlog(self, usage: OutboxUsage) -> None:
+        """The outbox level changed: the queue alarm is raised or cleared at once (status, webhook
+        event), not at the next policy tick."""
+        decisions = self.policies.alarms.queue_level(usage.level, usage.entries, usage.payload_bytes, self.clock())
+        if decisions:
+            self.runtime.spawn(self.apply_decisions(None, decisions, self.clock()), "queue alarm")
 
     # --- reload ------------------------------------------------------------------------------
 
@@ -813,9 +785,13 @@ class Daemon:
 
     def _status_line(self) -> str:
         circuits = [server for server, state in self.backhaul_states().items() if state != "closed"]
+        usage = self.runtime.backlog
+        outbox = "" if usage is None or usage.level == "ok" else (
+            f"; outbox {usage.level} ({usage.entries}/{usage.limits.max_entries})"
+            + (", new work refused" if self.runtime.holding else ""))
         return (f"{len(self.config.devices)} devices; links {', '.join(self._links) or 'none'}; "
                 f"{self.runtime.pending_exchanges} exchanges pending; "
-                + (f"backhaul down: {', '.join(circuits)}" if circuits else "backhaul ok"))
+                + (f"backhaul down: {', '.join(circuits)}" if circuits else "backhaul ok") + outbox)
 
     def backhaul_states(self) -> dict[str, str]:
         now = self.clock()
@@ -841,12 +817,21 @@ class Daemon:
             "inflight": self.runtime.inflight,
             "timers": self.runtime.timers,
             "alarms": [a.to_json() for a in self.policies.alarms.active.values()],
+            "outbox": self._outbox_status(),
             "counters": {
                 "round_trips": sum(self.metrics.round_trips.values.values()),
                 "apdus": self.metrics.apdus.get(),
                 "errors": sum(self.metrics.errors.values.values()),
             },
         }
+
+    def _outbox_status(self) -> dict[str, Any]:
+        usage = self.runtime.backlog
+        if usage is None:
+            return {}
+        return {"entries": usage.entries, "bytes": usage.payload_bytes, "max_entries": usage.limits.max_entries,
+                "max_bytes": usage.limits.max_bytes, "alarm_ratio": usage.limits.alarm_ratio, "level": usage.level,
+                "holding_new_work": self.runtime.holding}
 
     def configured_devices(self) -> dict[bytes, dict[str, Any]]:
         return {d.eid: {"name": d.name, "link": d.link, "identity": d.identity, "source": d.source}

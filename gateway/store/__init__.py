@@ -2,6 +2,7 @@
 
 from gateway.store.aio import AsyncStore
 from gateway.store.audit import AuditLog, AuditRecord
+from gateway.store.deliveries import Deliveries, WaitingDelivery
 from gateway.store.devices import Device, Devices
 from gateway.store.drain import DrainResult, Outcome, OutboxDrainer
 from gateway.store.errors import (
@@ -17,7 +18,7 @@ from gateway.store.sessions import Session, Sessions
 from gateway.store.store import Store, StoreOptions
 
 __all__ = [
-    "AsyncStore", "AuditLog", "AuditRecord", "Device", "Devices", "DrainResult", "Outcome", "OutboxDrainer",
+    "AsyncStore", "AuditLog", "AuditRecord", "Deliveries", "WaitingDelivery", "Device", "Devices", "DrainResult", "Outcome", "OutboxDrainer",
     "IdempotencyConflict", "LinkIdentityTaken", "MigrationFailed", "NotAGatewayDatabase", "OutboxFull",
     "SchemaTooNew", "StaleSession", "StoreCorrupt", "StoreDiskFull", "StoreError", "StoreIntegrityError", "StoreIOError",
     "StoreLocked", "StoreReadOnly", "StoreUnavailable", "Inbox", "InboxEnqueued", "InboxEntry",

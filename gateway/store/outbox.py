@@ -13,8 +13,10 @@ with each message:
 - "Due" means `next_attempt_at <= now` and no live lease; among due entries the oldest goes
   first (by insertion order).
 - The pending entries are bounded (`OutboxLimits`): above `alarm_ratio` of either bound
-  `enqueue` reports the alarm level (and logs it once on crossing); at the bound it raises
-  `OutboxFull` and adds nothing. The totals live in `outbox_usage`, kept by triggers.
+  `enqueue` reports the alarm level (and logs it once on crossing: `note`); at the bound it
+  raises `OutboxFull` and adds nothing. The totals live in `outbox_usage`, kept by triggers,
+  and count the engine's deliveries waiting for the backhaul too (gateway/store/deliveries.py):
+  one accounting of everything waiting for the backhaul.
 
 Time is the caller's (`now`), randomness for the jitter comes from the injected `random.Random`.
 """
@@ -94,7 +96,7 @@ class Outbox:
         self.limits = limits
         self.backoff = backoff
         self._rng = rng
-        self._alarmed = False
+        self._level: UsageLevel = "ok"
 
     def enqueue(self, server: str, key: str, kind: str, payload: bytes, *, eid: bytes | None = None,
                 now: float) -> OutboxEnqueued:
@@ -117,13 +119,24 @@ class Outbox:
                 "INSERT INTO outbox (server, key, kind, eid, payload, size, created_at, next_attempt_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (server, key, kind, eid, payload, len(payload), now, now))
             assert cur.lastrowid is not None
-        level = after.level
-        if level != "ok" and not self._alarmed:
-            log.warning("outbox at %d entries / %d bytes, above %d%% of its limit (%d entries / %d bytes)",
-                        after.entries, after.payload_bytes, round(self.limits.alarm_ratio * 100),
-                        self.limits.max_entries, self.limits.max_bytes)
-        self._alarmed = level != "ok"
-        return OutboxEnqueued(cur.lastrowid, True, level)
+        return OutboxEnqueued(cur.lastrowid, True, self.note(after))
+
+    def note(self, usage: OutboxUsage) -> UsageLevel:
+        """The level of `usage`, logged when it changed since the last one noted (by this object)."""
+        level = usage.level
+        if level != self._level:
+            limits = self.limits
+            if level == "ok":
+                log.info("outbox back under its alarm level: %d entries / %d bytes", usage.entries,
+                         usage.payload_bytes)
+            else:
+                log.log(logging.ERROR if level == "full" else logging.WARNING,
+                        "outbox %s: %d entries / %d bytes waiting for the backhaul (alarm at %d%%, limit %d entries"
+                        " / %d bytes)", "FULL, new work refused" if level == "full" else "above its alarm level",
+                        usage.entries, usage.payload_bytes, round(limits.alarm_ratio * 100), limits.max_entries,
+                        limits.max_bytes)
+            self._level = level
+        return level
 
     def usage(self) -> OutboxUsage:
         row = self._db.fetchone("SELECT entries, bytes FROM outbox_usage", action="read outbox usage")

@@ -9,6 +9,7 @@ keys, server names and link identities are TEXT.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 from gateway.store.migrations import Migration
 
@@ -128,9 +129,14 @@ END;
 """
 
 
-def _v1(conn: sqlite3.Connection) -> None:
-    for statement in _split(_V1):
-        conn.execute(statement)
+def _script(script: str) -> Callable[[sqlite3.Connection], None]:
+    """A migration step that runs `script`, statement by statement, in the open transaction."""
+    statements = _split(script)
+
+    def run(conn: sqlite3.Connection) -> None:
+        for statement in statements:
+            conn.execute(statement)
+    return run
 
 
 def _split(script: str) -> list[str]:
@@ -160,12 +166,38 @@ CREATE TABLE policy_state (
 """
 
 
-def _v2(conn: sqlite3.Connection) -> None:
-    for statement in _split(_V2):
-        conn.execute(statement)
+# the engine's deliveries waiting for the backhaul (gateway/store/deliveries.py): counted in
+# outbox_usage with the outbox's own entries, so one bound and one alarm cover both
+_V3 = """
+CREATE TABLE deliveries (
+    eid             BLOB NOT NULL,
+    key             TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    server          TEXT NOT NULL,
+    function        TEXT NOT NULL,
+    size            INTEGER NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_at REAL,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    PRIMARY KEY (eid, key)
+);
+CREATE INDEX deliveries_server ON deliveries (server, created_at);
+CREATE TRIGGER deliveries_usage_insert AFTER INSERT ON deliveries BEGIN
+    UPDATE outbox_usage SET entries = entries + 1, bytes = bytes + new.size;
+END;
+CREATE TRIGGER deliveries_usage_update AFTER UPDATE OF size ON deliveries BEGIN
+    UPDATE outbox_usage SET bytes = bytes - old.size + new.size;
+END;
+CREATE TRIGGER deliveries_usage_delete AFTER DELETE ON deliveries BEGIN
+    UPDATE outbox_usage SET entries = entries - 1, bytes = bytes - old.size;
+END;
+"""
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "devices, inbox, outbox, breakers, sessions, append-only audit log", _v1),
-    Migration(2, "edge-policy state (fallback, roaming, wave) per EID and kind", _v2),
+    Migration(1, "devices, inbox, outbox, breakers, sessions, append-only audit log", _script(_V1)),
+    Migration(2, "edge-policy state (fallback, roaming, wave) per EID and kind", _script(_V2)),
+    Migration(3, "the engine's deliveries waiting for the backhaul, counted in the outbox usage", _script(_V3)),
 )

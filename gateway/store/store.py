@@ -1,7 +1,8 @@
 """The gateway's durable state: one SQLite file (WAL) behind one object.
 
 `Store.open(path)` connects, upgrades the schema (see migrations.py) and exposes the tables:
-`devices`, `inbox`, `outbox`, `sessions`, `audit`, `policy_state`. Every method is atomic on its own.
+`devices`, `inbox`, `outbox`, `deliveries` (the engine's, counted in the outbox usage), `sessions`,
+`audit`, `policy_state`. Every method is atomic on its own.
 `with store.transaction():` groups several calls into one unit of work: the engine's step
 "session -> X, result Y into the outbox, inbox entry Z done, audit record W" commits as a whole
 or not at all, which is what gives exactly one result per eIM package across a crash (after a
@@ -27,6 +28,7 @@ from types import TracebackType
 from gateway.store.audit import AuditLog
 from gateway.core.retry import BackoffPolicy
 from gateway.store.connection import Db, connect
+from gateway.store.deliveries import Deliveries
 from gateway.store.devices import Devices
 from gateway.store.errors import StoreCorrupt, translate
 from gateway.store.inbox import Inbox
@@ -53,6 +55,7 @@ class Store:
         self.devices = Devices(db)
         self.inbox = Inbox(db)
         self.outbox = Outbox(db, options.outbox_limits, options.backoff, rng)
+        self.deliveries = Deliveries(db)
         self.sessions = Sessions(db)
         self.audit = AuditLog(db)
         self.policy_state = PolicyStates(db)
@@ -89,12 +92,13 @@ class Store:
         """Row counts and file sizes for the metrics endpoint."""
         counts = self._db.fetchone(
             "SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM inbox WHERE state != 'done'),"
-            " (SELECT count(*) FROM sessions), (SELECT max(id) FROM audit)", action="read store statistics")
+            " (SELECT count(*) FROM sessions), (SELECT max(id) FROM audit), (SELECT count(*) FROM deliveries)",
+            action="read store statistics")
         usage = self.outbox.usage()
         files = [self.path, self.path.with_name(self.path.name + "-wal")]
         return {
             "devices": counts[0], "inbox_open": counts[1], "sessions": counts[2],
-            "audit_last_id": counts[3] or 0, "outbox_pending": usage.entries,
+            "audit_last_id": counts[3] or 0, "outbox_pending": usage.entries, "deliveries_waiting": counts[4],
             "outbox_pending_bytes": usage.payload_bytes,
             "db_bytes": sum(f.stat().st_size for f in files if f.exists()),
         }

@@ -109,12 +109,15 @@ async def test_export_audit_writes_the_members_records_as_json_lines(fleet: Asyn
     assert lines[0]["operation"] == "EnableProfile"
 
 
-def test_queue_alarm_is_raised_once_and_cleared_once() -> None:
+def test_queue_alarm_is_raised_once_per_level_and_cleared_once() -> None:
     book = AlarmBook()
     raised = book.queue_level("alarm", 900, 10, 1.0)
     for d in raised:
         book.apply(d, 1.0)
-    assert QUEUE_ALARM_KEY in book.active and book.queue_level("full", 1000, 10, 2.0) == []
+    assert QUEUE_ALARM_KEY in book.active and book.queue_level("alarm", 950, 10, 1.5) == []
+    for d in book.queue_level("full", 1000, 10, 2.0):     # the same alarm, now critical
+        book.apply(d, 2.0)
+    assert book.active[QUEUE_ALARM_KEY].alarm.severity == "critical" and book.queue_level("full", 1001, 10, 2.5) == []
     cleared = book.queue_level("ok", 10, 10, 3.0)
     for d in cleared:
         book.apply(d, 3.0)

@@ -61,6 +61,9 @@ async def test_run_notifies_ready_serves_the_api_reloads_on_sighup_and_drains_on
         assert await daemon.get("/v1/health") == (200, {"status": "ok"})
         status, body = await daemon.get("/v1/status")
         assert status == 200 and body["devices"] == 1 and body["links"]["coap"].endswith(f":{lay.coap_port}")
+        # what waits for the backhaul, against the configured bound (gateway.toml defaults)
+        assert body["outbox"] == {"entries": 0, "bytes": 0, "max_entries": 100_000, "max_bytes": 256 * 1024 * 1024,
+                                  "alarm_ratio": 0.8, "level": "ok", "holding_new_work": False}
         status, body = await daemon.get("/v1/devices")
         assert [d["eid"] for d in body["devices"]] == [make_eid(1).hex()]
 
@@ -243,6 +246,7 @@ async def test_an_eim_push_is_persisted_before_it_is_acknowledged_and_waits_for_
         assert codec.decode("TransferEimPackageResponse", answer) == ("eimPackageReceived", None)
         status, queue = await daemon.get("/v1/queue")
         assert [(e["eid"], e["key"]) for e in queue["inbox"]] == [(eid.hex(), "eim:eim.test/tx:0a0b")]
+        assert (queue["outbox"], queue["outbox_usage"]["level"]) == ([], "ok")
     finally:
         assert stop_daemon(daemon) == 0
     with Store.open(lay.db) as store:

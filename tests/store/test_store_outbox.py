@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.retry import BackoffPolicy, BreakerPolicy, BreakerState, CircuitBreaker, CircuitOpen
+from gateway.core.actions import Waiting
 from gateway.store import IdempotencyConflict, OutboxFull, OutboxLimits, Store, StoreOptions
 
 EIM = "eim.example.com"
@@ -101,7 +103,8 @@ def test_bound_alarms_before_full_and_full_loses_nothing(db_path: Path, caplog: 
     with Store.open(db_path, StoreOptions(outbox_limits=limits)) as s:
         levels = [s.outbox.enqueue(EIM, f"k{i}", "n", b"x" * 10, now=float(i)).level for i in range(10)]
         assert levels == ["ok"] * 7 + ["alarm", "alarm", "full"]
-        assert "above 80% of its limit" in caplog.text
+        assert "outbox above its alarm level: 8 entries" in caplog.text and "alarm at 80%" in caplog.text
+        assert "outbox FULL, new work refused: 10 entries" in caplog.text
         with pytest.raises(OutboxFull) as info:
             s.outbox.enqueue(EIM, "k10", "n", b"x", now=11.0)
         assert info.value.retryable and info.value.entries == 10
@@ -181,3 +184,30 @@ def test_breaker_state_survives_restart_and_a_lost_probe_reopens(db_path: Path) 
         b.before_call(130.0)  # its wait is over: it probes again at once
         assert s.outbox.load_breaker(DP).state == "open"
         assert s.outbox.load_breaker("other", policy) == policy.breaker("other")
+
+
+def test_the_engines_waiting_deliveries_count_in_the_same_bound_as_outbox_entries(db_path: Path) -> None:
+    """One accounting: a delivery the engine holds (BackhaulWaiting) takes room in the outbox
+    bound like an entry of its own, and leaves it when acknowledged; a row keeps its age."""
+    limits = OutboxLimits(max_entries=4, max_bytes=10_000, alarm_ratio=0.5)
+    eid = bytes.fromhex("89049032123451234512345678901235")
+    result = Waiting("rk1", "result", "eim1", "ProvideEimPackageResult", 300, "WAITING", 2, 500.0)
+    note = Waiting("n7", "notification", "smdp.example", "handleNotification", 200, "SENDING", 0, None)
+    with Store.open(db_path, StoreOptions(outbox_limits=limits)) as s:
+        s.outbox.enqueue("webhook x", "e1", "webhook:alarm", b"x" * 10, now=1.0)
+        with s.transaction():
+            s.deliveries.replace(eid, [result, note], now=2.0)
+        usage = s.outbox.usage()
+        assert (usage.entries, usage.payload_bytes, usage.level) == (3, 510, "alarm")
+        s.deliveries.replace(eid, [result, note], now=3.0)
+        assert s.outbox.usage().entries == 3       # the same set again changes nothing
+        s.outbox.enqueue("webhook x", "e2", "webhook:alarm", b"x", now=4.0)
+        with pytest.raises(OutboxFull):
+            s.outbox.enqueue("webhook x", "e3", "webhook:alarm", b"x", now=5.0)
+        s.deliveries.replace(eid, [dataclasses.replace(result, size=100, attempts=3)], now=6.0)   # n7 acked
+        assert (s.outbox.usage().entries, s.outbox.usage().payload_bytes) == (3, 111)
+        waiting = s.deliveries.list()
+        assert [(d.idempotency_key, d.attempts, d.created_at) for d in waiting] == [(f"{eid.hex()}/rk1", 3, 2.0)]
+    with Store.open(db_path, StoreOptions(outbox_limits=limits)) as s:
+        s.deliveries.replace(eid, [], now=7.0)
+        assert (s.outbox.usage().entries, s.outbox.usage().payload_bytes) == (2, 11)

@@ -83,5 +83,5 @@ def test_stats_count_what_is_stored(store: Store) -> None:
     stats = store.stats()
     assert {k: v for k, v in stats.items() if k != "db_bytes"} == {
         "devices": 1, "inbox_open": 1, "sessions": 0, "audit_last_id": 1, "outbox_pending": 1,
-        "outbox_pending_bytes": 3}
+        "outbox_pending_bytes": 3, "deliveries_waiting": 0}
     assert stats["db_bytes"] > 0

@@ -62,6 +62,7 @@ TABLE: Mapping[tuple[str, str], frozenset[str]] = {
     (FAILED, "eim_ack"): frozenset({ACKED}),
 }
 STATES = frozenset({PENDING, SENDING, WAITING, FAILED, ACKED, REMOVING, DONE})
+WAITING_FOR_BACKHAUL = frozenset({PENDING, SENDING, WAITING})   # not yet acknowledged by the server
 
 NOTIFICATION = "notification"
 RESULT = "result"
