@@ -76,7 +76,7 @@ class _BackendFailure(Exception):
 async def _transmit(backend: Backend, apdu: bytes) -> bytes:
     try:
         result = backend.transmit(apdu)
-        if inspect.isawaitable(result):
+        if type(result) is not bytes and inspect.isawaitable(result):  # a sync card answers bytes
             result = await result
     except (OSError, GatewayError) as exc:
         raise _BackendFailure(f"backend failed on {apdu[:4].hex()}: {exc}") from exc

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import io
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
@@ -334,10 +334,9 @@ def _as_map(item: object, what: str) -> Mapping[object, object]:
     return item
 
 
-def _only_keys(m: Mapping[object, object], allowed: Iterable[int], what: str) -> None:
-    allowed_set = set(allowed)
-    for k in m:
-        if type(k) is not int or k not in allowed_set:
+def _only_keys(m: Mapping[object, object], allowed: Container[int], what: str) -> None:
+    for k in m:  # a tuple or range of a few keys: membership costs less than building a set
+        if type(k) is not int or k not in allowed:
             raise DecodeError(f"unknown key {k!r}", type_name=what)
 
 
