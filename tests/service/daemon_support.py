@@ -1,9 +1,11 @@
 """Running `ipae-gateway run` as a real subprocess for the supervisor, API and CLI tests.
 
-`write_config` lays out a configuration directory (gateway.toml, devices.d/, a 0600
+`Layout` lays out a configuration directory (gateway.toml, devices.d/, a 0600
 credentials file) with the state, the API socket and a CoAP/DTLS port of the test's own;
-`Daemon` starts the real command line with a real NOTIFY_SOCKET bound by the test, reads
-the sd_notify datagrams it sends, and talks to its API over the unix socket.
+`start_daemon` starts the real command line (`spawn` any command line, such as the installed
+unit's ExecStart) with a real NOTIFY_SOCKET bound by the test; `Daemon` reads the sd_notify
+datagrams it sends, with the sender's pid and uid as systemd sees them, and talks to its API
+over the unix socket.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -29,6 +32,7 @@ from gateway.config import eid_check_digits
 from gateway.service.demo import free_tcp, free_udp_pair
 
 REPO = Path(__file__).resolve().parents[2]
+CREDENTIALS = struct.Struct("iII")   # struct ucred: pid, uid, gid (SCM_CREDENTIALS)
 
 
 def make_eid(n: int) -> bytes:
@@ -84,10 +88,13 @@ class Layout:
 
 @dataclass
 class Daemon:
-    layout: Layout
+    socket_path: Path
     process: subprocess.Popen[bytes]
     notify: socket.socket
     messages: list[str] = field(default_factory=list)
+    senders: list[tuple[int, int]] = field(default_factory=list)   # (pid, uid) of each message
+    log: str | None = None   # its stderr, once stopped
+    layout: Layout | None = None   # the configuration start_daemon ran it with
 
     def wait_notify(self, text: str, timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout
@@ -105,28 +112,34 @@ class Daemon:
     def _receive(self, timeout: float) -> bool:
         self.notify.settimeout(timeout) if timeout else self.notify.setblocking(False)
         try:
-            self.messages.append(self.notify.recv(4096).decode())
-            return True
+            data, ancillary, _, _ = self.notify.recvmsg(4096, socket.CMSG_SPACE(CREDENTIALS.size))
         except (TimeoutError, BlockingIOError):
             return False
+        self.messages.append(data.decode())
+        pid, uid, _ = next((CREDENTIALS.unpack(d[:CREDENTIALS.size]) for level, kind, d in ancillary
+                            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)), (0, -1, -1))
+        self.senders.append((pid, uid))
+        return True
 
     def stderr(self) -> str:
+        if self.log is not None:
+            return self.log
         if self.process.poll() is None:
             return "(still running)"
         assert self.process.stderr is not None
         return self.process.stderr.read().decode(errors="replace")
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
-        return await api_request(self.layout.socket_path, "GET", path, params)
+        return await api_request(self.socket_path, "GET", path, params)
 
     async def post(self, path: str) -> tuple[int, Any]:
-        return await api_request(self.layout.socket_path, "POST", path)
+        return await api_request(self.socket_path, "POST", path)
 
     def signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway", *args, "--socket", str(self.layout.socket_path)],
+        return subprocess.run([sys.executable, "-m", "gateway", *args, "--socket", str(self.socket_path)],
                               capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
@@ -149,18 +162,30 @@ def short_dir() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def start_daemon(layout: Layout, environ: dict[str, str] | None = None) -> Daemon:
-    notify_path = layout.directory / "notify.sock"
+def spawn(command: list[str], socket_path: Path, notify_path: Path, env: dict[str, str],
+          notify_owner: int | None = None, **popen: Any) -> Daemon:
+    """`command` with NOTIFY_SOCKET bound at `notify_path` (owned by `notify_owner` when given, so a
+    service user can send to it), its stderr kept."""
     notify_path.unlink(missing_ok=True)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1", **(environ or {})}
+    notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    if notify_owner is not None:
+        os.chown(notify_path, notify_owner, -1)
+    process = subprocess.Popen(command, env={**env, "NOTIFY_SOCKET": str(notify_path)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+    return Daemon(socket_path, process, notify)
+
+
+def start_daemon(layout: Layout, environ: dict[str, str] | None = None) -> Daemon:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(environ or {})}
     for name in ("JOURNAL_STREAM", "WATCHDOG_PID", *(() if environ and "WATCHDOG_USEC" in environ
                                                      else ("WATCHDOG_USEC",))):
         env.pop(name, None)
-    process = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(layout.config)],
-                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return Daemon(layout, process, notify)
+    daemon = spawn([sys.executable, "-m", "gateway", "run", "--config", str(layout.config)], layout.socket_path,
+                   layout.directory / "notify.sock", env, cwd=REPO)
+    daemon.layout = layout
+    return daemon
 
 
 def stop_daemon(daemon: Daemon, timeout: float = 20.0) -> int:
@@ -171,7 +196,10 @@ def stop_daemon(daemon: Daemon, timeout: float = 20.0) -> int:
         except subprocess.TimeoutExpired:
             daemon.process.kill()
             daemon.process.wait()
+    while daemon._receive(0.0):   # what it said until it exited (STOPPING=1)
+        pass
     if daemon.process.stderr is not None:
+        daemon.log = daemon.process.stderr.read().decode(errors="replace")
         daemon.process.stderr.close()
     daemon.notify.close()
     return daemon.process.returncode

@@ -13,6 +13,16 @@ MQTT_PASSWORD = "mqtt-pw-3b9f1e77c2"
 API_TOKEN = "api-token-7f3e9a2c5d1b4e80"
 
 
+def unit_settings(unit: Path) -> dict[str, list[str]]:
+    """A systemd unit's settings, each key with its values in order (keys repeat: ExecReload=)."""
+    out: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
 def copy_shipped(name: str, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(SHIPPED / name, dest)

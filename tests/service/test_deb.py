@@ -1,5 +1,7 @@
 """The .deb: built by packaging/build-deb.sh (dh-virtualenv), lintian-clean, installed with
-dpkg, usable from the installed files, and purged without leaving files behind.
+dpkg, usable from the installed files, its daemon run as the installed unit runs it (as the
+service user, started by hand: no systemd PID 1 here, see InstalledService) serving devices
+against the test peers, and purged without leaving files behind.
 
 Installs into this machine's root file system, so it runs only as root, and refuses to touch
 an ipae-gateway package that was already installed.
@@ -7,22 +9,30 @@ an ipae-gateway package that was already installed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import fcntl
 import grp
-import json
+import io
 import os
 import pwd
+import shlex
 import shutil
 import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from service_support import REPO
+from daemon_support import Daemon, api_request, spawn, stop_daemon
+from gateway.service import demo
+from gateway.service.api import AUDIT_MAX_LIMIT
+from service_support import REPO, unit_settings
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,6 +43,12 @@ pytestmark = [
 ]
 
 PACKAGE = "ipae-gateway"
+ETC = Path("/etc/ipae-gateway")
+CREDENTIALS = ETC / "credentials.toml"
+TEST_DROPIN = ETC / "gateway.d" / "99-test.toml"
+TEST_FLEET = ETC / "devices.d" / "99-test.toml"
+TEST_CERTIFICATES = ETC / "test-certificates"
+INSTALLED_UNIT = Path("/lib/systemd/system/ipae-gateway.service")
 LEFT_BEHIND = [Path("/etc/ipae-gateway"), Path("/var/lib/ipae-gateway"), Path("/usr/lib/ipae-gateway"),
                Path("/usr/bin/ipae-gateway"), Path("/lib/systemd/system/ipae-gateway.service"),
                Path("/run/ipae-gateway"), Path("/usr/share/doc/ipae-gateway")]
@@ -145,22 +161,176 @@ def test_installed_check_config_refuses_bad_dropin_with_file_and_key(installed: 
     assert f"{dropin}:links.coap.port: expected" in bad.stderr
 
 
-def test_installed_daemon_serves_devices_against_the_peers(installed: Path, tmp_path: Path) -> None:
-    """The installed code (not the work tree: run from elsewhere, its own interpreter) runs the
-    demo: the daemon with CoAP/DTLS and MQTT links, the eIM and SM-DP+ peers, device agents."""
+class InstalledService:
+    """The installed unit's ExecStartPre and ExecStart, run as systemd runs them.
+
+    There is no systemd PID 1 on the test machines (containers), so this does by hand what
+    systemd does for the unit, reading every setting from the installed unit file: creates
+    its StateDirectory and RuntimeDirectory with the unit's owner and modes; runs ExecStartPre,
+    then ExecStart as the main process, both as User/Group/SupplementaryGroups through setpriv
+    with NoNewPrivileges and the empty capability bounding set, the unit's UMask, working
+    directory / and the environment systemd gives a service (PATH, USER, LOGNAME, HOME, SHELL,
+    INVOCATION_ID, NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID, the *_DIRECTORY variables);
+    waits for READY=1 from the main process itself (NotifyAccess=main); on stop sends SIGTERM,
+    waits TimeoutStopSec and removes the RuntimeDirectory. Not applied: the namespace and
+    seccomp sandbox (ProtectSystem=, PrivateTmp=, SystemCallFilter=, ...), which needs systemd
+    itself (test_systemd_unit scores it offline), and the journal (stderr is a pipe here).
+
+    The test's configuration is the installed gateway.toml plus a drop-in, a fleet file and the
+    credentials the demo's peers and devices need, written where an operator writes them; the
+    certificates the daemon reads are copied under /etc/ipae-gateway. All are removed at stop.
+    """
+
+    def __init__(self, unit: Path, notify_dir: Path) -> None:
+        self.unit = unit_settings(unit)
+        self.notify_dir = notify_dir
+        self.user = pwd.getpwnam(self.one("User"))
+        self.state_dir = Path("/var/lib") / self.one("StateDirectory")
+        self.runtime_dir = Path("/run") / self.one("RuntimeDirectory")
+        self.daemon: Daemon | None = None
+        self.exit_code: int | None = None
+        self.start_pre: subprocess.CompletedProcess[str] | None = None
+
+    def one(self, key: str) -> str:
+        values = self.unit[key]
+        assert len(values) == 1, f"{key}= is set {len(values)} times in the unit"
+        return values[0]
+
+    def seconds(self, key: str) -> float:
+        value = self.one(key)
+        assert value.endswith("s") and value[:-1].isdigit(), f"{key}={value}: expected whole seconds"
+        return float(value[:-1])
+
+    def command(self, line: str) -> list[str]:
+        """An Exec line as the service user: its argv behind setpriv, WATCHDOG_PID set to the
+        pid the command runs as (sh execs setpriv, which execs the command)."""
+        argv = shlex.split(line)
+        assert argv[0].startswith("/"), f"Exec line with a prefix this runner does not handle: {line}"
+        privileges = [f"--reuid={self.user.pw_name}", f"--regid={self.one('Group')}",
+                      f"--groups={','.join(self.unit.get('SupplementaryGroups', []))}"]
+        if self.one("NoNewPrivileges") == "yes":
+            privileges.append("--no-new-privs")
+        if self.one("CapabilityBoundingSet") == "" and self.one("AmbientCapabilities") == "":
+            privileges += ["--bounding-set=-all", "--inh-caps=-all"]
+        return ["/bin/sh", "-c", 'WATCHDOG_PID=$$ SYSTEMD_EXEC_PID=$$ exec "$@"', "sh",
+                "setpriv", *privileges, "--", *argv]
+
+    def environment(self) -> dict[str, str]:
+        return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "USER": self.user.pw_name, "LOGNAME": self.user.pw_name, "HOME": self.user.pw_dir,
+                "SHELL": self.user.pw_shell, "INVOCATION_ID": os.urandom(16).hex(),
+                "WATCHDOG_USEC": str(int(self.seconds("WatchdogSec") * 1_000_000)),
+                "STATE_DIRECTORY": str(self.state_dir), "RUNTIME_DIRECTORY": str(self.runtime_dir),
+                "CONFIGURATION_DIRECTORY": str(ETC)}
+
+    def _directories(self) -> None:
+        for path, mode in ((self.state_dir, self.one("StateDirectoryMode")),
+                           (self.runtime_dir, self.one("RuntimeDirectoryMode"))):
+            path.mkdir(exist_ok=True)
+            os.chown(path, self.user.pw_uid, self.user.pw_gid)
+            os.chmod(path, int(mode, 8))
+
+    def _write_configuration(self, settings: demo.GatewaySettings) -> None:
+        TEST_CERTIFICATES.mkdir()
+        copies = {}
+        for name in ("ca_file", "eim_certificate_file", "eim_tls_trust_file"):
+            source = getattr(settings, name)
+            if source is not None:
+                copies[name] = TEST_CERTIFICATES / f"{name}{source.suffix}"
+                shutil.copyfile(source, copies[name])
+                os.chmod(copies[name], 0o644)
+        settings = dataclasses.replace(settings, **copies)
+        TEST_DROPIN.write_text(settings.config_toml(state_dir=None))   # the installed state_dir and API socket
+        TEST_FLEET.write_text(settings.fleet_toml())
+        CREDENTIALS.write_text(settings.credentials_toml())            # keeps postinst's root:ipae-gateway 0640
+
+    @contextlib.asynccontextmanager
+    async def start(self, directory: Path, settings: demo.GatewaySettings) -> AsyncIterator[demo.RunningGateway]:
+        """A demo.GatewayStarter: the service up until the demo is done with it."""
+        assert self.one("Type") == "notify" and self.one("NotifyAccess") == "main"
+        installed_credentials = CREDENTIALS.read_text()
+        popen: dict[str, Any] = {"cwd": "/", "umask": int(self.one("UMask"), 8), "env": self.environment()}
+        try:
+            self._write_configuration(settings)
+            self._directories()
+            (pre,) = self.unit["ExecStartPre"]
+            self.start_pre = await asyncio.to_thread(subprocess.run, self.command(pre), capture_output=True,
+                                                     text=True, timeout=60, **popen)
+            assert self.start_pre.returncode == 0, self.start_pre.stdout + self.start_pre.stderr
+            socket_path = self.runtime_dir / "api.sock"
+            self.daemon = spawn(self.command(self.one("ExecStart")), socket_path, self.notify_dir / "notify",
+                                popen.pop("env"), notify_owner=self.user.pw_uid, **popen)
+            await asyncio.to_thread(self.daemon.wait_notify, "READY=1", self.seconds("TimeoutStartSec"))
+            assert socket_path.is_socket()
+            yield _ServiceApi(socket_path)
+        finally:
+            if self.daemon is not None:
+                self.exit_code = await asyncio.to_thread(stop_daemon, self.daemon, self.seconds("TimeoutStopSec"))
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            shutil.rmtree(TEST_CERTIFICATES, ignore_errors=True)
+            TEST_DROPIN.unlink(missing_ok=True)
+            TEST_FLEET.unlink(missing_ok=True)
+            CREDENTIALS.write_text(installed_credentials)
+
+
+class _ServiceApi:
+    """The demo's view of the service: its audit log over the management API's unix socket."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.api_socket = socket_path
+
+    async def audit_records(self) -> list[dict[str, Any]]:
+        status, body = await api_request(self.api_socket, "GET", "/v1/audit", {"limit": str(AUDIT_MAX_LIMIT)})
+        assert status == 200, body
+        records: list[dict[str, Any]] = body["records"]
+        return records
+
+    def round_trips(self) -> int | None:
+        return None   # the agents count them
+
+
+def test_installed_code_is_what_runs_outside_the_work_tree(installed: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    where = subprocess.run(["/usr/bin/ipae-gateway", "demo", "--help"], capture_output=True, text=True, cwd=tmp_path,
-                           env=env, timeout=60)
-    assert where.returncode == 0, where.stderr
     origin = subprocess.run(["/usr/lib/ipae-gateway/bin/python", "-c", "import gateway; print(gateway.__file__)"],
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert origin.stdout.startswith("/usr/lib/ipae-gateway/"), origin.stdout + origin.stderr
-    run = subprocess.run(["/usr/bin/ipae-gateway", "demo", "--devices", "2", "--json", "--timeout", "120"],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    summary = json.loads(run.stdout.strip().splitlines()[-1])
-    assert summary["devices"] == 2
-    assert summary["operations_succeeded"] == summary["operations_ordered"] == 8
+
+
+def test_installed_service_serves_devices_as_its_user_and_stops_cleanly_on_sigterm(installed: Path) -> None:
+    """The installed daemon, started as its unit starts it (see InstalledService), serves the
+    demo's devices (CoAP/DTLS and MQTT agents with software eUICCs, in this process) against
+    the eIM and SM-DP+ peers: download, enable, list, delete on each. It writes only in its
+    state directory (and its runtime directory, removed at stop), and exits 0 on SIGTERM."""
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        notify_dir = Path(tempfile.mkdtemp(prefix="ipae-notify-"))
+        stack.callback(shutil.rmtree, notify_dir, ignore_errors=True)
+        os.chmod(notify_dir, 0o755)
+        workdir = Path(tempfile.mkdtemp(prefix="ipae-deb-"))
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        service = InstalledService(INSTALLED_UNIT, notify_dir)
+        progress = io.StringIO()
+        summary = asyncio.run(demo.run_demo(2, out=progress, timeout_s=120, wake_s=0.3, workdir=workdir,
+                                            start_gateway=service.start))
+    seconds = time.monotonic() - started
+    print(f"\ninstalled service served {summary.devices} devices in {seconds:.0f} s")
+    assert service.daemon is not None
+    daemon_log = service.daemon.stderr()
+    assert summary.ok, f"{summary.to_json()}\n{progress.getvalue()}\ndaemon:\n{daemon_log[-3000:]}"
+    assert summary.operations_succeeded == 8 and summary.webhook_events == 8
+    # systemd would take READY=1 only from the main process (NotifyAccess=main): the ExecStart
+    # command itself, running as the service user
+    ready = next(i for i, m in enumerate(service.daemon.messages) if "READY=1" in m)
+    assert service.daemon.senders[ready] == (service.daemon.process.pid, service.user.pw_uid)
+    assert any("STOPPING=1" in m for m in service.daemon.messages), service.daemon.messages
+    assert service.exit_code == 0, daemon_log[-3000:]
+    owned = _run("find", "/", "/dev/shm", "-xdev", "-path", "/proc", "-prune", "-o",
+                 "-user", service.user.pw_name, "-print", check=False).stdout.split()
+    database = service.state_dir / "gateway.sqlite3"
+    assert str(database) in owned and database.stat().st_size > 0
+    assert sorted(p for p in owned if not Path(p).is_relative_to(service.state_dir)) == []
+    umask = int(service.one("UMask"), 8)
+    assert [p for p in service.state_dir.rglob("*") if stat.S_IMODE(p.stat().st_mode) & umask] == []
 
 
 def test_purge_leaves_nothing_behind(installed: Path) -> None:

@@ -9,22 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from service_support import REPO
+from service_support import REPO, unit_settings
 
 UNIT = REPO / "systemd" / "ipae-gateway.service"
 EXPOSURE_THRESHOLD = 2.5
 """systemd-analyze security's 0-10 exposure scale: below 2.5 is rated "OK" (lower is safer)."""
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-
-
-def _settings() -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
-        if "=" in line and not line.startswith(("#", "[")):
-            key, _, value = line.partition("=")
-            out.setdefault(key.strip(), []).append(value.strip())
-    return out
 
 
 def _testable_copy(tmp_path: Path) -> Path:
@@ -57,7 +48,7 @@ def test_security_exposure_is_below_threshold(tmp_path: Path) -> None:
 
 
 def test_unit_runs_as_notify_service_with_watchdog_and_own_user() -> None:
-    s = _settings()
+    s = unit_settings(UNIT)
     assert s["Type"] == ["notify"]
     assert s["Restart"] == ["on-failure"]
     assert s["WatchdogSec"] and s["WatchdogSec"][0] != "0"
@@ -72,7 +63,7 @@ def test_unit_runs_as_notify_service_with_watchdog_and_own_user() -> None:
 
 
 def test_unit_checks_configuration_before_start_and_reload() -> None:
-    s = _settings()
+    s = unit_settings(UNIT)
     assert s["ExecStartPre"][0].startswith("/usr/bin/ipae-gateway check-config")
     assert s["ExecReload"][0].startswith("/usr/bin/ipae-gateway check-config")
     assert s["ExecReload"][-1] == "/bin/kill -HUP $MAINPID"
@@ -81,5 +72,5 @@ def test_unit_checks_configuration_before_start_and_reload() -> None:
 def test_stop_timeout_leaves_room_for_the_configured_drain() -> None:
     from gateway.config.model import GatewaySection
 
-    stop = int(_settings()["TimeoutStopSec"][0].rstrip("s"))
+    stop = int(unit_settings(UNIT)["TimeoutStopSec"][0].rstrip("s"))
     assert stop > GatewaySection().shutdown_grace_s + 5
