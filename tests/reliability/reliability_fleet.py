@@ -289,50 +289,6 @@ class Fleet:
             not d.card.notifications and not d.card.session_open for d in self.devices)
 
 
-def write_gateway_config(directory: Path, *, coap_port: int, mqtt_port: int, mqtt_password: str,
-                         eim_host: str, eim_port: int, ca_file: Path, devices: list[demo.DeviceRun]) -> Path:
-    """The demo's gateway configuration: CoAP/DTLS and MQTT devices, the eIM peer northbound."""
-    (directory / "devices.d").mkdir(parents=True, exist_ok=True)
-    fleet_toml = "".join(f'[[device]]\neid = "{d.eid.hex()}"\nlink = "{d.link}"\nidentity = "{d.identity}"\n\n'
-                         for d in devices)
-    (directory / "devices.d" / "fleet.toml").write_text(fleet_toml)
-    psks = "".join(f'{d.identity} = "{d.secret.hex()}"\n' for d in devices if d.link == "coap")
-    creds = directory / "credentials.toml"
-    creds.write_text(f'[mqtt]\npassword = "{mqtt_password}"\n\n[dtls_psk]\n{psks}')
-    os.chmod(creds, 0o600)
-    config = directory / "gateway.toml"
-    config.write_text(f"""[gateway]
-gateway_id = "reliability"
-state_dir = "state"
-log_level = "warning"
-shutdown_grace_s = 5.0
-
-[northbound]
-eim_fqdn = "{eim_host}"
-eim_port = {eim_port}
-eim_ca_file = "{ca_file}"
-
-[links.coap]
-listen = "127.0.0.1"
-port = {coap_port}
-
-[links.mqtt]
-enabled = true
-broker_host = "127.0.0.1"
-broker_port = {mqtt_port}
-tls = false
-allow_plain_lab = true
-username = "{demo.GATEWAY_MQTT_USER}"
-
-[api]
-socket_path = "{directory / 'api.sock'}"
-
-[device_defaults]
-poll_interval_s = 5.0
-""")
-    return config
-
-
 def make_eid(n: int) -> bytes:
     return demo.eid(n)
 
@@ -358,9 +314,10 @@ async def fleet(count: int, *, wake_s: float = 0.3, agent_timeout_s: float = 6.0
                 demo.mosquitto_broker(workdir / "broker", users, acl_text(demo.GATEWAY_MQTT_USER, registry)))
             eim_host, eim_port = eim.fqdn.rsplit(":", 1)
             coap_port = demo.free_udp_pair()
-            config = write_gateway_config(workdir / "etc", coap_port=coap_port, mqtt_port=mqtt_port,
-                                          mqtt_password=password, eim_host=eim_host, eim_port=int(eim_port),
-                                          ca_file=Path(pki.tls_trust_path), devices=runs)
+            config = demo.GatewaySettings(coap_port=coap_port, mqtt_port=mqtt_port, mqtt_password=password,
+                                          eim_host=eim_host, eim_port=int(eim_port),
+                                          ca_file=Path(pki.tls_trust_path), devices=runs,
+                                          gateway_id="reliability").write(workdir / "etc")
             eim_json = workdir / "etc" / "eim.json"
             eim_json.write_text(json_dumps({
                 "eim_id": eim.service.eim_id, "fqdn": eim.fqdn,
