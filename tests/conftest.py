@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from hil.euicc import SoftEuicc
 from hil.pki import RspPki, generate_pki
 
 
@@ -50,6 +51,12 @@ def free_udp_port() -> int:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> RspPki:
     """The one test PKI of the session (software eUICCs, SM-DP+/eIM peers, TLS servers)."""
     return generate_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def euicc(pki: RspPki) -> SoftEuicc:
+    """A fresh software eUICC of the session PKI's default EID."""
+    return SoftEuicc(pki, pki.eid_bytes)
 
 
 @pytest.fixture

@@ -44,11 +44,6 @@ pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def euicc(pki: RspPki) -> SoftEuicc:
-    return SoftEuicc(pki, pki.eid_bytes)
-
-
 class ModemCard:
     """The modem driver under the test-side IPA driver (tests.hil.test_euicc_support.Card)."""
 

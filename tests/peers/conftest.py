@@ -1,5 +1,5 @@
-"""Fixtures for the SM-DP+ and eIM peer tests: the shared test PKI, the peers on real TLS
-sockets, a software eUICC and the gateway's own HTTPS client pointed at the peers."""
+"""Fixtures for the SM-DP+ and eIM peer tests: the peers on real TLS sockets and the gateway's
+own HTTPS client pointed at them (the test PKI and the software eUICC are tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.backhaul.http import BackhaulHttp, HttpLimits, Server, TlsTrust
-from hil.euicc import SoftEuicc
 from hil.peers.eim import EimServer
 from hil.peers.smdpp import SmdppServer
 from hil.pki import RspPki
@@ -28,11 +27,6 @@ async def http() -> AsyncIterator[BackhaulHttp]:
 
 def server_for(pki: RspPki, url: str) -> Server:
     return Server(url, TlsTrust(ca_file=str(pki.tls_trust_path)))
-
-
-@pytest.fixture
-def euicc(pki: RspPki) -> SoftEuicc:
-    return SoftEuicc(pki, pki.eid_bytes)
 
 
 @pytest.fixture

@@ -24,8 +24,9 @@ BACKENDS = ("soft", "serial")
 
 
 @pytest.fixture
-def card(pki: RspPki) -> SoftEuicc:  # noqa: F811
-    return SoftEuicc(pki, pki.eid_bytes)
+def card(euicc: SoftEuicc) -> SoftEuicc:
+    """The card in the rig: tests/conftest.py's software eUICC."""
+    return euicc
 
 
 @contextmanager
