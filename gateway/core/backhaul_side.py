@@ -173,7 +173,7 @@ class BackhaulSide(Turn):
             try:
                 if d["target"] == "es9" and body:
                     from gateway.spec import es9p
-                    es9p.parse_header_only(body, es9p.HANDLE_NOTIFICATION)
+                    es9p.parse_header_only(body, d["function"])
             except GatewayError as exc:
                 # a Failed header: a transient reason is retried like a network error
                 if not self.retry(rec, exc.retryable, type(exc).__name__, str(exc), None):

@@ -35,7 +35,7 @@ from gateway.core.procedures.base import (
     Retry,
 )
 from gateway.core.procedures.discovery import Discovery
-from gateway.core.procedures.download import Download
+from gateway.core.procedures.download import CANCEL_RELAY_KEY, Download
 from gateway.core.procedures.eim_package import EimPackage
 from gateway.core.turn import DELIVERY, PROC, PROCEDURES, RETRY_PREFIX, Turn
 from gateway.errors import DecodeError
@@ -179,6 +179,12 @@ class PackageSide(Turn):
                 note = es10.notification_of(pir)
                 if not any(note.seq_number in d["remove_seqs"] for d in s.deliveries.values()):
                     d = N.notification_delivery(note, tuple(s.eims or ()))
+                    s.deliveries[d["key"]] = d
+                    self.send_delivery(d)
+            relay = finish.result.get(CANCEL_RELAY_KEY)
+            if isinstance(relay, Request):
+                d = N.cancellation_delivery(bytes(finish.result["transaction_id"]), relay)
+                if d["key"] not in s.deliveries:
                     s.deliveries[d["key"]] = d
                     self.send_delivery(d)
             s.want_retrieve = True

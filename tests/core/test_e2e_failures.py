@@ -114,6 +114,37 @@ async def test_smdp_unreachable_until_retries_run_out_cancels_with_reason_timeou
         assert driver.posted.count("cancelSession") >= 1
 
 
+async def test_a_cancellation_the_smdp_cannot_take_waits_as_a_delivery_and_reaches_it_once_it_is_back(
+        pki: RspPki) -> None:
+    """The eUICC's signed CancelSession is owed to the SM-DP+ like a notification: with the
+    SM-DP+ down it waits (counted with what waits for the backhaul), retried on backoff, and
+    the SM-DP+ hears it exactly once when it returns, hours later."""
+    async with running_peers(pki) as peers:
+        card = peers.card()
+        driver = peers.driver()
+        await peers.download(card.eid, await peers.order(size=SMALL))
+        driver.after["authenticateClient"] = peers.smdp.stop
+        agent, _ = make_agent(MemoryLink(driver), card)
+        await agent.run_session()
+        for _ in range(6):                                         # request_backoff: 3 attempts
+            await driver.advance(120)
+        await agent.run_session()                                  # the eUICC cancels; the SM-DP+ is down
+        assert not mid_session(card)
+        (waiting,) = driver.of(A.BackhaulWaiting)[-1].waiting
+        assert (waiting.kind, waiting.function, waiting.state) == ("cancellation", "cancelSession", "WAITING")
+        assert driver.audits("deliverCancellation") == []          # not heard yet
+        await restart_server(peers.smdp)
+        for _ in range(12):
+            await driver.advance(3600)
+            if driver.audits("deliverCancellation"):
+                break
+        (order,) = await peers.orders()
+        assert order["state"] == "released"                        # reason timeout: the order stays available
+        assert [a.result for a in driver.audits("deliverCancellation")] == ["ok"]
+        assert driver.of(A.BackhaulWaiting)[-1].waiting == ()
+        await download_error(peers, card.eid)                      # and the eIM its one result
+
+
 async def test_eim_unreachable_leaves_packages_with_the_eim_and_nothing_runs(pki: RspPki) -> None:
     async with running_peers(pki) as peers:
         card = peers.card()

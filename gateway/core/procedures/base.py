@@ -158,6 +158,9 @@ class Procedure:
     TABLE: ClassVar[Mapping[tuple[str, str], Transition]] = {}
     # states whose ES10b calls only read: if the device lost their batch, it is sent again
     REPEATABLE: ClassVar[frozenset[str]] = frozenset()
+    # states no transition leads to any more, kept (with their rows) so a session a previous
+    # version saved in one of them still finishes
+    LEGACY: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, state: str = INITIAL, ctx: Ctx | None = None) -> None:
         self.state = state

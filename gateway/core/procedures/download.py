@@ -18,8 +18,10 @@ with the device carries everything that needs no decision in between:
     LOADING --device--> DONE            ProfileInstallationResult
 
 Any failure once AuthenticateServer has been sent leads to CANCELLING: CancelSession on the
-eUICC (sent once more if the eUICC did not run it) and its signed answer relayed to the
-server (CANCEL_RELAY), then ERROR, so no eUICC is left mid-session (SGP.22 §3.0.2). When the
+eUICC (sent once more if the eUICC did not run it), then ERROR, so no eUICC is left
+mid-session (SGP.22 §3.0.2); its signed answer goes to the server as a *delivery* (the
+procedure's Finish carries the CancelSession request: procedures/notifications.py), retried
+until acknowledged like a notification, so a server unreachable for hours still hears it. When the
 eUICC has no session left to cancel (it finished or lost it: a result lost on the way, a
 power loss), RECOVERING looks for this transaction's ProfileInstallationResult among its
 pending notifications: found, the download ends as that result says; absent, it failed. A
@@ -68,6 +70,7 @@ FETCHING = "FETCHING"
 LOADING = "LOADING"
 CANCELLING = "CANCELLING"
 CANCEL_RELAY = "CANCEL_RELAY"
+CANCEL_RELAY_KEY = "cancel_relay"   # Finish.result: the CancelSession request for the server (a delivery)
 RECOVERING = "RECOVERING"
 EVENT_RETRIEVAL = "EVENT_RETRIEVAL"
 
@@ -122,6 +125,7 @@ def _esipa_ok(body: bytes, outer: int, what: str) -> list[tlv.Tlv]:
 class Download(Procedure):
     KIND = "download"
     REPEATABLE = frozenset({CHALLENGE})     # a new challenge replaces the old one (SGP.22 §3.1.2)
+    LEGACY = frozenset({CANCEL_RELAY})      # reached no more; kept to finish sessions saved in it
     TABLE = {
         (INITIAL, START): row("_start", CHALLENGE),
         (CHALLENGE, DEVICE): row("_challenged", INITIATING),
@@ -138,8 +142,9 @@ class Download(Procedure):
         (PREPARING, FAILURE): row("_cancel", CANCELLING),
         (FETCHING, FAILURE): row("_cancel", CANCELLING),
         (LOADING, FAILURE): row("_cancel", CANCELLING),
-        (CANCELLING, DEVICE): row("_cancelled_on_euicc", CANCEL_RELAY, CANCELLING, RECOVERING),
+        (CANCELLING, DEVICE): row("_cancelled_on_euicc", ERROR, CANCELLING, RECOVERING),
         (RECOVERING, DEVICE): row("_recovered", DONE),
+        # a session saved by an older gateway while it relayed the cancellation itself
         (CANCEL_RELAY, ANSWER): row("_cancel_relayed"),
         (CANCEL_RELAY, FAILED): row("_cancel_relayed"),
     }
@@ -388,8 +393,11 @@ class Download(Procedure):
                                                  es10.retrieve_notifications_list()),))]
         es9_body = es9p.CancelSessionRequest(tid, raw).to_json()
         esipa_body = signed.cancel_session_request(tid, raw)
-        return CANCEL_RELAY, [self._request("cancel", es9p.CANCEL_SESSION, "CancelSession",
-                                            es9_body, esipa_body)]
+        # the eUICC is free: the download ends now, and its signed cancellation waits in the
+        # outbox for the server like a notification (retried until acknowledged, across outages)
+        relay = self._request("cancel", es9p.CANCEL_SESSION, "CancelSession", es9_body, esipa_body)
+        return ERROR, [Note("cancelSession", "ok", f"cancelled on the eUICC; queued for {relay.server}"),
+                       Finish("cancelled", self.ctx.get("error", ""), {CANCEL_RELAY_KEY: relay, "transaction_id": tid})]
 
     def _recovered(self, env: Env, answer: object) -> tuple[str, list[Output]]:
         (raw,) = _replies(answer, 1, "RetrieveNotificationsList")

@@ -1,7 +1,8 @@
-"""Notifications and eIM results: retrieve, deliver, remove only after the acknowledgement.
+"""Notifications, eIM results, cancellations: retrieve, deliver, remove after the acknowledgement.
 
 Theory of operation. Everything the eUICC wants a server to know (Profile notifications,
-SGP.22 §3.5; EuiccPackageResults, SGP.32 §2.11.1) is a *delivery*: exact signed bytes
+SGP.22 §3.5; EuiccPackageResults, SGP.32 §2.11.1; the signed answer to a CancelSession,
+SGP.22 §3.0.2) is a *delivery*: exact signed bytes
 posted to an address, retried with backoff until the server acknowledges it, and only then
 removed from the eUICC (RemoveNotificationFromList). A delivery runs beside the device's
 current procedure, so its removal folds into the next batch instead of costing an
@@ -66,6 +67,7 @@ WAITING_FOR_BACKHAUL = frozenset({PENDING, SENDING, WAITING})   # not yet acknow
 
 NOTIFICATION = "notification"
 RESULT = "result"
+CANCELLATION = "cancellation"
 
 
 def move(item: dict[str, Any], event: str, target: str) -> None:
@@ -101,6 +103,14 @@ def result_delivery(key: str, eim_id: str, body: bytes, remove_seqs: list[int],
     return {"key": key, "kind": RESULT, "state": PENDING, "target": "esipa", "server": eim_id,
             "function": "ProvideEimPackageResult", "body": body, "remove_seqs": remove_seqs,
             "event": "result", "iccid": None, "attempt": 0, "inbox_key": inbox_key}
+
+
+def cancellation_delivery(transaction_id: bytes, request: Request) -> dict[str, Any]:
+    """A delivery of one CancelSession (SGP.22 §5.6.5 / ESipa, the eUICC's signed answer as
+    received) to the server of the cancelled download; nothing to remove from the eUICC."""
+    return {"key": "c" + transaction_id.hex(), "kind": CANCELLATION, "state": PENDING, "target": request.target,
+            "server": request.server, "function": request.function, "body": request.body, "remove_seqs": [],
+            "event": "cancel", "iccid": None, "attempt": 0, "inbox_key": None}
 
 
 def request_of(item: dict[str, Any]) -> Request:
