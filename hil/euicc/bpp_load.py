@@ -350,7 +350,7 @@ def _installation_result(euicc: SoftEuicc, transaction_id: bytes, address: str, 
     if iccid:
         metadata["iccid"] = iccid
     data = {"transactionId": transaction_id, "notificationMetadata": metadata,
-            "smdpOid": smdp_oid or "0.0", "finalResult": final_result}
+            "smdpOid": smdp_oid, "finalResult": final_result}
     signature = euicc.sign(signed_data.profile_installation_result_input(
         codec.encode("ProfileInstallationResultData", data)))
     pir = codec.encode("ProfileInstallationResult", {"profileInstallationResultData": data,
@@ -386,8 +386,9 @@ def clean_up_torn_installations(euicc: SoftEuicc) -> bool:
     torn = [p for p in euicc.state.profiles if p.install_state == "installing"]
     for profile in torn:
         euicc.state.profiles.remove(profile)
-        if profile.install_transaction_id is not None and profile.install_smdp_address is not None:
+        if (profile.install_transaction_id is not None and profile.install_smdp_address is not None
+                and profile.smdp_oid is not None):
             result = ("errorResult", {"bppCommandId": profile.install_command, "errorReason": ERR_INTERRUPTION})
             _installation_result(euicc, profile.install_transaction_id, profile.install_smdp_address,
-                                 profile.smdp_oid or "", profile.iccid or None, result)
+                                 profile.smdp_oid, profile.iccid or None, result)
     return bool(torn)

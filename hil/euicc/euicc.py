@@ -56,7 +56,7 @@ class RspSession:
     transaction_id: bytes = b""
     server_address: str = ""
     server_challenge: bytes = b""
-    smdp_oid: str = ""
+    smdp_oid: str | None = None       # from CERT.DPauth, once AuthenticateServer accepted it
     ci_pkid: bytes = b""
     dpauth_der: bytes = b""
     euicc_signature1: bytes = b""

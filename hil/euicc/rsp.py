@@ -89,6 +89,7 @@ AUTH_INVALID_CERTIFICATE = 1
 AUTH_INVALID_SIGNATURE = 2
 AUTH_UNSUPPORTED_CURVE = 3
 AUTH_NO_SESSION = 4
+AUTH_INVALID_OID = 5
 AUTH_CHALLENGE_MISMATCH = 6
 AUTH_CI_PK_UNKNOWN = 7
 
@@ -133,6 +134,9 @@ def _authenticate(euicc: SoftEuicc, request: bytes, value: Any) -> RspSession:
     _check_server_certificate(euicc, cert, rspcrypto.OID_RSP_ROLE_DP_AUTH, ci_pkid,
                               invalid_cert=AUTH_INVALID_CERTIFICATE,
                               unsupported_curve=AUTH_UNSUPPORTED_CURVE, ci_unknown=AUTH_CI_PK_UNKNOWN)
+    smdp_oid = rspcrypto.smdp_oid(cert)
+    if smdp_oid is None:   # SGP.22 §4.5.2.1: CERT.DPauth names its SM-DP+ OID (subjectAltName registeredID)
+        raise _Refused(AUTH_INVALID_OID, "CERT.DPauth names no SM-DP+ OID")
     server_signed1 = _children(request)[0].raw_of(request)
     try:
         rspcrypto.verify_rs_with_certificate(
@@ -147,7 +151,7 @@ def _authenticate(euicc: SoftEuicc, request: bytes, value: Any) -> RspSession:
     session.server_challenge = signed1["serverChallenge"]
     session.ci_pkid = ci_pkid
     session.dpauth_der = value["serverCertificate"]
-    session.smdp_oid = rspcrypto.smdp_oid(cert) or ""
+    session.smdp_oid = smdp_oid
     return session
 
 
@@ -217,7 +221,7 @@ def cancel_session(euicc: SoftEuicc, request: bytes, value: Any) -> bytes:
     session = euicc.session
     if session is None or not session.transaction_id or value["transactionId"] != session.transaction_id:
         return codec.encode("CancelSessionResponse", ("cancelSessionResponseError", 5))
-    signed = {"transactionId": session.transaction_id, "smdpOid": session.smdp_oid or "0.0",
+    signed = {"transactionId": session.transaction_id, "smdpOid": session.smdp_oid,
               "reason": value["reason"]}
     signed_bytes = codec.encode("EuiccCancelSessionSigned", signed)
     signature = euicc.sign(signed_data.cancel_session_signature_input(signed_bytes))

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.exceptions import InvalidSignature
 
 from gateway.spec import bpp as bpp_split
 from gateway.spec import codec
 from hil.euicc import Faults, PowerLoss, SoftEuicc
-from hil.pki import RspPki, generate_pki
+from hil import rspcrypto
+from hil.pki import RspPki, generate_pki, issue_certificate
 from test_euicc_support import (
     Card,
     MiniSmdp,
@@ -115,6 +117,28 @@ def test_authenticate_server_refuses_a_dppb_certificate_in_place_of_dpauth(card:
     smdp = MiniSmdp(pki, dpauth_key=pki.dppb.key, dpauth_der=pki.dppb.cert_der)
     assert codec.decode("AuthenticateServerResponse",
                         card.call(smdp.authenticate_server_request(challenge)))[1]["authenticateErrorCode"] == 1
+
+
+def test_authenticate_server_refuses_a_dpauth_certificate_naming_no_smdp_oid_as_invalid_oid(
+        card: Card, pki: RspPki) -> None:
+    no_oid = issue_certificate(x509.Name.from_rfc4514_string("CN=SMDP without OID,O=ipae-gateway Test"),
+                               (pki.ci.key, pki.ci.cert), roles=[rspcrypto.OID_RSP_ROLE_DP_AUTH],
+                               key_usage=pki.dpauth.cert.extensions.get_extension_for_class(x509.KeyUsage).value)
+    challenge = card.es10("GetEuiccChallengeRequest", {}, "GetEuiccChallengeResponse")["euiccChallenge"]
+    smdp = MiniSmdp(pki, dpauth_key=no_oid[0], dpauth_der=no_oid[1].public_bytes(serialization.Encoding.DER))
+    kind, err = codec.decode("AuthenticateServerResponse", card.call(smdp.authenticate_server_request(challenge)))
+    assert (kind, err["authenticateErrorCode"]) == ("authenticateResponseError", 5)
+    assert not card.euicc.session_open
+
+
+def test_a_profile_configured_without_dp_proprietary_data_lists_without_it_and_keeps_the_dpauth_oid(
+        card: Card, euicc: SoftEuicc, pki: RspPki) -> None:
+    download(card, pki, Order(iccid(1), dp_oid=None))
+    download(card, pki, Order(iccid(2)))
+    _, infos = card.es10("ProfileInfoListRequest", {}, "ProfileInfoListResponse")
+    assert ["dpProprietaryData" in info for info in infos] == [False, True]
+    assert infos[1]["dpProprietaryData"] == {"dpOid": "2.999.10"}
+    assert [p.smdp_oid for p in euicc.profiles] == ["2.999.10", "2.999.10"]   # CERT.DPauth's, never "" or "0.0"
 
 
 def test_prepare_download_refuses_a_bad_smdp_signature2(card: Card, pki: RspPki) -> None:

@@ -121,6 +121,7 @@ class Order:
     fallback_allowed: bool | None = None
     ecall: bool | None = None
     pe_bytes: bytes = field(default_factory=lambda: os.urandom(1500))
+    dp_oid: str | None = "2.999.10"          # ConfigureISDP's dpProprietaryData, None: left out
 
 
 @dataclass
@@ -200,7 +201,8 @@ class MiniSmdp:
                 out.append(node.value_of(s))
             return out
 
-        configure = codec.encode("ConfigureISDPRequest", {"dpProprietaryData": {"dpOid": "2.999.10"}})
+        configure = codec.encode("ConfigureISDPRequest", {} if order.dp_oid is None
+                                 else {"dpProprietaryData": {"dpOid": order.dp_oid}})
         meta: dict[str, Any] = {"iccid": order.iccid, "serviceProviderName": "Test Operator",
                                 "profileName": f"Test profile {order.iccid.hex()}",
                                 "profileClass": order.profile_class}
