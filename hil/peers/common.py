@@ -185,11 +185,6 @@ class EuiccCertificates:
     eum_certificate: x509.Certificate
 
 
-def smdp_oid(cert: x509.Certificate) -> str:
-    """rspcrypto.smdp_oid, or "0.0" for a CERT.DPauth without one, so it still encodes as an OID."""
-    return rspcrypto.smdp_oid(cert) or "0.0"
-
-
 def certificate_der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 

@@ -11,7 +11,7 @@ from gateway.spec import codec, signed
 from hil import rspcrypto
 from hil.euicc import SoftEuicc
 from hil.peers import common
-from hil.peers.eim import EimServer
+from hil.peers.eim import EimServer, compact
 from hil.peers.smdpp import SmdppServer
 from hil.pki import RspPki
 from tests.peers.conftest import server_for
@@ -252,6 +252,18 @@ async def test_a_compact_cancel_session_is_rebuilt_and_accepted_by_the_smdpp(
     assert codec.decode("EsipaMessageFromEimToIpa", answer or b"") == \
         ("cancelSessionResponseEsipa", ("cancelSessionOk", {}))
     assert order.state == "released"
+
+
+def test_a_compact_cancel_session_is_rebuilt_only_with_the_smdp_oid_of_its_session() -> None:
+    signature = signed.wrap(0x5F37, bytes(64))
+    raw = signed.wrap(0xBF41, signed.wrap(0xA2, signed.wrap(0x30, signed.wrap(0x80, b"\x01")) + signature))
+    value = codec.decode("CancelSessionResponse", raw)[1]
+    tid = bytes(range(16))
+    assert compact.cancel_session_response(raw, value, tid, None) is None   # never signed with a made-up OID
+    full = compact.cancel_session_response(raw, value, tid, "2.999.10")
+    assert full is not None
+    assert codec.decode("CancelSessionResponse", full)[1]["euiccCancelSessionSigned"] == {
+        "transactionId": tid, "smdpOid": "2.999.10", "reason": 1}
 
 
 async def test_a_restarted_eim_keeps_its_counters_queues_and_results_in_its_state_file(

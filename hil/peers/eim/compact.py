@@ -77,10 +77,11 @@ def prepare_download_response(raw: bytes, value: dict[str, Any], transaction_id:
 
 
 def cancel_session_response(raw: bytes, value: dict[str, Any], transaction_id: bytes,
-                            smdp_oid: str) -> bytes | None:
-    """Full CancelSessionResponse (BF41 A0 ...) from a compactCancelSessionResponseOk."""
+                            smdp_oid: str | None) -> bytes | None:
+    """Full CancelSessionResponse (BF41 A0 ...) from a compactCancelSessionResponseOk; None when
+    it cannot be rebuilt (no reason, or no SM-DP+ OID known for the session the eUICC signed it in)."""
     compact = value["compactEuiccCancelSessionSigned"]
-    if "reason" not in compact:
+    if "reason" not in compact or smdp_oid is None:
         return None
     data = codec.encode("EuiccCancelSessionSigned", {"transactionId": transaction_id, "smdpOid": smdp_oid,
                                                      "reason": compact["reason"]})

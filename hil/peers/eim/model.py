@@ -95,7 +95,7 @@ class ProxiedSession:
     server: Server
     eim_transaction_id: bytes | None
     expires_at: float
-    smdp_oid: str = "0.0"
+    smdp_oid: str | None = None      # from the SM-DP+'s CERT.DPauth; None: unreadable or none named
     eid: bytes | None = None
     package: Package | None = None
 

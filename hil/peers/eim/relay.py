@@ -45,11 +45,11 @@ GET_BPP_ERRORS = {("8.1", "6.1"): 1, ("8.2.7", "2.2"): 2, ("8.2.7", "3.8"): 3, (
 CANCEL_SESSION_ERRORS = {("8.10.1", "3.9"): 1, ("8.1", "6.1"): 2}
 
 
-def _oid_of(certificate: bytes) -> str:
+def _oid_of(certificate: bytes) -> str | None:
     try:
-        return common.smdp_oid(rspcrypto.load_certificate_der(certificate))
+        return rspcrypto.smdp_oid(rspcrypto.load_certificate_der(certificate))
     except rspcrypto.RspCryptoError:
-        return "0.0"
+        return None
 
 
 def _es9p_error(exc: GatewayError, errors: dict[tuple[str, str], int], call: str) -> int:

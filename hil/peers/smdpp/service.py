@@ -152,7 +152,10 @@ class SmdpPlus:
         self.session_ttl_s = session_ttl_s
         self.clock = clock
         self.state_file = state_file
-        self.oid = common.smdp_oid(pki.dpauth.cert)
+        oid = rspcrypto.smdp_oid(pki.dpauth.cert)
+        if oid is None:   # SGP.22 §4.5.2.1: an eUICC refuses a CERT.DPauth without it (invalidOid)
+            raise ValueError("the PKI's CERT.DPauth names no SM-DP+ OID (subjectAltName registeredID)")
+        self.oid = oid
         self.orders: dict[str, Order] = {}
         self.sessions: dict[bytes, Session] = {}
         self.notifications: list[ReceivedNotification] = []
