@@ -61,6 +61,7 @@ class DeviceSession:
         self.work: Part | None = None                   # the procedure's calls not yet sent
         self.replies: list[Reply] = []                  # replies gathered over split batches
         self.deliveries: dict[str, dict[str, Any]] = {}
+        self.waiting_named = False      # BackhaulWaiting emitted since this object was made (not in the blob)
         self.requests: dict[str, dict[str, Any]] = {}   # request id -> request record
         self.let_go: dict[str, str] = {}                # request id let go of in flight -> why
         self.retries: dict[str, dict[str, Any]] = {}    # timer name -> request record waiting
@@ -209,13 +210,17 @@ class DeviceSession:
         store = [a for a in out if isinstance(a, A.STORE_ACTIONS)]
         rest = [a for a in out if not isinstance(a, A.STORE_ACTIONS)]
         now_waiting = self.waiting()
-        if now_waiting != waiting:
+        if now_waiting != waiting or not self.waiting_named:
+            # a new or restored session names its set once: whatever the store held for this EID
+            # before (a session dropped after a failed step, an older schema) is replaced
             store.append(A.BackhaulWaiting(self.eid, now_waiting))
+            self.waiting_named = True
         return store + [A.SaveSession(self.eid, self.state_name, self.to_blob())] + rest
 
     def resume(self, now: float) -> list[A.Action]:
         """After a restart: send again what was in flight, arm the timers again."""
         out: list[A.Action] = [A.BackhaulWaiting(self.eid, self.waiting())]
+        self.waiting_named = True
         self.uplink_pending = False
         for rid, rec in self.requests.items():
             out.append(post_action(self, rid, rec))

@@ -16,6 +16,11 @@ def waiting_of(actions: list[A.Action]) -> list[A.BackhaulWaiting]:
 
 
 def test_every_change_of_the_waiting_deliveries_is_named_with_the_session_that_records_it() -> None:
+    fresh = Engine(EngineConfig(eims=(EIM,), seed=3))
+    out = fresh.handle(E.DeviceHello(EID, 0.0, DeviceStatus(EID, plmn="26201")))
+    assert waiting_of(out) == [A.BackhaulWaiting(EID, ())]    # a new session names its (empty) set once
+    out = fresh.handle(E.TimerFired(EID, 1.0, "no-such-timer"))
+    assert waiting_of(out) == []
     eng, now = outage(3)
     session = eng.sessions[EID]
     # nothing changed in the deliveries (a stray timer): no BackhaulWaiting
