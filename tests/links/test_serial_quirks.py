@@ -25,13 +25,7 @@ from hil.modem_emulator import ModemEmulator, Quirks
 from hil.pki import RspPki
 from tests.hil.test_euicc_support import Card, Order, download, iccid
 from tests.links.conftest import echo_card
-from tests.links.test_serial_modem import (  # noqa: F401  (euicc: a fixture)
-    ModemCard,
-    euicc,
-    installed,
-    modem_on,
-    sent,
-)
+from tests.links.test_serial_modem import ModemCard, installed, modem_on, sent
 
 pytestmark = pytest.mark.timeout(60)
 
