@@ -60,7 +60,7 @@ def raw_child(der: bytes, *path: int) -> bytes:
     return node.raw_of(der)
 
 
-class Card:
+class Channel:
     """Drives a SoftEuicc like an IPA: one logical channel with the ISD-R selected."""
 
     def __init__(self, euicc: SoftEuicc, segment_size: int = 255, max_le: int = 256) -> None:
@@ -90,6 +90,10 @@ class Card:
         data, sw = self.call_sw(payload)
         assert sw == 0x9000, f"SW {sw:04X}"
         return data
+
+
+class Card(Channel):
+    """The channel with decoded ES10 calls and a BPP load that stops at the first response with data."""
 
     def es10(self, request_type: str, value: Any, response_type: str) -> Any:
         return codec.decode(response_type, self.call(codec.encode(request_type, value)))

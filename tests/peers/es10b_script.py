@@ -1,8 +1,8 @@
 """A minimal IPA for the peer tests: ES10b calls to a software eUICC, ES9+/ESipa to the peers.
 
-Not a test module. `Card` speaks APDUs to `hil.euicc.SoftEuicc` (one logical channel, the
-ISD-R selected, STORE DATA with GET RESPONSE chaining, all with gateway.spec.apdu); the
-download functions run the SGP.22 §3.1.3 sequence against the SM-DP+ directly over ES9+
+Not a test module. `Card` makes ES10b calls on tests/hil's `Channel` to a software eUICC
+(hil.euicc.SoftEuicc: one logical channel, the ISD-R selected, STORE DATA with GET RESPONSE
+chaining, all with gateway.spec.apdu); the download functions run the SGP.22 §3.1.3 sequence against the SM-DP+ directly over ES9+
 (gateway.backhaul.es9p_client) or through the eIM over ESipa (ASN.1 binding), relaying every
 signed blob as the exact bytes received. No gateway code beyond the codecs and clients.
 """
@@ -13,38 +13,16 @@ from typing import Any
 
 from gateway.backhaul import es9p_client, esipa_client
 from gateway.backhaul.http import BackhaulHttp, Server
-from gateway.spec import apdu as A
 from gateway.spec import bpp as bpp_split
 from gateway.spec import codec, es9p, tlv
-from hil.euicc import SoftEuicc
+from tests.hil.test_euicc_support import Channel
+from tests.hil.test_euicc_support import raw_child as child   # noqa: F401  (for the peer tests)
 
 DEVICE_INFO = {"tac": bytes.fromhex("35290611"), "deviceCapabilities": {}}
 
 
-class Card:
-    """One logical channel to the ISD-R of a software eUICC."""
-
-    def __init__(self, euicc: SoftEuicc, segment_size: int = 255) -> None:
-        self.euicc = euicc
-        self.segment_size = segment_size
-        data, sw = A.split_response(euicc.transmit(A.manage_channel_open()))
-        assert sw == 0x9000
-        self.channel = A.opened_channel(data)
-        _, sw = A.split_response(euicc.transmit(A.with_channel(A.select(), self.channel)))
-        assert sw == 0x9000
-
-    def call(self, payload: bytes) -> bytes:
-        blocks = [A.with_channel(b, self.channel)
-                  for b in A.store_data(payload, self.segment_size, wrap_block_number=True)]
-        for block in blocks[:-1]:
-            _, sw = A.split_response(self.euicc.transmit(block))
-            assert sw == 0x9000, f"SW {sw:04X}"
-        asm = A.ResponseAssembler(blocks[-1])
-        step = asm.feed(self.euicc.transmit(blocks[-1]))
-        while isinstance(step, A.SendNext):
-            step = asm.feed(self.euicc.transmit(step.apdu))
-        assert step.sw == 0x9000, f"SW {step.sw:04X}"
-        return step.data
+class Card(Channel):
+    """ES10b calls on tests/hil's channel to the ISD-R, each answer as the exact bytes received."""
 
     def es10(self, request_type: str, value: Any) -> bytes:
         return self.call(codec.encode(request_type, value))
@@ -100,13 +78,6 @@ def exact(type_name: str, der: bytes) -> Any:
     value = codec.decode(type_name, der)
     assert codec.encode(type_name, value) == der, f"{type_name} would not be relayed byte-exact"
     return value
-
-
-def child(der: bytes, *path: int) -> bytes:
-    node = tlv.read_single(der)
-    for index in path:
-        node = tlv.children(der, node)[index]
-    return node.raw_of(der)
 
 
 async def direct_download(card: Card, http: BackhaulHttp, smdp: Server, smdp_address: str,
