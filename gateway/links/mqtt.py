@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 TOPIC_PREFIX = "ipae"
 QOS = 1
 MAX_CORRELATION = 64
+MAX_INFLIGHT = 65535  # MQTT 5 Receive Maximum's ceiling, and the packet identifier space
 
 
 def up_topic(eid: bytes) -> str:
@@ -134,6 +135,11 @@ class MqttConfig:
     connect_timeout_s: float = 10.0
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    # QoS 1 PUBLISHes in flight each way: announced in CONNECT as this client's Receive Maximum,
+    # and the most it sends unacknowledged (fewer when the broker's CONNACK allows fewer). The
+    # gateway carries every device's exchange on one connection: a window of 20 (paho's and
+    # mosquitto's default) held a 1,000-device burst of downlinks back by 0.1 s
+    inflight: int = MAX_INFLIGHT
 
 
 def backoff_delays(min_s: float, max_s: float, rng: random.Random | None = None) -> Iterable[float]:
@@ -171,6 +177,12 @@ class AsyncioMqtt:
                                   protocol=paho.MQTTv5, reconnect_on_failure=False)
         self.client.username_pw_set(config.username, config.password)
         self.client.connect_timeout = config.connect_timeout_s
+        if not 1 <= config.inflight <= MAX_INFLIGHT:
+            raise ConfigError(f"MQTT inflight must be 1 to {MAX_INFLIGHT}, not {config.inflight}")
+        self._connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        self._connect_properties.ReceiveMaximum = config.inflight
+        self.send_window = config.inflight  # QoS 1 messages this client may have unacknowledged
+        self.client.max_inflight_messages = self._paho_window(config.inflight)
         self._tls: _TrackingTlsContext | None = None
         if config.ca_file is not None:
             self._tls = _TrackingTlsContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -260,12 +272,24 @@ class AsyncioMqtt:
             await asyncio.sleep(interval)
 
     # paho callbacks (loop thread: they run inside loop_read/loop_write/loop_misc)
-    def _handle_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    @staticmethod
+    def _paho_window(window: int) -> int:
+        # paho's 0 means no limit, which the 16-bit packet identifiers bound as MAX_INFLIGHT does;
+        # with a limit, paho also scans every unacknowledged message on each PUBACK
+        return 0 if window >= MAX_INFLIGHT else window
+
+    def _handle_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any) -> None:
         fut = self._connected
         if reason.is_failure:
             if fut is not None and not fut.done():
                 fut.set_exception(NetworkError(f"broker refused the connection: {reason}"))
             return
+        window = min(self.config.inflight, getattr(props, "ReceiveMaximum", MAX_INFLIGHT))
+        if window != self.send_window:
+            # paho 2.2 does not apply the broker's Receive Maximum (MQTT 5 section 3.2.2.3.3), and
+            # its max_inflight_messages setter refuses an open connection
+            self.client._max_inflight_messages = self._paho_window(window)
+            self.send_window = window
         self.connects += 1
         self._up.set()
         for topic in self._subscriptions:
@@ -307,7 +331,7 @@ class AsyncioMqtt:
         self._connected = self._loop.create_future()
         try:
             rc = await asyncio.to_thread(self.client.connect, self.config.host, self.config.port,
-                                         self.config.keepalive)
+                                         self.config.keepalive, properties=self._connect_properties)
         except (OSError, ssl.SSLError) as exc:
             if self._tls is not None:
                 self._tls.close_last()
@@ -422,6 +446,11 @@ class MqttGateway:
             topic = f"$share/{self.share_group}/{topic}"
         self._mqtt = AsyncioMqtt(self.config, on_message=self._message, subscriptions=[topic])
         await self._mqtt.connect()
+        wanted = min(len(self.registry), self.config.inflight)
+        if self._mqtt.send_window < wanted:
+            log.warning("the MQTT broker takes only %d unacknowledged QoS 1 messages from the gateway "
+                        "(%d devices): bursts of downlinks wait for its PUBACKs; raise its limit "
+                        "(mosquitto: max_inflight_messages 0)", self._mqtt.send_window, len(self.registry))
 
     async def close(self) -> None:
         for task in list(self._tasks):

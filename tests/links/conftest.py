@@ -120,7 +120,7 @@ def _wait_port(port: int, deadline: float, proc: subprocess.Popen[bytes] | None 
 
 
 def start_mosquitto(directory: Path, password_file: Path, acl_file: Path,
-                    tls: tuple[Path, Path, Path] | None = None) -> Broker:
+                    tls: tuple[Path, Path, Path] | None = None, extra: tuple[str, ...] = ()) -> Broker:
     if not os.path.exists(MOSQUITTO) or shutil.which("mosquitto_passwd") is None:
         pytest.skip("Debian's mosquitto is not installed")
     port = free_tcp()
@@ -133,6 +133,7 @@ def start_mosquitto(directory: Path, password_file: Path, acl_file: Path,
         "persistence false",
         f"log_dest file {directory / 'mosquitto.log'}",
         "log_type error", "log_type warning", "log_type notice", "log_type subscribe",
+        *extra,
         f"listener {port} 127.0.0.1",
     ]
     tls_port = None

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from gateway.errors import NetworkError
+from gateway.errors import ConfigError, NetworkError
 from gateway.links import protocol as p
-from gateway.links.base import DeviceRegistry
+from gateway.links.base import DeviceCredential, DeviceRegistry
 from gateway.links.mqtt import (
+    MAX_INFLIGHT,
     AsyncioMqtt,
     MqttConfig,
     MqttGateway,
@@ -222,6 +224,47 @@ async def test_gateway_reconnects_with_backoff_after_the_broker_restarts(
         assert report.idle_after_s == handler.idle_s
     finally:
         stop_mosquitto(restarted)
+
+
+async def test_the_gateway_keeps_within_the_brokers_receive_maximum_and_its_own_window(
+        broker: Broker, handler: ScriptedHandler, registry: DeviceRegistry) -> None:
+    # mosquitto's default max_inflight_messages (20) is the Receive Maximum in its CONNACK; paho
+    # itself would not apply it
+    async with MqttGateway(handler, registry, gateway_config(broker)) as gw:
+        assert (gw.mqtt.send_window, gw.mqtt.client.max_inflight_messages) == (20, 20)
+    async with MqttGateway(handler, registry, replace(gateway_config(broker), inflight=3)) as gw:
+        assert (gw.mqtt.send_window, gw.mqtt.client.max_inflight_messages) == (3, 3)
+        report = (await run_agent(broker, 1)).last_report  # type: ignore[attr-defined]
+        assert report.idle_after_s == handler.idle_s
+
+
+async def test_a_broker_window_smaller_than_the_fleet_is_logged(
+        broker: Broker, handler: ScriptedHandler, caplog: pytest.LogCaptureFixture) -> None:
+    fleet = DeviceRegistry(DeviceCredential(f"fleet{n}", eid_of(100 + n), b"secret") for n in range(25))
+    async with MqttGateway(handler, fleet, gateway_config(broker)):
+        pass
+    assert any("takes only 20 unacknowledged QoS 1 messages" in r.getMessage() for r in caplog.records)
+
+
+async def test_with_a_broker_that_sets_no_limit_every_device_is_served_in_one_window(
+        broker: Broker, broker_dir: Path, handler: ScriptedHandler, registry: DeviceRegistry,
+        tmp_path: Path) -> None:
+    # a second broker on the same password and ACL files, without mosquitto's default limit
+    unlimited = start_mosquitto(tmp_path, broker_dir / "passwd", broker_dir / "acl",
+                                extra=("max_inflight_messages 0",))
+    try:
+        async with MqttGateway(handler, registry, gateway_config(unlimited)) as gw:
+            assert gw.mqtt.send_window == MAX_INFLIGHT and gw.mqtt.client.max_inflight_messages == 0
+            agents = await asyncio.gather(*(run_agent(unlimited, n) for n in range(1, 6)))
+            assert [a.last_report.idle_after_s for a in agents] == [handler.idle_s] * 5  # type: ignore[attr-defined]
+    finally:
+        stop_mosquitto(unlimited)
+
+
+def test_an_inflight_window_outside_mqtts_range_is_a_config_error() -> None:
+    for inflight in (0, MAX_INFLIGHT + 1):
+        with pytest.raises(ConfigError):
+            AsyncioMqtt(MqttConfig("127.0.0.1", 1, "u", "p", inflight=inflight), on_message=lambda _m: None)
 
 
 def start_mosquitto_on(old: Broker, directory: Path) -> Broker:
