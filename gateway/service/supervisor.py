@@ -97,6 +97,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 MQTT_BROKER_AUTHENTICATED = b"broker-authenticated"  # MQTT devices log in at the broker, not here
+AUDIT_RETENTION_CHECK_S = 6 * 3600.0
 POLICY_TICK_S = 60.0
 STATUS_EVERY_S = 10.0
 MQTT_RETRY_MAX_S = 60.0
@@ -360,6 +361,7 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 loops = [tg.create_task(self._watchdog_loop(), name="watchdog")]
                 loops.append(tg.create_task(self._policy_tick_loop(), name="policy tick"))
+                loops.append(tg.create_task(self._audit_retention_loop(), name="audit retention"))
                 if self._mqtt_pending is not None:
                     loops.append(tg.create_task(self._mqtt_connect_loop(*self._mqtt_pending), name="mqtt connect"))
                 if self.webhooks is not None:
@@ -721,6 +723,17 @@ class Daemon:
                 usage.level, usage.entries, usage.payload_bytes, now)
             if decisions:
                 await self.apply_decisions(None, decisions, now)
+
+    async def _audit_retention_loop(self) -> None:
+        """At start and every few hours: audit records older than [store] audit_retention_days go
+        (the only deletion the audit table allows)."""
+        while True:
+            days = self.config.store.audit_retention_days
+            now = self.clock()
+            purged = await self.astore.run(lambda s: s.audit.purge(retention_days=days, now=now))
+            if purged:
+                log.info("audit: %d records older than %d days removed", purged, days)
+            await self.clock.sleep(AUDIT_RETENTION_CHECK_S)
 
     def _on_backlog(self, usage: OutboxUsage) -> None:
         """The outbox level changed: the queue alarm is raised or cleared at once (status, webhook

@@ -317,6 +317,30 @@ async def test_a_pushed_package_persisted_before_a_crash_reaches_the_engine_at_t
         assert stop_daemon(daemon) == 0
 
 
+async def test_audit_records_past_the_configured_retention_are_removed_at_start_and_the_rest_kept(
+        workdir: Path) -> None:
+    lay = layout(workdir, [1], extra="[store]\naudit_retention_days = 30\n")
+    eid = make_eid(1)
+    now = time.time()
+    lay.db.parent.mkdir(parents=True)
+    with Store.open(lay.db) as store:
+        for age_days, operation in ((400, "enable"), (31, "disable"), (29, "delete"), (1, "download")):
+            store.audit.append(time=now - age_days * 86400, operation=operation, result="ok", eid=eid)
+    daemon = start_daemon(lay)
+    try:
+        daemon.wait_notify("READY=1")
+        await wait_for_socket(lay.socket_path)
+        for _ in range(100):
+            status, body = await daemon.get(f"/v1/audit?eid={eid.hex()}")
+            kept = sorted(r["operation"] for r in body["records"])
+            if "enable" not in kept:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        assert stop_daemon(daemon) == 0
+    assert kept == ["delete", "download"]
+
+
 async def test_sigterm_with_a_backhaul_that_hangs_drains_within_the_grace_and_idles_the_waiting_device(
         workdir: Path, pki: RspPki) -> None:
     silent = socket.create_server(("127.0.0.1", 0))          # accepts TCP, never speaks TLS
