@@ -19,8 +19,10 @@ pki.directory except through pki.write_euicc(eid).
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +53,16 @@ def free_udp_port() -> int:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> RspPki:
     """The one test PKI of the session (software eUICCs, SM-DP+/eIM peers, TLS servers)."""
     return generate_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A short scratch directory (unix socket paths must stay under 108 bytes; tmp_path's may not)."""
+    d = Path(tempfile.mkdtemp(prefix="ipae-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ the wall clock and return_after_s is at least 60 s.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from tests.service.daemon_support import (
     free_udp_port,
     make_eid,
     psk_of,
-    short_dir,
     start_daemon,
     stop_daemon,
     wait_for_socket,
@@ -36,11 +34,6 @@ from tests.service.daemon_support import (
 
 HOME = bytes.fromhex("98001032547698103214")
 FALLBACK = bytes.fromhex("98001032547698103215")
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    yield from short_dir()
 
 
 def fallback_card(pki: RspPki, eid: bytes, eims: list[EimServer]) -> SoftEuicc:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from daemon_support import short_dir
 from service_support import SHIPPED
 
 
@@ -43,9 +42,3 @@ def dropin(etc: Path) -> Callable[[str, str], Path]:
         return path
     return write
 
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    """A short scratch directory (unix socket paths must stay under 108 bytes)."""
-    yield from short_dir()

@@ -13,15 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,15 +148,6 @@ async def api_request(socket_path: Path, method: str, path: str, params: dict[st
             if resp.content_type == "application/json":
                 return resp.status, json.loads(body)
             return resp.status, body.decode()
-
-
-def short_dir() -> Iterator[Path]:
-    """A short directory (unix socket paths are limited to 108 bytes)."""
-    d = Path(tempfile.mkdtemp(prefix="ipae-"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def spawn(command: list[str], socket_path: Path, notify_path: Path, env: dict[str, str],
