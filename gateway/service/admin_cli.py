@@ -149,11 +149,19 @@ def show_status(data: dict[str, Any]) -> str:
         f"devices:   {data.get('devices')} configured, {data.get('engine_sessions')} sessions, "
         f"{data.get('pending_exchanges')} exchanges pending",
         f"queues:    inbox {store.get('inbox_open', 0)}, outbox {store.get('outbox_pending', 0)} "
-        f"({store.get('outbox_pending_bytes', 0)} bytes)",
+        f"({store.get('outbox_pending_bytes', 0)} bytes){_outbox_level(data.get('outbox', {}))}",
         f"traffic:   {counters.get('round_trips', 0):g} round trips, {counters.get('apdus', 0):g} APDUs, "
         f"{counters.get('errors', 0):g} errors",
         f"store:     {store.get('db_bytes', 0)} bytes, last audit id {store.get('audit_last_id', 0)}",
     ])
+
+
+def _outbox_level(outbox: dict[str, Any]) -> str:
+    level = outbox.get("level", "ok")
+    if level == "ok":
+        return ""
+    held = ", new work refused" if outbox.get("holding_new_work") else ""
+    return f" -- {level.upper()} (at most {outbox.get('max_entries')} messages{held})"
 
 
 def show_devices(data: dict[str, Any]) -> str:

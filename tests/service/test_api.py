@@ -23,6 +23,7 @@ from daemon_support import (
     wait_for_socket,
 )
 
+from gateway.service.admin_cli import show_status
 from gateway.spec import codec
 from gateway.store import Store
 
@@ -200,3 +201,11 @@ async def test_the_group_cli_runs_each_operation_on_the_members_and_shows_their_
     assert retried.returncode == 0 and "retry-failed on group site-a: 2 done" in retried.stdout
     unknown = daemon.cli("group", "nowhere", "reread-eim")
     assert unknown.returncode == 1 and "404" in unknown.stderr and "no device group 'nowhere'" in unknown.stderr
+
+
+def test_status_names_an_outbox_at_its_bound_and_the_work_refused() -> None:
+    data = {"store": {"inbox_open": 2, "outbox_pending": 9, "outbox_pending_bytes": 1340},
+            "outbox": {"level": "full", "max_entries": 6, "holding_new_work": True}}
+    assert "queues:    inbox 2, outbox 9 (1340 bytes) -- FULL (at most 6 messages, new work refused)" in show_status(data)
+    data["outbox"] = {"level": "ok", "max_entries": 6, "holding_new_work": False}
+    assert "outbox 9 (1340 bytes)\n" in show_status(data)
