@@ -6,6 +6,7 @@ decisions of that uplink): server "webhook <url>", key = the event id, payload =
 JSON body (gateway.policy.events). Nothing else happens on the device's path, so a slow or
 dead receiver never delays device work. The outbox is shared with eIM results: an event is
 not queued once the outbox is above its alarm ratio (results for the eIM keep the headroom),
+except the alarm events themselves (the queue alarm is one: its raising must reach the receiver),
 and that drop is logged and counted.
 
 `WebhookDispatcher` runs beside the devices: one `OutboxDrainer` (gateway.store.drain:
@@ -59,6 +60,9 @@ def server_name(url: str) -> str:
     return SERVER_PREFIX + url
 
 
+ALARM_EVENT_PREFIX = "alarm."     # alarm.raised / alarm.cleared: queued above the alarm ratio too
+
+
 def wanted(policy: WebhooksPolicy, event_type: str) -> bool:
     return not policy.events or "*" in policy.events or event_type in policy.events
 
@@ -69,7 +73,8 @@ def enqueue_event(store: Store, decision: EmitEvent, policy: WebhooksPolicy, *, 
     transaction of the decision). Returns the number of entries added."""
     if not policy.urls or not wanted(policy, decision.type):
         return 0
-    if store.outbox.usage().level != "ok":
+    if store.outbox.usage().level != "ok" and not decision.type.startswith(ALARM_EVENT_PREFIX):
+        # the headroom is for results and notifications; an alarm event is what tells of it
         log.warning("webhook event %s not queued: the outbox is above its alarm level", decision.event_id)
         return 0
     body = WebhookEvent.of(decision).body(gateway_id)

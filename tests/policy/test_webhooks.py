@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from gateway.backhaul.inject_server import server_ssl_context
 from gateway.config.policies import WebhooksPolicy
+from gateway.core.actions import Waiting
 from gateway.policy import EmitEvent
+from gateway.policy.alarms import AlarmBook
 from gateway.policy.events import SignatureInvalid, WebhookEvent, profile_event, sign, verify_signature
 from gateway.policy.webhooks import WebhookDispatcher, WebhookSender, enqueue_event, server_name
-from gateway.store import AsyncStore, Store
+from gateway.store import AsyncStore, OutboxLimits, Store, StoreOptions
 from hil.pki import RspPki
 from policy_support import SECRET, FakeClock, Receiver
 
@@ -202,3 +205,26 @@ def test_events_queued_for_a_url_no_longer_configured_are_dropped(tmp_path: obje
         store.outbox.enqueue("eim.example", "k1", "ProvideEimPackageResult", b"x", now=1.0)
         assert drop_unconfigured(store, WebhooksPolicy(urls=("https://127.0.0.1/a",)), now=2.0) == 3
         assert sorted({e.server for e in store.outbox.pending()}) == ["eim.example", server_name("https://127.0.0.1/a")]
+
+
+def test_above_the_outbox_alarm_ratio_only_alarm_events_are_queued(tmp_path: Path) -> None:
+    """The headroom above the alarm ratio is for results and notifications, but the queue
+    alarm's own event must still reach the receiver; at the bound nothing is added at all."""
+    hooks = WebhooksPolicy(urls=("https://127.0.0.1/a",))
+    limits = OutboxLimits(max_entries=4, max_bytes=1024 * 1024, alarm_ratio=0.5)
+    with Store.open(tmp_path / "g.sqlite3", StoreOptions(outbox_limits=limits)) as store:
+        store.deliveries.replace(EID, [Waiting(f"r{i}", "result", "eim-1", "ProvideEimPackageResult", 100,
+                                               "WAITING", 1, None) for i in range(2)], now=1.0)
+        usage = store.outbox.usage()
+        assert usage.level == "alarm"
+        assert enqueue_event(store, events(2.0)[0], hooks, gateway_id="gw", now=2.0) == 0
+        raised = [d for d in AlarmBook().queue_level(usage.level, usage.entries, usage.payload_bytes, 2.0)
+                  if isinstance(d, EmitEvent)]
+        assert [d.type for d in raised] == ["alarm.raised"]
+        assert enqueue_event(store, raised[0], hooks, gateway_id="gw", now=2.0) == 1
+        store.deliveries.replace(EID, [Waiting(f"r{i}", "result", "eim-1", "ProvideEimPackageResult", 100,
+                                               "WAITING", 1, None) for i in range(3)], now=3.0)
+        assert store.outbox.usage().level == "full"
+        full = EmitEvent("alarm.raised:queue:outbox:full:3", "alarm.raised", 3.0, None, ())
+        assert enqueue_event(store, full, hooks, gateway_id="gw", now=3.0) == 0
+        assert [e.kind for e in store.outbox.pending()] == ["webhook:alarm.raised"]
