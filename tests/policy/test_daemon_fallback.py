@@ -18,47 +18,16 @@ import pytest
 from hil.agent.agent import Agent
 from hil.agent.coap_transport import CoapAgentTransport
 from hil.euicc import SoftEuicc
-from hil.euicc.eim import eim_config_from
-from hil.euicc.state import Profile
 from hil.peers.eim import EimServer
 from hil.pki import RspPki
+from policy_support import FALLBACK, fallback_card, fallback_layout
 from tests.service.daemon_support import (
-    Layout,
-    free_udp_port,
     make_eid,
     psk_of,
     start_daemon,
     stop_daemon,
     wait_for_socket,
 )
-
-HOME = bytes.fromhex("98001032547698103214")
-FALLBACK = bytes.fromhex("98001032547698103215")
-
-
-def fallback_card(pki: RspPki, eid: bytes, eims: list[EimServer]) -> SoftEuicc:
-    """A software eUICC with a home and a fallback profile, managed by `eims` (each knows it)."""
-    card = SoftEuicc(pki, eid)
-    for eim in eims:
-        eim.service.device(eid, create=True)
-        card.state.eims.append(eim_config_from(card, eim.service.own_configuration_data(indirect_download=False)))
-    card.state.profiles += [
-        Profile(HOME, card.new_isdp_aid(), state="enabled", install_state="installed"),
-        Profile(FALLBACK, card.new_isdp_aid(), install_state="installed", fallback=True, fallback_allowed=True)]
-    card.commit()
-    return card
-
-
-def daemon_layout(workdir: Path, pki: RspPki, eim: EimServer, extra: str = "") -> Layout:
-    """The daemon with `eim` as its one configured eIM and the fallback policy on."""
-    host, port = eim.fqdn.split(":")
-    lay = Layout(workdir, free_udp_port(), workdir / "api.sock", [1], extra=(
-        f'[northbound]\neim_fqdn = "{host}"\neim_port = {port}\neim_ca_file = "{pki.tls_ca.cert_path}"\n'
-        "[policies.fallback]\nenabled = true\nattach_failures = 3\n"
-        "[policies.fallback_wave]\nreport_spread_s = 0.0\n" + extra))
-    lay.write()
-    return lay
-
 
 async def fall_back(agent: Agent, card: SoftEuicc) -> None:
     for failures in (1, 3):
@@ -84,7 +53,7 @@ async def test_the_daemon_falls_a_device_back_and_the_eim_hears_it_once(workdir:
     eid = make_eid(1)
     async with EimServer(pki) as eim:
         card = fallback_card(pki, eid, [eim])
-        lay = daemon_layout(workdir, pki, eim)
+        lay = fallback_layout(workdir, pki, eim)
         daemon = start_daemon(lay)
         transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
         try:
@@ -107,7 +76,7 @@ async def test_the_fallback_report_goes_to_each_eim_of_the_euicc_not_only_the_co
     eid = make_eid(1)
     async with EimServer(pki) as configured, EimServer(pki, eim_id="eim-two") as second:
         card = fallback_card(pki, eid, [configured, second])
-        lay = daemon_layout(workdir, pki, configured)
+        lay = fallback_layout(workdir, pki, configured)
         daemon = start_daemon(lay)
         transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
         try:
@@ -128,9 +97,9 @@ async def test_an_eim_down_at_report_time_hears_the_fallback_once_it_is_back_and
         card = fallback_card(pki, eid, [configured, second])
         # [northbound.retry] sets when the report is tried again: every 0.2 s, no jitter; the
         # refused server's circuit lets a probe through after 1 s
-        lay = daemon_layout(workdir, pki, configured,
-                            "[northbound.retry]\ninitial_backoff_s = 0.2\nmax_backoff_s = 0.2\njitter_ratio = 0.0\n"
-                            "[northbound.circuit_breaker]\nopen_s = 1.0\n")
+        lay = fallback_layout(workdir, pki, configured, extra=(
+            "[northbound.retry]\ninitial_backoff_s = 0.2\nmax_backoff_s = 0.2\njitter_ratio = 0.0\n"
+            "[northbound.circuit_breaker]\nopen_s = 1.0\n"))
         daemon = start_daemon(lay)
         transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
         try:

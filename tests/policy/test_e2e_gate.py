@@ -43,12 +43,10 @@ from gateway.policy.webhooks import enqueue_event
 from gateway.spec import esipa
 from gateway.store import Store
 from hil.euicc import SoftEuicc
-from hil.euicc.state import Profile
 from hil.pki import RspPki
+from policy_support import FALLBACK, HOME, with_fallback_profile
 from tests.core.driver import EngineDriver, Peers, make_agent, running_peers
 
-HOME = bytes.fromhex("98001032547698103214")
-FALLBACK = bytes.fromhex("98001032547698103215")
 IMEI = "353290611234567"
 HOOKS = WebhooksPolicy(urls=("https://hooks.example/ipae",))
 
@@ -128,13 +126,7 @@ class Latency:
 
 def card_with_fallback_profile(peers: Peers, eid: bytes | None = None) -> SoftEuicc:
     """A software eUICC known to the eIM, with its home profile enabled and a fallback profile."""
-    card = peers.card(eid)
-    card.state.profiles += [
-        Profile(HOME, card.new_isdp_aid(), state="enabled", install_state="installed"),
-        Profile(FALLBACK, card.new_isdp_aid(), install_state="installed", fallback=True, fallback_allowed=True),
-    ]
-    card.commit()
-    return card
+    return with_fallback_profile(peers.card(eid))
 
 
 @pytest.fixture

@@ -30,14 +30,12 @@ from gateway.core.session import DeviceSession
 from hil.agent.agent import Agent
 from hil.agent.coap_transport import CoapAgentTransport
 from hil.euicc import SoftEuicc
-from hil.euicc.eim import eim_config_from
-from hil.euicc.state import Profile
 from hil.peers.eim import EimServer
 from hil.pki import RspPki
+from tests.policy.policy_support import FALLBACK, fallback_card, fallback_layout
 from tests.service.daemon_support import (
     Daemon,
     Layout,
-    free_udp_port,
     make_eid,
     psk_of,
     start_daemon,
@@ -45,8 +43,6 @@ from tests.service.daemon_support import (
     wait_for_socket,
 )
 
-HOME = bytes.fromhex("98001032547698103214")
-FALLBACK = bytes.fromhex("98001032547698103215")
 EID = make_eid(1)
 
 
@@ -95,19 +91,8 @@ class Rig:
 @asynccontextmanager
 async def rig(workdir: Path, pki: RspPki, *, report_spread_s: float) -> AsyncIterator[Rig]:
     async with EimServer(pki) as eim:
-        eim.service.device(EID, create=True)
-        card = SoftEuicc(pki, EID)
-        card.state.eims.append(eim_config_from(card, eim.service.own_configuration_data(indirect_download=False)))
-        card.state.profiles += [
-            Profile(HOME, card.new_isdp_aid(), state="enabled", install_state="installed"),
-            Profile(FALLBACK, card.new_isdp_aid(), install_state="installed", fallback=True, fallback_allowed=True)]
-        card.commit()
-        host, port = eim.fqdn.split(":")
-        lay = Layout(workdir, free_udp_port(), workdir / "api.sock", [1], extra=(
-            f'[northbound]\neim_fqdn = "{host}"\neim_port = {port}\neim_ca_file = "{pki.tls_ca.cert_path}"\n'
-            "[policies.fallback]\nenabled = true\nattach_failures = 3\n"
-            f"[policies.fallback_wave]\nreport_spread_s = {report_spread_s}\n"))
-        lay.write()
+        card = fallback_card(pki, EID, [eim])
+        lay = fallback_layout(workdir, pki, eim, report_spread_s=report_spread_s)
         daemon = start_daemon(lay)
         transport = CoapAgentTransport("127.0.0.1", lay.coap_port, EID, identity="dev1", psk=psk_of(1))
         agent = Agent(Agent.make_status(EID, imei="356938035643809", plmn="26201"), card, transport)
