@@ -9,6 +9,8 @@ the wall clock and return_after_s is at least 60 s.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,29 @@ from hil.peers.eim import EimServer
 from hil.pki import RspPki
 from policy_support import FALLBACK, fallback_card, fallback_layout
 from tests.service.daemon_support import (
+    Daemon,
+    Layout,
     make_eid,
     psk_of,
     start_daemon,
     stop_daemon,
     wait_for_socket,
 )
+
+
+@asynccontextmanager
+async def device_on_the_daemon(lay: Layout, card: SoftEuicc) -> AsyncIterator[tuple[Daemon, Agent]]:
+    """The daemon started on `lay` and the card's agent over CoAP/DTLS (dev1); both stopped after."""
+    daemon = start_daemon(lay)
+    transport = CoapAgentTransport("127.0.0.1", lay.coap_port, card.eid, identity="dev1", psk=psk_of(1))
+    try:
+        daemon.wait_notify("READY=1")
+        await wait_for_socket(lay.socket_path)
+        yield daemon, Agent(Agent.make_status(card.eid, imei="356938035643809", plmn="26201"), card, transport)
+    finally:
+        await transport.close()
+        assert stop_daemon(daemon) == 0
+
 
 async def fall_back(agent: Agent, card: SoftEuicc) -> None:
     for failures in (1, 3):
@@ -54,21 +73,13 @@ async def test_the_daemon_falls_a_device_back_and_the_eim_hears_it_once(workdir:
     async with EimServer(pki) as eim:
         card = fallback_card(pki, eid, [eim])
         lay = fallback_layout(workdir, pki, eim)
-        daemon = start_daemon(lay)
-        transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
-        try:
-            daemon.wait_notify("READY=1")
-            await wait_for_socket(lay.socket_path)
-            agent = Agent(Agent.make_status(eid, imei="356938035643809", plmn="26201"), card, transport)
+        async with device_on_the_daemon(lay, card) as (daemon, agent):
             await fall_back(agent, card)
             # fallback(1), sent before the device named its new network: no rPLMN (never the failing 262-01)
             assert await state_changes_heard([eim], eid) == [[(True, 1, None)]]
             status, shown = await daemon.get(f"/v1/devices/{eid.hex()}")
             assert status == 200
             assert ("ExecuteFallbackMechanism", "ok") in [(r["operation"], r["result"]) for r in shown["audit"]]
-        finally:
-            await transport.close()
-            assert stop_daemon(daemon) == 0
 
 
 async def test_the_fallback_report_goes_to_each_eim_of_the_euicc_not_only_the_configured_one(
@@ -77,17 +88,9 @@ async def test_the_fallback_report_goes_to_each_eim_of_the_euicc_not_only_the_co
     async with EimServer(pki) as configured, EimServer(pki, eim_id="eim-two") as second:
         card = fallback_card(pki, eid, [configured, second])
         lay = fallback_layout(workdir, pki, configured)
-        daemon = start_daemon(lay)
-        transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
-        try:
-            daemon.wait_notify("READY=1")
-            await wait_for_socket(lay.socket_path)
-            agent = Agent(Agent.make_status(eid, imei="356938035643809", plmn="26201"), card, transport)
+        async with device_on_the_daemon(lay, card) as (_, agent):
             await fall_back(agent, card)
             assert await state_changes_heard([configured, second], eid) == [[(True, 1, None)]] * 2
-        finally:
-            await transport.close()
-            assert stop_daemon(daemon) == 0
 
 
 async def test_an_eim_down_at_report_time_hears_the_fallback_once_it_is_back_and_the_other_only_once(
@@ -100,12 +103,7 @@ async def test_an_eim_down_at_report_time_hears_the_fallback_once_it_is_back_and
         lay = fallback_layout(workdir, pki, configured, extra=(
             "[northbound.retry]\ninitial_backoff_s = 0.2\nmax_backoff_s = 0.2\njitter_ratio = 0.0\n"
             "[northbound.circuit_breaker]\nopen_s = 1.0\n"))
-        daemon = start_daemon(lay)
-        transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
-        try:
-            daemon.wait_notify("READY=1")
-            await wait_for_socket(lay.socket_path)
-            agent = Agent(Agent.make_status(eid, imei="356938035643809", plmn="26201"), card, transport)
+        async with device_on_the_daemon(lay, card) as (_, agent):
             agent.status = replace(agent.status, attach_failures=1)
             assert (await agent.run_session()).error is None       # the eUICC's eIMs are read
             await second.peer.stop()                               # connection refused from now on
@@ -115,6 +113,3 @@ async def test_an_eim_down_at_report_time_hears_the_fallback_once_it_is_back_and
             assert second.service.devices[eid].state_changes == []
             await second.peer.start()
             assert await state_changes_heard([configured, second], eid) == [[(True, 1, None)]] * 2
-        finally:
-            await transport.close()
-            assert stop_daemon(daemon) == 0
