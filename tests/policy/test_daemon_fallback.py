@@ -9,43 +9,23 @@ the wall clock and return_after_s is at least 60 s.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.links.protocol import DeviceStatus
 from hil.agent.agent import Agent
-from hil.agent.coap_transport import CoapAgentTransport
 from hil.euicc import SoftEuicc
 from hil.peers.eim import EimServer
 from hil.pki import RspPki
 from policy_support import FALLBACK, fallback_card, fallback_layout
-from tests.service.daemon_support import (
-    Daemon,
-    Layout,
-    make_eid,
-    psk_of,
-    start_daemon,
-    stop_daemon,
-    wait_for_socket,
-)
+from tests.service.daemon_support import device_on_the_daemon, make_eid
 
 
-@asynccontextmanager
-async def device_on_the_daemon(lay: Layout, card: SoftEuicc) -> AsyncIterator[tuple[Daemon, Agent]]:
-    """The daemon started on `lay` and the card's agent over CoAP/DTLS (dev1); both stopped after."""
-    daemon = start_daemon(lay)
-    transport = CoapAgentTransport("127.0.0.1", lay.coap_port, card.eid, identity="dev1", psk=psk_of(1))
-    try:
-        daemon.wait_notify("READY=1")
-        await wait_for_socket(lay.socket_path)
-        yield daemon, Agent(Agent.make_status(card.eid, imei="356938035643809", plmn="26201"), card, transport)
-    finally:
-        await transport.close()
-        assert stop_daemon(daemon) == 0
+def device_status(eid: bytes) -> DeviceStatus:
+    return Agent.make_status(eid, imei="356938035643809", plmn="26201")
 
 
 async def fall_back(agent: Agent, card: SoftEuicc) -> None:
@@ -73,7 +53,7 @@ async def test_the_daemon_falls_a_device_back_and_the_eim_hears_it_once(workdir:
     async with EimServer(pki) as eim:
         card = fallback_card(pki, eid, [eim])
         lay = fallback_layout(workdir, pki, eim)
-        async with device_on_the_daemon(lay, card) as (daemon, agent):
+        async with device_on_the_daemon(lay, card, status=device_status(eid)) as (daemon, agent):
             await fall_back(agent, card)
             # fallback(1), sent before the device named its new network: no rPLMN (never the failing 262-01)
             assert await state_changes_heard([eim], eid) == [[(True, 1, None)]]
@@ -88,7 +68,7 @@ async def test_the_fallback_report_goes_to_each_eim_of_the_euicc_not_only_the_co
     async with EimServer(pki) as configured, EimServer(pki, eim_id="eim-two") as second:
         card = fallback_card(pki, eid, [configured, second])
         lay = fallback_layout(workdir, pki, configured)
-        async with device_on_the_daemon(lay, card) as (_, agent):
+        async with device_on_the_daemon(lay, card, status=device_status(eid)) as (_, agent):
             await fall_back(agent, card)
             assert await state_changes_heard([configured, second], eid) == [[(True, 1, None)]] * 2
 
@@ -103,7 +83,7 @@ async def test_an_eim_down_at_report_time_hears_the_fallback_once_it_is_back_and
         lay = fallback_layout(workdir, pki, configured, extra=(
             "[northbound.retry]\ninitial_backoff_s = 0.2\nmax_backoff_s = 0.2\njitter_ratio = 0.0\n"
             "[northbound.circuit_breaker]\nopen_s = 1.0\n"))
-        async with device_on_the_daemon(lay, card) as (_, agent):
+        async with device_on_the_daemon(lay, card, status=device_status(eid)) as (_, agent):
             agent.status = replace(agent.status, attach_failures=1)
             assert (await agent.run_session()).error is None       # the eUICC's eIMs are read
             await second.peer.stop()                               # connection refused from now on

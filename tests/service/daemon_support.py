@@ -19,6 +19,8 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,11 @@ from typing import Any
 import aiohttp
 
 from gateway.config import eid_check_digits
+from gateway.links.protocol import DeviceStatus
 from gateway.service.demo import free_tcp, free_udp_pair
+from hil.agent.agent import Agent
+from hil.agent.coap_transport import CoapAgentTransport
+from hil.euicc import SoftEuicc
 
 REPO = Path(__file__).resolve().parents[2]
 CREDENTIALS = struct.Struct("iII")   # struct ucred: pid, uid, gid (SCM_CREDENTIALS)
@@ -199,3 +205,20 @@ async def wait_for_socket(path: Path, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"API socket {path} did not appear")
         await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def device_on_the_daemon(layout: Layout, card: SoftEuicc, n: int = 1,
+                               status: DeviceStatus | None = None) -> AsyncIterator[tuple[Daemon, Agent]]:
+    """The daemon started on `layout` (READY, API socket up) and the agent of device `n` (identity
+    dev<n>, its PSK) over CoAP/DTLS in front of `card`; after, the agent's transport is closed and
+    the daemon stopped, which must exit 0."""
+    daemon = start_daemon(layout)
+    transport = CoapAgentTransport("127.0.0.1", layout.coap_port, card.eid, identity=f"dev{n}", psk=psk_of(n))
+    try:
+        daemon.wait_notify("READY=1")
+        await wait_for_socket(layout.socket_path)
+        yield daemon, Agent(status or Agent.make_status(card.eid), card, transport)
+    finally:
+        await transport.close()
+        assert stop_daemon(daemon) == 0

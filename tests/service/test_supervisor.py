@@ -22,10 +22,10 @@ import pytest
 from daemon_support import (
     Layout,
     api_request,
+    device_on_the_daemon,
     free_tcp_port,
     free_udp_port,
     make_eid,
-    psk_of,
     start_daemon,
     stop_daemon,
     wait_for_socket,
@@ -37,7 +37,6 @@ from gateway.service import demo
 from gateway.spec import codec
 from gateway.store import Store
 from hil.agent.agent import Agent
-from hil.agent.coap_transport import CoapAgentTransport
 from hil.agent.mqtt_transport import MqttAgentTransport
 from hil.euicc import SoftEuicc
 from hil.modem_emulator import EmulatorThread, ModemEmulator, Quirks
@@ -119,14 +118,8 @@ def test_a_bad_configuration_is_refused_with_exit_2_naming_the_key(workdir: Path
 async def test_a_device_agent_with_a_soft_euicc_exchanges_with_the_daemon_over_coap_dtls(
         workdir: Path, pki: RspPki) -> None:
     lay = layout(workdir, [1])
-    daemon = start_daemon(lay)
     eid = make_eid(1)
-    transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
-    try:
-        daemon.wait_notify("READY=1")
-        await wait_for_socket(lay.socket_path)
-        card = SoftEuicc(pki, eid)
-        agent = Agent(Agent.make_status(eid), card, transport)
+    async with device_on_the_daemon(lay, SoftEuicc(pki, eid)) as (daemon, agent):
         report = await agent.run_session()
         assert report.error is None and report.transport_error is None
         assert report.idle_after_s is not None and report.exchanges >= 2 and report.apdus >= 1
@@ -152,9 +145,6 @@ async def test_a_device_agent_with_a_soft_euicc_exchanges_with_the_daemon_over_c
             await asyncio.sleep(0.05)
         assert body["reloads"] == 1 and body["engine_sessions"] == 1     # the reload kept the session
         assert (await daemon.get(f"/v1/devices/{eid.hex()}"))[1]["state"] == state
-    finally:
-        await transport.close()
-        assert stop_daemon(daemon) == 0
 
     again = start_daemon(lay)                                              # a restart resumes it
     try:
@@ -256,13 +246,9 @@ async def test_an_eim_push_is_persisted_before_it_is_acknowledged_and_waits_for_
 
 async def test_policies_sit_in_front_of_the_runtime_a_moved_card_is_quarantined(workdir: Path, pki: RspPki) -> None:
     lay = layout(workdir, [1])
-    daemon = start_daemon(lay)
     eid = make_eid(1)
-    transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
-    try:
-        daemon.wait_notify("READY=1")
-        await wait_for_socket(lay.socket_path)
-        agent = Agent(Agent.make_status(eid, imei="356938035643809"), SoftEuicc(pki, eid), transport)
+    async with device_on_the_daemon(lay, SoftEuicc(pki, eid),
+                                    status=Agent.make_status(eid, imei="356938035643809")) as (daemon, agent):
         first = await agent.run_session()
         assert first.error is None and first.idle_after_s is not None
         status, device = await daemon.get(f"/v1/devices/{eid.hex()}")
@@ -288,9 +274,6 @@ async def test_policies_sit_in_front_of_the_runtime_a_moved_card_is_quarantined(
         assert third.error is None and third.idle_after_s is not None
         status, device = await daemon.get(f"/v1/devices/{eid.hex()}")
         assert device["quarantined"] is False and device["imei"] == "490154203237518"
-    finally:
-        await transport.close()
-        assert stop_daemon(daemon) == 0
 
 
 async def test_a_pushed_package_persisted_before_a_crash_reaches_the_engine_at_the_next_start(workdir: Path) -> None:
@@ -348,28 +331,22 @@ async def test_sigterm_with_a_backhaul_that_hangs_drains_within_the_grace_and_id
     lay = layout(workdir, [1], extra=f'[northbound]\neim_fqdn = "127.0.0.1"\neim_port = {port}\n')
     lay.config.write_text(lay.config.read_text().replace("shutdown_grace_s = 5.0", "shutdown_grace_s = 1.0"))
     eid = make_eid(1)
-    daemon = start_daemon(lay)
-    transport = CoapAgentTransport("127.0.0.1", lay.coap_port, eid, identity="dev1", psk=psk_of(1))
     try:
-        daemon.wait_notify("READY=1")
-        await wait_for_socket(lay.socket_path)
-        agent = Agent(Agent.make_status(eid), SoftEuicc(pki, eid), transport)
-        session = asyncio.create_task(agent.run_session())
-        for _ in range(200):
-            status, body = await daemon.get("/v1/sessions")
-            if body["pending_exchanges"] == 1:
-                break
-            await asyncio.sleep(0.05)
-        assert body["pending_exchanges"] == 1                 # waiting on GetEimPackage to the silent eIM
-        began = time.monotonic()
-        daemon.signal(signal.SIGTERM)
-        report = await asyncio.wait_for(session, 20)
-        assert report.idle_after_s == 60 and report.error is None   # come back later, not an error
-        assert await asyncio.to_thread(daemon.process.wait, 20) == 0
-        assert time.monotonic() - began < 8
+        async with device_on_the_daemon(lay, SoftEuicc(pki, eid)) as (daemon, agent):
+            session = asyncio.create_task(agent.run_session())
+            for _ in range(200):
+                status, body = await daemon.get("/v1/sessions")
+                if body["pending_exchanges"] == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert body["pending_exchanges"] == 1                 # waiting on GetEimPackage to the silent eIM
+            began = time.monotonic()
+            daemon.signal(signal.SIGTERM)
+            report = await asyncio.wait_for(session, 20)
+            assert report.idle_after_s == 60 and report.error is None   # come back later, not an error
+            assert await asyncio.to_thread(daemon.process.wait, 20) == 0
+            assert time.monotonic() - began < 8
     finally:
-        await transport.close()
-        stop_daemon(daemon)
         silent.close()
     with Store.open(lay.db) as store:
         store.check()
