@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from datetime import datetime, timezone
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from gateway.spec import codec
 from gateway.store import Store
 
 TOKEN = "api-token-0123456789abcdef"
+EARLIER = (int(time.time()) // 86400 - 1) * 86400.0   # yesterday 00:00 UTC: inside the audit retention
 
 
 def pushed_package(eid: bytes) -> bytes:
@@ -51,9 +54,9 @@ async def daemon(workdir: Path) -> AsyncIterator[Daemon]:
     lay.db.parent.mkdir(parents=True)
     with Store.open(lay.db) as store:
         store.devices.register(make_eid(1), "coap", "dev1", now=1000.0)
-        store.audit.append(time=1000.0, eid=make_eid(1), iccid="8949000000000000001", operation="EnableProfile",
+        store.audit.append(time=EARLIER + 1000, eid=make_eid(1), iccid="8949000000000000001", operation="EnableProfile",
                            result="ok", origin_eim="eim.test", origin_tx=b"\x01\x02", detail={"detail": "enabled"})
-        store.audit.append(time=2000.0, eid=make_eid(2), operation="DeleteProfile", result="ok")
+        store.audit.append(time=EARLIER + 2000, eid=make_eid(2), operation="DeleteProfile", result="ok")
         store.inbox.enqueue(make_eid(1), "eim:eim.test/tx:0102", "eim-package", pushed_package(make_eid(1)),
                             origin="eim.test", now=1000.0)
     d = start_daemon(lay)
@@ -93,11 +96,13 @@ async def test_the_audit_log_is_queried_filtered_and_exported_as_json_lines(daem
     only = json.loads(daemon.cli("audit", "--json", "--eid", make_eid(1).hex(), "--operation", "EnableProfile").stdout)
     assert [r["operation"] for r in only["records"]] == ["EnableProfile"]
     assert only["records"][0]["origin"] == {"eim_id": "eim.test", "transaction_id": "0102"}
-    since = json.loads(daemon.cli("audit", "--json", "--since", "1500", "--until", "3000").stdout)
+    since = json.loads(daemon.cli("audit", "--json", "--since", str(EARLIER + 1500),
+                                  "--until", str(EARLIER + 3000)).stdout)
     assert [r["operation"] for r in since["records"]] == ["DeleteProfile"]
-    exported = daemon.cli("audit", "--jsonl", "--until", "3000")
+    exported = daemon.cli("audit", "--jsonl", "--until", str(EARLIER + 3000))
     records = [json.loads(line) for line in exported.stdout.splitlines()]
-    assert [r["time_utc"] for r in records] == ["1970-01-01T00:16:40Z", "1970-01-01T00:33:20Z"]
+    day = datetime.fromtimestamp(EARLIER, timezone.utc).date().isoformat()
+    assert [r["time_utc"] for r in records] == [f"{day}T00:16:40Z", f"{day}T00:33:20Z"]
 
 
 async def test_device_detail_operator_actions_and_errors(daemon: Daemon) -> None:
