@@ -324,8 +324,9 @@ def test_installed_service_serves_devices_as_its_user_and_stops_cleanly_on_sigte
     assert service.daemon.senders[ready] == (service.daemon.process.pid, service.user.pw_uid)
     assert any("STOPPING=1" in m for m in service.daemon.messages), service.daemon.messages
     assert service.exit_code == 0, daemon_log[-3000:]
-    owned = _run("find", "/", "/dev/shm", "-xdev", "-path", "/proc", "-prune", "-o",
-                 "-user", service.user.pw_name, "-print", check=False).stdout.split()
+    # every file system a service could write to (where /tmp or /run are mounts of their own too)
+    owned = set(_run("find", "/", "/tmp", "/var/tmp", "/run", "/dev/shm", "-xdev", "-path", "/proc", "-prune",
+                     "-o", "-user", service.user.pw_name, "-print", check=False).stdout.split())
     database = service.state_dir / "gateway.sqlite3"
     assert str(database) in owned and database.stat().st_size > 0
     assert sorted(p for p in owned if not Path(p).is_relative_to(service.state_dir)) == []
