@@ -43,6 +43,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.service.demo import free_tcp
 from gateway.store import AsyncStore, OutboxEntry, OutboxLimits, Store, StoreOptions
 
 SERVER = "eim.bench"
@@ -184,7 +185,7 @@ def main() -> int:
         path = Path(tmp) / "gateway.db"
         result: dict[str, Any] = enqueue(path, args.count, args.enqueue_batch, args.payload_size)
         result["enqueue_single_per_s"] = round(enqueue_single(Path(tmp) / "single.db", 1000, args.payload_size))
-        port = _free_port()
+        port = free_tcp()
         peer = subprocess.Popen([sys.executable, __file__, "--serve-port", str(port)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
         try:
@@ -212,13 +213,6 @@ def main() -> int:
         for k, v in sorted(result.items()):
             print(f"{k:24} {v}")
     return 0 if result["left_in_outbox"] == 0 else 1
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ pki.directory except through pki.write_euicc(eid).
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,24 +28,20 @@ from pathlib import Path
 
 import pytest
 
+from gateway.service.demo import free_tcp, free_udp_pair
 from hil.euicc import SoftEuicc
 from hil.pki import RspPki, generate_pki
 
 
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def free_tcp_port() -> int:
-    return _free_port(socket.SOCK_STREAM)
+    return free_tcp()
 
 
 @pytest.fixture
 def free_udp_port() -> int:
-    return _free_port(socket.SOCK_DGRAM)
+    """A free UDP port p on 127.0.0.1 with p - 1 free too (aiocoap's DTLS server binds one below)."""
+    return free_udp_pair()
 
 
 @pytest.fixture(scope="session")
