@@ -326,8 +326,8 @@ class RunningGateway(Protocol):
     async def audit_records(self) -> list[dict[str, Any]]:
         """Its audit log, as the API's /v1/audit gives it."""
 
-    def round_trips(self) -> int | None:
-        """The round trips it counted, or None when it cannot tell from here."""
+    async def round_trips(self) -> int:
+        """The round trips it counted."""
 
 
 GatewayStarter = Callable[[Path, GatewaySettings], contextlib.AbstractAsyncContextManager[RunningGateway]]
@@ -342,7 +342,7 @@ class _InProcessGateway:
         records = await self.daemon.astore.run(lambda st: st.audit.query())
         return [r.to_json() for r in records]
 
-    def round_trips(self) -> int | None:
+    async def round_trips(self) -> int:
         return int(sum(self.daemon.metrics.round_trips.values.values()))
 
 
@@ -452,7 +452,7 @@ async def run_demo(count: int, *, out: TextIO, timeout_s: float, wake_s: float, 
                 detail = r["detail"]
                 failures.append(f"{where}: the gateway recorded {r['operation']} {r['result']}"
                                 f"{': ' + str(detail.get('detail', detail)) if detail else ''}")
-        round_trips_gateway = gateway.round_trips() or 0
+        round_trips_gateway = await gateway.round_trips()
         delivered = len(smdp.service.notifications) + sum(len(dev.notifications) for dev in eim.service.devices.values())
         pending = sum(len(d.card.notifications) for d in devices)
         for d in devices:

@@ -23,6 +23,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,6 @@ def installed(deb: Path) -> Iterator[Path]:
 
 
 def test_deb_file_name_has_version_and_architecture(deb: Path) -> None:
-    import tomllib
-
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     arch = _run("dpkg", "--print-architecture").stdout.strip()
     assert deb.name == f"{PACKAGE}_{version}_{arch}.deb"
@@ -257,7 +256,7 @@ class InstalledService:
             self.start_pre = await asyncio.to_thread(subprocess.run, self.command(pre), capture_output=True,
                                                      text=True, timeout=60, **popen)
             assert self.start_pre.returncode == 0, self.start_pre.stdout + self.start_pre.stderr
-            socket_path = self.runtime_dir / "api.sock"
+            socket_path = Path(tomllib.loads((ETC / "gateway.toml").read_text())["api"]["socket_path"])
             self.daemon = spawn(self.command(self.one("ExecStart")), socket_path, self.notify_dir / "notify",
                                 popen.pop("env"), notify_owner=self.user.pw_uid, **popen)
             await asyncio.to_thread(self.daemon.wait_notify, "READY=1", self.seconds("TimeoutStartSec"))
@@ -285,8 +284,11 @@ class _ServiceApi:
         records: list[dict[str, Any]] = body["records"]
         return records
 
-    def round_trips(self) -> int | None:
-        return None   # the agents count them
+    async def round_trips(self) -> int:
+        status, text = await api_request(self.api_socket, "GET", "/metrics")
+        assert status == 200, text
+        return int(sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("ipae_gateway_round_trips_total")))
 
 
 def test_installed_code_is_what_runs_outside_the_work_tree(installed: Path, tmp_path: Path) -> None:
@@ -318,6 +320,7 @@ def test_installed_service_serves_devices_as_its_user_and_stops_cleanly_on_sigte
     daemon_log = service.daemon.stderr()
     assert summary.ok, f"{summary.to_json()}\n{progress.getvalue()}\ndaemon:\n{daemon_log[-3000:]}"
     assert summary.operations_succeeded == 8 and summary.webhook_events == 8
+    assert summary.round_trips >= 8   # the larger of the daemon's /metrics count and the agents'
     # systemd would take READY=1 only from the main process (NotifyAccess=main): the ExecStart
     # command itself, running as the service user
     ready = next(i for i, m in enumerate(service.daemon.messages) if "READY=1" in m)
