@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -123,14 +121,10 @@ async def _scenario(workdir: Path) -> dict[str, Any]:
 
 
 def test_at_the_outbox_bound_new_work_is_refused_and_the_backlog_drains_exactly_once(
-        caplog: pytest.LogCaptureFixture) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="ipae-backlog-"))
+        caplog: pytest.LogCaptureFixture, workdir: Path) -> None:
     started = time.monotonic()
     caplog.set_level(logging.INFO, logger="gateway.store.outbox")
-    try:
-        out = asyncio.run(_scenario(workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    out = asyncio.run(_scenario(workdir))
     print(f"backlog test: {out['packages']} packages; held at {out['held_usage']} with "
           f"{out['runs_before_return']} run; push while full: {out['push_while_full']}; levels {out['levels']}; "
           f"drained in {out['caught_up_s'] / 3600:.1f} simulated h; {time.monotonic() - started:.1f} s real; "

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -109,13 +107,9 @@ async def _scenario(workdir: Path) -> dict[str, Any]:
                 "failed_posts": failed_posts, "caught_up_s": caught_up_s}
 
 
-def test_eim_unreachable_for_24_simulated_hours_every_result_arrives_exactly_once() -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="ipae-outage-"))
+def test_eim_unreachable_for_24_simulated_hours_every_result_arrives_exactly_once(workdir: Path) -> None:
     started = time.monotonic()
-    try:
-        out = asyncio.run(_scenario(workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    out = asyncio.run(_scenario(workdir))
     print(f"outage test: {out['pushed']} packages pushed before a 24 h eIM outage; "
           f"{out['failed_posts']} backhaul requests failed during it; caught up "
           f"{out['caught_up_s'] / 3600:.1f} simulated hours after the eIM returned; "
