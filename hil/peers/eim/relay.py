@@ -13,6 +13,7 @@ eUICC responses (minimizeEsipaBytes) are rebuilt to their full form first (`comp
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.backhaul import es9p_client
@@ -50,6 +51,20 @@ def _oid_of(certificate: bytes) -> str | None:
         return rspcrypto.smdp_oid(rspcrypto.load_certificate_der(certificate))
     except rspcrypto.RspCryptoError:
         return None
+
+
+def _in_full(raw: bytes, type_name: str, compact_kind: str,
+             rebuild: Callable[[bytes, Any], bytes | None]) -> tuple[bytes, tuple[str, Any]] | None:
+    """An eUICC response as received, or rebuilt in full (`rebuild`) when it came in its compact
+    form, with its decoded value; None when it does not decode or cannot be rebuilt."""
+    try:
+        decoded = codec.decode(type_name, raw)
+    except DecodeError:
+        return None
+    if decoded[0] != compact_kind:
+        return raw, decoded
+    full = rebuild(raw, decoded[1])
+    return None if full is None else (full, codec.decode(type_name, full))
 
 
 def _es9p_error(exc: GatewayError, errors: dict[tuple[str, str], int], call: str) -> int:
@@ -135,18 +150,12 @@ async def authenticate_client(eim: Eim, value: dict[str, Any]) -> tuple[str, Any
     session = _session(eim, value["transactionId"])
     if session is None:
         return ("authenticateClientErrorEsipa", 10)    # invalidTransactionId
-    raw = value["authenticateServerResponse"]
-    try:
-        kind, response = codec.decode("AuthenticateServerResponse", raw)
-    except DecodeError:
+    known = eim.devices.get(session.eid) if session.eid is not None else None
+    full = _in_full(value["authenticateServerResponse"], "AuthenticateServerResponse", "compactAuthenticateResponseOk",
+                    lambda raw, _: compact.authenticate_server_response(raw, known.certs if known else None))
+    if full is None:
         return ("authenticateClientErrorEsipa", UNDEFINED)
-    if kind == "compactAuthenticateResponseOk":
-        device = eim.devices.get(session.eid) if session.eid is not None else None
-        full = compact.authenticate_server_response(raw, device.certs if device is not None else None)
-        if full is None:
-            return ("authenticateClientErrorEsipa", UNDEFINED)
-        raw = full
-        kind, response = codec.decode("AuthenticateServerResponse", raw)
+    raw, (kind, response) = full
     if kind == "authenticateResponseOk":
         try:
             certs = common.verify_euicc_certificates(response["euiccCertificate"],
@@ -175,16 +184,11 @@ async def get_bound_profile_package(eim: Eim, value: dict[str, Any]) -> tuple[st
     session = _session(eim, value["transactionId"])
     if session is None:
         return ("getBoundProfilePackageErrorEsipa", 95)    # invalidTransactionId
-    raw = value["prepareDownloadResponse"]
-    try:
-        kind, response = codec.decode("PrepareDownloadResponse", raw)
-    except DecodeError:
+    full = _in_full(value["prepareDownloadResponse"], "PrepareDownloadResponse", "compactDownloadResponseOk",
+                    lambda raw, response: compact.prepare_download_response(raw, response, session.transaction_id))
+    if full is None:
         return ("getBoundProfilePackageErrorEsipa", UNDEFINED)
-    if kind == "compactDownloadResponseOk":
-        full = compact.prepare_download_response(raw, response, session.transaction_id)
-        if full is None:
-            return ("getBoundProfilePackageErrorEsipa", UNDEFINED)
-        raw = full
+    raw = full[0]
     try:
         reply = await es9p_client.get_bound_profile_package(
             eim.client(), session.server, es9p.GetBoundProfilePackageRequest(session.transaction_id, raw))
@@ -199,16 +203,12 @@ async def cancel_session(eim: Eim, value: dict[str, Any]) -> tuple[str, Any]:
     session = _session(eim, value["transactionId"])
     if session is None:
         return ("cancelSessionError", 1)    # invalidTransactionId
-    raw = value["cancelSessionResponse"]
-    try:
-        kind, response = codec.decode("CancelSessionResponse", raw)
-    except DecodeError:
+    full = _in_full(value["cancelSessionResponse"], "CancelSessionResponse", "compactCancelSessionResponseOk",
+                    lambda raw, response: compact.cancel_session_response(raw, response, session.transaction_id,
+                                                                          session.smdp_oid))
+    if full is None:
         return ("cancelSessionError", UNDEFINED)
-    if kind == "compactCancelSessionResponseOk":
-        full = compact.cancel_session_response(raw, response, session.transaction_id, session.smdp_oid)
-        if full is None:
-            return ("cancelSessionError", UNDEFINED)
-        raw = full
+    raw = full[0]
     try:
         await es9p_client.cancel_session(
             eim.client(), session.server, es9p.CancelSessionRequest(session.transaction_id, raw))
