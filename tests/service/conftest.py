@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
+from runtime_support import EID
 from service_support import SHIPPED
+
+from gateway.store import AsyncStore
 
 
 @pytest.fixture
@@ -42,3 +45,13 @@ def dropin(etc: Path) -> Callable[[str, str], Path]:
         return path
     return write
 
+
+@pytest.fixture
+async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
+    """A store with the runtime tests' device (runtime_support.EID) registered."""
+    store = await AsyncStore.open(tmp_path / "gw.sqlite3")
+    await store.run(lambda s: s.devices.register(EID, "coap", "dev1", now=1000.0))
+    try:
+        yield store
+    finally:
+        await store.close()

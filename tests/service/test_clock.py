@@ -4,10 +4,7 @@ runtime arms the engine's timers with it, so a simulated clock moves them with i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from runtime_support import EID, RecordingBackhaul, ScriptedEngine
 
 from gateway.clock import SimulatedClock, SystemClock, as_clock
@@ -18,16 +15,6 @@ from gateway.service.runtime import Runtime
 from gateway.store import AsyncStore
 
 DAY = 86400.0
-
-
-@pytest.fixture
-async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
-    store = await AsyncStore.open(tmp_path / "gw.sqlite3")
-    await store.run(lambda s: s.devices.register(EID, "coap", "dev1", now=1000.0))
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def test_a_simulated_clock_fires_its_timers_in_time_order_when_it_jumps_and_never_a_cancelled_one() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,16 +32,6 @@ from gateway.store import AsyncStore, Store, StoreDiskFull
 
 HERE = Path(__file__).resolve().parent
 HELLO = Hello(DeviceStatus(eid=EID, imei="356938035643809"))
-
-
-@pytest.fixture
-async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
-    store = await AsyncStore.open(tmp_path / "gw.sqlite3")
-    await store.run(lambda s: s.devices.register(EID, "coap", "dev1", now=1000.0))
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def test_store_actions_commit_before_the_backhaul_post_and_the_downlink(astore: AsyncStore) -> None:
