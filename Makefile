@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/codec.py --json
 	$(BIN)/python bench/round_trips.py --json
 	$(BIN)/python bench/queue.py --json
+	$(BIN)/python bench/backlog.py --json
 	$(BIN)/python bench/links.py --transport mqtt --devices 100 --rtt-ms 1500 --json
 	$(BIN)/python bench/links.py --transport coap --devices 100 --rtt-ms 1500 --json
 	$(BIN)/python bench/load.py --devices 1000 --json
