@@ -19,7 +19,7 @@ from gateway.core.events import OperatorAction
 from gateway.links.memory import MemoryLink
 from hil.euicc import Faults, PowerLoss
 from hil.pki import RspPki
-from tests.core.driver import ICCID, Peers, make_agent, mid_session, restart_server, running_peers
+from tests.core.driver import ICCID, EngineDriver, Peers, make_agent, mid_session, restart_server, running_peers
 
 SMALL = 1024   # profile size for the matrices: every ES10b command kind, few BPP segments
 
@@ -33,6 +33,20 @@ async def download_error(peers: Peers, eid: bytes) -> dict[str, Any]:
     ((_, result),) = (await peers.one_result_per_package(eid)).items()
     assert result["kind"] == "profileDownloadError", result
     return result
+
+
+async def smdp_gone_after_authenticate_client(peers: Peers) -> tuple[Any, EngineDriver, Any]:
+    """A download whose SM-DP+ stops after AuthenticateClient, run until the engine's request
+    retries (request_backoff: 3 attempts) are spent: (card, driver, agent)."""
+    card = peers.card()
+    driver = peers.driver()
+    await peers.download(card.eid, await peers.order(size=SMALL))
+    driver.after["authenticateClient"] = peers.smdp.stop
+    agent, _ = make_agent(MemoryLink(driver), card)
+    await agent.run_session()
+    for _ in range(6):
+        await driver.advance(120)
+    return card, driver, agent
 
 
 async def test_smdp_refusing_initiate_authentication_ends_with_one_error_and_no_session(pki: RspPki) -> None:
@@ -94,14 +108,7 @@ async def test_smdp_outage_is_retried_with_backoff_then_the_download_completes(p
 
 async def test_smdp_unreachable_until_retries_run_out_cancels_with_reason_timeout(pki: RspPki) -> None:
     async with running_peers(pki) as peers:
-        card = peers.card()
-        driver = peers.driver()
-        await peers.download(card.eid, await peers.order(size=SMALL))
-        driver.after["authenticateClient"] = peers.smdp.stop
-        agent, _ = make_agent(MemoryLink(driver), card)
-        await agent.run_session()
-        for _ in range(6):                                         # request_backoff: 3 attempts
-            await driver.advance(120)
+        card, driver, agent = await smdp_gone_after_authenticate_client(peers)
         assert len([a for a in driver.audits("backhaul") if a.result == "retry"]) >= 2
         await restart_server(peers.smdp)
         await agent.run_session()
@@ -120,14 +127,7 @@ async def test_a_cancellation_the_smdp_cannot_take_waits_as_a_delivery_and_reach
     SM-DP+ down it waits (counted with what waits for the backhaul), retried on backoff, and
     the SM-DP+ hears it exactly once when it returns, hours later."""
     async with running_peers(pki) as peers:
-        card = peers.card()
-        driver = peers.driver()
-        await peers.download(card.eid, await peers.order(size=SMALL))
-        driver.after["authenticateClient"] = peers.smdp.stop
-        agent, _ = make_agent(MemoryLink(driver), card)
-        await agent.run_session()
-        for _ in range(6):                                         # request_backoff: 3 attempts
-            await driver.advance(120)
+        card, driver, agent = await smdp_gone_after_authenticate_client(peers)
         await agent.run_session()                                  # the eUICC cancels; the SM-DP+ is down
         assert not mid_session(card)
         (waiting,) = driver.of(A.BackhaulWaiting)[-1].waiting
