@@ -131,10 +131,13 @@ class BackhaulWaiting:
     """Every delivery of the device now waiting for the backhaul (replaces the set last
     given; empty: none). Emitted when that set changed, in the same list as the SaveSession
     that records it, so the store's one accounting of what waits for the backhaul (the
-    outbox bound and alarm) matches the session blobs across any crash."""
+    outbox bound and alarm) matches the session blobs across any crash. `previous` is the set
+    this session last named, so the store writes only what changed; None (a new or restored
+    session, which cannot know what the store holds): replace whatever is there."""
 
     eid: bytes
     waiting: tuple[Waiting, ...]
+    previous: tuple[Waiting, ...] | None = None
 
 
 @serial.register

@@ -213,7 +213,7 @@ class DeviceSession:
         if now_waiting != waiting or not self.waiting_named:
             # a new or restored session names its set once: whatever the store held for this EID
             # before (a session dropped after a failed step, an older schema) is replaced
-            store.append(A.BackhaulWaiting(self.eid, now_waiting))
+            store.append(A.BackhaulWaiting(self.eid, now_waiting, waiting if self.waiting_named else None))
             self.waiting_named = True
         return store + [A.SaveSession(self.eid, self.state_name, self.to_blob())] + rest
 

@@ -318,7 +318,7 @@ class Runtime:
             if isinstance(a, SaveSession):
                 s.sessions.put(a.eid, a.state_name, a.blob, now=now)
             elif isinstance(a, BackhaulWaiting):
-                s.deliveries.replace(a.eid, a.waiting, now=now)
+                s.deliveries.replace(a.eid, a.waiting, now=now, previous=a.previous)
             elif isinstance(a, MarkInbox):
                 _mark_inbox(s, a, now)
             else:

@@ -52,21 +52,34 @@ class Deliveries:
     def __init__(self, db: Db) -> None:
         self._db = db
 
-    def replace(self, eid: bytes, waiting: Sequence[Waiting], *, now: float) -> None:
+    def replace(self, eid: bytes, waiting: Sequence[Waiting], *, now: float,
+                previous: Sequence[Waiting] | None = None) -> None:
         """The device's waiting deliveries are now exactly `waiting` (a row keeps its first
-        `created_at`: its age in the queue)."""
+        `created_at`: its age in the queue). Given `previous`, the set last written for this EID,
+        only the rows that changed are written (a result acknowledged out of ten waiting: one
+        DELETE, not ten upserts)."""
+        if previous is not None:
+            before = {w.key: w for w in previous}
+            gone = before.keys() - {w.key for w in waiting}
+            changed = [w for w in waiting if before.get(w.key) != w]
+        else:
+            changed = list(waiting)
         with self._db.atomic(f"record deliveries of {eid.hex()} waiting for the backhaul") as conn:
-            keys = [w.key for w in waiting]
-            conn.execute(f"DELETE FROM deliveries WHERE eid = ? AND key NOT IN ({', '.join('?' * len(keys))})",
-                         (eid, *keys))
-            conn.executemany(
-                "INSERT INTO deliveries (eid, key, kind, server, function, size, state, attempts, next_attempt_at,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (eid, key) DO UPDATE"
-                " SET kind = excluded.kind, server = excluded.server, function = excluded.function,"
-                " size = excluded.size, state = excluded.state, attempts = excluded.attempts,"
-                " next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
-                [(eid, w.key, w.kind, w.server, w.function, w.size, w.state, w.attempts, w.next_at, now, now)
-                 for w in waiting])
+            if previous is None:
+                keys = [w.key for w in waiting]
+                conn.execute(f"DELETE FROM deliveries WHERE eid = ? AND key NOT IN ({', '.join('?' * len(keys))})",
+                             (eid, *keys))
+            elif gone:
+                conn.executemany("DELETE FROM deliveries WHERE eid = ? AND key = ?", [(eid, k) for k in gone])
+            if changed:
+                conn.executemany(
+                    "INSERT INTO deliveries (eid, key, kind, server, function, size, state, attempts, next_attempt_at,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (eid, key) DO UPDATE"
+                    " SET kind = excluded.kind, server = excluded.server, function = excluded.function,"
+                    " size = excluded.size, state = excluded.state, attempts = excluded.attempts,"
+                    " next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
+                    [(eid, w.key, w.kind, w.server, w.function, w.size, w.state, w.attempts, w.next_at, now, now)
+                     for w in changed])
 
     def list(self, server: str | None = None, *, limit: int = -1) -> list[WaitingDelivery]:
         """Oldest first."""

@@ -37,15 +37,17 @@ def test_every_change_of_the_waiting_deliveries_is_named_with_the_session_that_r
     assert {k for k, at in timers.items() if at is not None} == {
         name.split(":", 2)[2] for name in session.retries}   # the one still on its backoff timer
     sent = results(out)
+    before = changed.waiting
     out = eng.handle(E.BackhaulAnswered(EID, now + 40.2, sent[0].request_id, ACCEPTED))
     (changed,) = waiting_of(out)
     assert len(changed.waiting) == 2           # acknowledged: it waits no more
+    assert changed.previous == before          # what the store holds, so it writes only the change
     # a restart names the whole set again (a database upgraded under waiting deliveries, too)
     blob = [a for a in out if isinstance(a, A.SaveSession)][-1].blob
     restarted = Engine(EngineConfig(eims=(EIM,), seed=3, poll_interval_s=POLL_EVERY))
     restarted.restore(EID, blob)
     (again,) = waiting_of(restarted.resume(now + 41))
-    assert again == changed
+    assert again == A.BackhaulWaiting(EID, changed.waiting, previous=None)   # cannot know what the store holds
     # the operator forgets the device: nothing of it waits any more
     out = restarted.handle(E.OperatorAction(EID, now + 42, E.OPERATOR_FORGET))
     assert waiting_of(out) == [A.BackhaulWaiting(EID, ())]

@@ -6,6 +6,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.core.retry import BackoffPolicy, BreakerPolicy, BreakerState, CircuitBreaker, CircuitOpen
 from gateway.core.actions import Waiting
@@ -211,3 +213,26 @@ def test_the_engines_waiting_deliveries_count_in_the_same_bound_as_outbox_entrie
     with Store.open(db_path, StoreOptions(outbox_limits=limits)) as s:
         s.deliveries.replace(eid, [], now=7.0)
         assert (s.outbox.usage().entries, s.outbox.usage().payload_bytes) == (2, 11)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 3)), max_size=6), min_size=1, max_size=6))
+def test_writing_only_the_change_from_the_previous_set_leaves_what_a_full_replace_leaves(
+        tmp_path_factory: pytest.TempPathFactory, steps: list[list[tuple[str, int]]]) -> None:
+    eid = bytes.fromhex("89049032123451234512345678901235")
+    folder = tmp_path_factory.mktemp("delta")
+
+    def as_set(step: list[tuple[str, int]]) -> list[Waiting]:
+        unique = dict(step)
+        return [Waiting(k, "result", "eim1", "ProvideEimPackageResult", 100 + n, "SENDING", n, None)
+                for k, n in unique.items()]
+
+    with Store.open(folder / "delta.db") as delta, Store.open(folder / "full.db") as full:
+        previous: list[Waiting] = []
+        for now, step in enumerate(steps, start=1):
+            waiting = as_set(step)
+            delta.deliveries.replace(eid, waiting, now=float(now), previous=previous)
+            full.deliveries.replace(eid, waiting, now=float(now))
+            previous = waiting
+            assert delta.deliveries.list() == full.deliveries.list()
+            assert delta.outbox.usage() == full.outbox.usage()
