@@ -9,7 +9,11 @@ leaves through `translate()` as a StoreError subclass, and after any failure the
 back in autocommit with nothing half-written: what was committed before stays committed.
 
 `synchronous=FULL`: a commit is on disk when it returns, across a power cut too (the gateway
-answers an eIM push only after the package is committed).
+answers an eIM push only after the package is committed). That fsync is the price of a commit,
+so `Db.atomic_each()` lets independent units of work share one: each unit runs in a SAVEPOINT
+of one transaction and succeeds or fails on its own (a failing unit is rolled back to its
+savepoint, the others stay), and one COMMIT makes them all durable. Each unit learns its own
+outcome only after that commit, so "persist before acknowledge" holds for every one of them.
 """
 
 from __future__ import annotations
@@ -18,15 +22,25 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from gateway.store.errors import StoreError, StoreIOError, StoreReadOnly, StoreUnavailable, translate
 
 log = logging.getLogger(__name__)
 
 Params = Sequence[Any]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    """What one unit of a group commit came to: its value once committed, or its error."""
+
+    value: T | None = None
+    error: Exception | None = None
 
 
 def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
@@ -117,6 +131,61 @@ class Db:
             raise self._translate(exc, f"{action} (commit)") from exc
         finally:
             self._depth = 0
+
+    def atomic_each(self, units: Sequence[Callable[[], T]], action: str = "transaction") -> list[Outcome[T]]:
+        """Run independent units of work in as few transactions as they allow, one SAVEPOINT each.
+
+        A unit that raises is undone alone. If SQLite abandons the whole transaction under a unit
+        (a full disk, an I/O error), the units already done in it share its error and the rest go
+        on in a new transaction. If the COMMIT fails, every unit riding on it gets that error.
+        """
+        if self._depth:
+            raise StoreError(f"{action}: a group of units cannot run inside an open transaction")
+        outcomes: list[Outcome[T] | None] = [None] * len(units)
+        start = 0
+        while start < len(units):
+            start = self._one_group(units, start, outcomes, action)
+        return [o if o is not None else Outcome(error=StoreError(f"{action}: not run")) for o in outcomes]
+
+    def _one_group(self, units: Sequence[Callable[[], T]], start: int, outcomes: list[Outcome[T] | None],
+                   action: str) -> int:
+        """One transaction over units[start:]; returns where the next one must start."""
+        try:
+            self._run("BEGIN IMMEDIATE", action)
+        except StoreError as refused:
+            for i in range(start, len(units)):
+                outcomes[i] = Outcome(error=refused)
+            return len(units)
+        self._depth = 1
+        riding: list[int] = []
+        try:
+            for i in range(start, len(units)):
+                try:
+                    self.conn.execute("SAVEPOINT unit")
+                    value = units[i]()
+                    self.conn.execute("RELEASE unit")
+                except Exception as exc:
+                    err = self._translate(exc, action) if isinstance(exc, sqlite3.Error) else exc
+                    outcomes[i] = Outcome(error=err)
+                    if not self.conn.in_transaction:
+                        for j in riding:
+                            outcomes[j] = Outcome(error=err)
+                        return i + 1
+                    self._quiet("ROLLBACK TO unit")
+                    self._quiet("RELEASE unit")
+                    continue
+                riding.append(i)
+                outcomes[i] = Outcome(value)
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                lost = self._translate(exc, f"{action} (commit)")
+                for j in riding:
+                    outcomes[j] = Outcome(error=lost)
+            return len(units)
+        finally:
+            self._depth = 0
+            self._rollback()
 
     def execute(self, sql: str, params: Params = (), *, action: str) -> sqlite3.Cursor:
         """One statement, its sqlite3 errors translated; joins the open transaction if any."""

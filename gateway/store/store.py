@@ -18,16 +18,18 @@ across restarts and reboots, which a monotonic clock cannot do.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from gateway.store.audit import AuditLog
 from gateway.core.retry import BackoffPolicy
-from gateway.store.connection import Db, connect
+from gateway.store.connection import Db, Outcome, connect
 from gateway.store.deliveries import Deliveries
 from gateway.store.devices import Devices
 from gateway.store.errors import StoreCorrupt, translate
@@ -37,6 +39,9 @@ from gateway.store.outbox import Outbox, OutboxLimits
 from gateway.store.policy_state import PolicyStates
 from gateway.store.schema import MIGRATIONS
 from gateway.store.sessions import Sessions
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,11 @@ class Store:
         """One unit of work: every store call inside commits together or not at all."""
         with self._db.atomic("store transaction"):
             yield
+
+    def transaction_each(self, units: Sequence[Callable[[Store], T]]) -> list[Outcome[T]]:
+        """Independent units of work sharing one commit (one fsync), each atomic on its own
+        (see Db.atomic_each): what the async facade does with the steps of many devices."""
+        return self._db.atomic_each([functools.partial(fn, self) for fn in units], "store transaction")
 
     def stats(self) -> dict[str, int]:
         """Row counts and file sizes for the metrics endpoint."""
