@@ -17,7 +17,8 @@ The eIM is a stand-in: bench/queue.py's receiver in its own process (HTTP on 127
 answering 204 to every ESipa POST: an accepted result, an empty poll), reached by a plain-HTTP
 `Backhaul` (HTTPS and the real eIM peer's signature checks are not what is measured here).
 Figures: queued (results waiting at the end of the fill), fill_per_s, drain_per_s (results
-acknowledged per second; target >= 2,000), db_mb (database + WAL after the fill). Each result
+acknowledged per second; target >= 2,000), db_mb (database + WAL after the fill),
+drain_commits and units_per_commit (engine steps per group commit during the drain). Each result
 costs an engine step, a committed transaction (fsync) and an HTTP request when it is sent and
 again when it is acknowledged, and a device whose uplink still waits polls the eIM after each
 acknowledged result: the default 20,000 results take minutes to fill on a small machine.
@@ -130,7 +131,9 @@ async def run(workdir: Path, port: int, devices: int, per_device: int, concurren
         before = await astore.run(lambda s: s.outbox.usage())
         size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
 
+        print(f"filled in {fill_s:.1f} s; draining", file=sys.stderr, flush=True)
         eim.up = True
+        groups, units = astore.groups, astore.grouped_units
         t0 = time.perf_counter()
         await wake_all(runtime, devices, concurrency)
         while True:
@@ -139,6 +142,7 @@ async def run(workdir: Path, port: int, devices: int, per_device: int, concurren
                 break
             await asyncio.sleep(0.05)
         drain_s = time.perf_counter() - t0
+        commits, units = astore.groups - groups, astore.grouped_units - units
         await runtime.close()
         async with http.get(f"http://127.0.0.1:{port}/stats") as resp:
             peer = await resp.json()
@@ -146,7 +150,8 @@ async def run(workdir: Path, port: int, devices: int, per_device: int, concurren
             "fill_per_s": round(before.entries / fill_s), "fill_s": round(fill_s, 2),
             "db_mb": round(size / 1e6, 2), "outbox_level_full": before.level,
             "drained": eim.delivered, "drain_per_s": round(eim.delivered / drain_s), "drain_s": round(drain_s, 2),
-            "left_in_outbox": usage.entries, "peer_received": peer["received"],
+            "left_in_outbox": usage.entries, "drain_commits": commits,
+            "units_per_commit": round(units / max(commits, 1), 1), "peer_received": peer["received"],
             "drain_target_per_s": TARGET_DRAIN_PER_S,
             "drain_target_met": eim.delivered / drain_s >= TARGET_DRAIN_PER_S and usage.entries == 0,
             "rearm_in_flight": engine.config.rearm_in_flight, "journal": "WAL, synchronous=FULL",

@@ -19,6 +19,12 @@ pki.directory except through pki.write_euicc(eid).
 
 from __future__ import annotations
 
+import os
+
+# every engine blob written by the tests (in this process and the gateways they start) is checked
+# to hold only what can be read back (gateway.core.serial); production skips that walk
+os.environ["IPAE_CHECK_BLOBS"] = "1"
+
 import shutil
 import subprocess
 import tempfile

@@ -61,7 +61,7 @@ class DeviceSession:
         self.work: Part | None = None                   # the procedure's calls not yet sent
         self.replies: list[Reply] = []                  # replies gathered over split batches
         self.deliveries: dict[str, dict[str, Any]] = {}
-        self.waiting_named = False      # BackhaulWaiting emitted since this object was made (not in the blob)
+        self.named: tuple[A.Waiting, ...] | None = None   # the set last named in BackhaulWaiting (not in the blob)
         self.requests: dict[str, dict[str, Any]] = {}   # request id -> request record
         self.let_go: dict[str, str] = {}                # request id let go of in flight -> why
         self.retries: dict[str, dict[str, Any]] = {}    # timer name -> request record waiting
@@ -188,7 +188,6 @@ class DeviceSession:
         """One event. `hold`: take no new work that would add to what waits for the backhaul
         (see Turn.hold)."""
         out: list[A.Action] = []
-        waiting = self.waiting()
         ctx = _Turn(self, config, rand, event.now, out, hold)
         if isinstance(event, DeviceHello):
             ctx.on_hello(event.status)
@@ -210,17 +209,17 @@ class DeviceSession:
         store = [a for a in out if isinstance(a, A.STORE_ACTIONS)]
         rest = [a for a in out if not isinstance(a, A.STORE_ACTIONS)]
         now_waiting = self.waiting()
-        if now_waiting != waiting or not self.waiting_named:
-            # a new or restored session names its set once: whatever the store held for this EID
-            # before (a session dropped after a failed step, an older schema) is replaced
-            store.append(A.BackhaulWaiting(self.eid, now_waiting, waiting if self.waiting_named else None))
-            self.waiting_named = True
+        if now_waiting != self.named:
+            # a new or restored session names its set once with no `previous`: whatever the store
+            # held for this EID before (a session dropped after a failed step, an older schema) is replaced
+            store.append(A.BackhaulWaiting(self.eid, now_waiting, self.named))
+            self.named = now_waiting
         return store + [A.SaveSession(self.eid, self.state_name, self.to_blob())] + rest
 
     def resume(self, now: float) -> list[A.Action]:
         """After a restart: send again what was in flight, arm the timers again."""
-        out: list[A.Action] = [A.BackhaulWaiting(self.eid, self.waiting())]
-        self.waiting_named = True
+        self.named = self.waiting()
+        out: list[A.Action] = [A.BackhaulWaiting(self.eid, self.named)]
         self.uplink_pending = False
         for rid, rec in self.requests.items():
             out.append(post_action(self, rid, rec))

@@ -64,9 +64,19 @@ def test_a_dataclass_is_a_tagged_name_and_field_map() -> None:
     {1, 2}, frozenset({1}), bytearray(b"x"), datetime.datetime(2026, 1, 1), datetime.date(2026, 1, 1),
     decimal.Decimal("1.5"), uuid.UUID(int=1), cbor2.CBORTag(5, 1), complex(1, 2), cbor2.undefined, object(),
 ])
-def test_values_loads_could_not_give_back_are_refused_when_written(value: Any) -> None:
+def test_values_loads_could_not_give_back_are_refused_when_written_with_checks_on(value: Any) -> None:
+    assert serial.CHECK_TYPES      # tests/conftest.py turns the checks on for the whole suite
     with pytest.raises(LocalProtocolError, match="cannot serialise a"):
         serial.dumps({"inside": [value]})
+
+
+@pytest.mark.parametrize("value", [{1, 2}, datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+                                   uuid.UUID(int=1), cbor2.CBORTag(4, [1, 2])])
+def test_without_the_checks_such_a_value_is_refused_when_read_back(monkeypatch: pytest.MonkeyPatch, value: Any) -> None:
+    monkeypatch.setattr(serial, "CHECK_TYPES", False)
+    blob = serial.dumps({"inside": [value]})
+    with pytest.raises(DecodeError, match="engine blob"):
+        serial.loads(blob)
 
 
 def test_an_unregistered_dataclass_is_refused() -> None:
