@@ -19,9 +19,10 @@ answering 204 to every ESipa POST: an accepted result, an empty poll), reached b
 Figures: queued (results waiting at the end of the fill), fill_per_s, drain_per_s (results
 acknowledged per second; target >= 2,000), db_mb (database + WAL after the fill),
 drain_commits and units_per_commit (engine steps per group commit during the drain). Each result
-costs an engine step, a committed transaction (fsync) and an HTTP request when it is sent and
+costs an engine step, a unit of work in a group commit (AsyncStore.atomic: the steps queued
+while one commit waits for the disk share the next) and an HTTP request when it is sent and
 again when it is acknowledged, and a device whose uplink still waits polls the eIM after each
-acknowledged result: the default 20,000 results take minutes to fill on a small machine.
+acknowledged result: the default 20,000 results take a minute or two to fill on a small machine.
 """
 
 from __future__ import annotations
