@@ -145,6 +145,9 @@ class Runtime:
         self._idle.set()
         self.draining = False
         self._holding = False
+        # deliveries named by steps decided but not yet committed (entries, bytes): the engine
+        # decides the next device's step before this one's commit returns, so the hold looks ahead
+        self._uncommitted = (0, 0)
 
     # --- device links --------------------------------------------------------------------
 
@@ -295,7 +298,12 @@ class Runtime:
         stored = [a for a in actions if isinstance(a, STORE_ACTIONS)]
         queued = 0
         if stored or contact is not None:
-            queued, usage = await self.astore.atomic(lambda s: self._apply_store(s, stored, now, contact))
+            growth = _growth(stored)
+            self._look_ahead(growth)
+            try:
+                queued, usage = await self.astore.atomic(lambda s: self._apply_store(s, stored, now, contact))
+            finally:
+                self._look_ahead((-growth[0], -growth[1]))
             self.note_backlog(usage)
         if queued and self.on_queued is not None:
             self.on_queued()
@@ -341,20 +349,37 @@ class Runtime:
         with a retryable error (503 Retry-After): the eIM and the eUICCs keep what is new, and
         nothing stored is dropped. Work already running finishes and its messages are kept, so
         the backlog may pass the bound by what was in progress. New work is taken again once the
-        backlog is back under the alarm ratio (not merely under the bound: no flapping)."""
+        backlog is back under the alarm ratio (not merely under the bound: no flapping). The hold
+        looks ahead: what steps decided but not yet committed add (never subtract: an
+        acknowledgement counts once committed) is counted as if already there, so the devices
+        stepping while a group commit waits for the disk cannot all start new work on a stale
+        count."""
         before = self.backlog
         self.backlog = usage
         level = usage.level
-        holding = level == "full" or (level == "alarm" and self.holding)
-        self.engine.hold_new_work = holding
-        self._holding = holding
+        self._hold()
         m = self.metrics
         m.queue_depth.set(usage.entries, queue="outbox")
         m.queue_bytes.set(usage.payload_bytes)
         m.outbox_level.set({"ok": 0, "alarm": 1, "full": 2}[level])
-        m.holding_new_work.set(1 if holding else 0)
         if (before is None or before.level != level) and self.on_backlog is not None:
             self.on_backlog(usage)
+
+    def _look_ahead(self, growth: tuple[int, int]) -> None:
+        """Count a step's growth of the backlog from its decision to its commit (see note_backlog):
+        the steps of other devices decided meanwhile see the bound the commits will reach."""
+        self._uncommitted = (self._uncommitted[0] + growth[0], self._uncommitted[1] + growth[1])
+        self._hold()
+
+    def _hold(self) -> None:
+        if self.backlog is None:
+            return
+        ahead = OutboxUsage(self.backlog.entries + self._uncommitted[0],
+                            self.backlog.payload_bytes + self._uncommitted[1], self.backlog.limits).level
+        holding = ahead == "full" or (ahead == "alarm" and self._holding)
+        self.engine.hold_new_work = holding
+        self._holding = holding
+        self.metrics.holding_new_work.set(1 if holding else 0)
 
     @property
     def holding(self) -> bool:
@@ -609,6 +634,18 @@ def _mark_inbox(s: Store, a: MarkInbox, now: float) -> None:
         s.inbox.requeue(entry_id, now=now)
     else:
         raise DecodeError(f"unknown inbox state {a.state!r} from the engine", type_name="MarkInbox")
+
+
+def _growth(stored: list[SaveSession | BackhaulWaiting | MarkInbox | Audit]) -> tuple[int, int]:
+    """What a step adds to the deliveries waiting for the backhaul (entries, bytes), at least 0;
+    a set named without `previous` replaces an unknown one: all of it is counted."""
+    entries = size = 0
+    for a in stored:
+        if isinstance(a, BackhaulWaiting):
+            before = a.previous or ()
+            entries += max(len(a.waiting) - len(before), 0)
+            size += max(sum(w.size for w in a.waiting) - sum(w.size for w in before), 0)
+    return entries, size
 
 
 def _origin(origin: str) -> tuple[str | None, bytes | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from runtime_support import BATCH, EID, RecordingBackhaul, ScriptedEngine, commi
 from gateway.core.actions import (
     Action,
     Audit,
+    BackhaulWaiting,
     MarkInbox,
     PostEs9,
     PostEsipa,
@@ -21,6 +23,7 @@ from gateway.core.actions import (
     SendBatch,
     StaleAnswer,
     StartTimer,
+    Waiting,
 )
 from gateway.core.engine import EimEndpoint, Engine, EngineConfig
 from gateway.core.events import BackhaulAnswered, BackhaulFailed, DeviceHello, EimPackageReceived, Event, TimerFired
@@ -28,7 +31,7 @@ from gateway.errors import NetworkError, RemoteProtocolError
 from gateway.links.protocol import BatchMsg, DeviceStatus, ErrorCode, ErrorMsg, Hello, Idle
 from gateway.service.runtime import Runtime, RuntimeOptions, iccid_digits, profile_change
 from gateway.spec import codec
-from gateway.store import AsyncStore, Store, StoreDiskFull
+from gateway.store import AsyncStore, OutboxLimits, Store, StoreDiskFull, StoreOptions
 
 HERE = Path(__file__).resolve().parent
 HELLO = Hello(DeviceStatus(eid=EID, imei="356938035643809"))
@@ -303,3 +306,47 @@ async def test_an_answer_the_engine_let_go_of_is_counted_by_reason_and_nothing_e
     assert runtime.metrics.stale_answers.get(reason="acknowledged") == 1
     assert runtime.metrics.errors.get(kind="downlink-without-uplink") == 0 and len(backhaul.posts) == 1
     assert "ipae_gateway_stale_answers_total" in runtime.metrics.registry.render()
+
+
+async def test_the_hold_counts_what_steps_add_to_the_backlog_before_their_commit_returns(tmp_path: Path) -> None:
+    """The engine decides the next device's step while this one's commit waits for the disk (a
+    group commit): the hold on new work must see the deliveries those steps add, not the last
+    committed count, or every device stepping meanwhile starts new work past the bound."""
+    def waiting(*keys: str) -> tuple[Waiting, ...]:
+        return tuple(Waiting(k, "result", "eim.test", "ProvideEimPackageResult", 10, "WAITING", 1, None) for k in keys)
+
+    steps = {"grow": BackhaulWaiting(EID, waiting("a", "b", "c", "d"), previous=()),
+             "ack": BackhaulWaiting(EID, waiting(), previous=waiting("a", "b", "c", "d"))}
+
+    def script(event: Event) -> list[Action]:
+        assert isinstance(event, TimerFired)
+        return [steps[event.name], SaveSession(EID, event.name, b"")]
+
+    limits = OutboxLimits(max_entries=4, max_bytes=1 << 20, alarm_ratio=0.5)
+    async with await AsyncStore.open(tmp_path / "gw.sqlite3", StoreOptions(outbox_limits=limits)) as astore:
+        engine = ScriptedEngine(script)
+        engine.hold_new_work = False  # type: ignore[attr-defined]
+        runtime = Runtime(engine, astore, RecordingBackhaul(), clock=lambda: 2000.0)
+        runtime.note_backlog(await astore.run(lambda s: s.outbox.usage()))
+        release, started = threading.Event(), threading.Event()
+
+        def busy(s: Store) -> None:
+            started.set()
+            release.wait(10)
+
+        held = asyncio.ensure_future(astore.run(busy))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        step = asyncio.ensure_future(runtime.feed(TimerFired(EID, 2000.0, "grow")))
+        await asyncio.sleep(0.05)
+        assert not step.done()                                  # its commit waits behind the busy store
+        assert runtime.backlog is not None and runtime.backlog.entries == 0
+        assert engine.hold_new_work and runtime.holding  # type: ignore[attr-defined]
+        release.set()
+        await held
+        await step
+        assert runtime.backlog.entries == 4 and runtime.holding     # committed: full, still held
+        # an acknowledgement frees room only once it is committed, and the hold ends under the alarm ratio
+        await runtime.feed(TimerFired(EID, 2001.0, "ack"))
+        assert runtime.backlog.entries == 0 and not runtime.holding
+        assert not engine.hold_new_work  # type: ignore[attr-defined]
+        await runtime.close()
