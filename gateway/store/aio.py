@@ -105,10 +105,14 @@ class AsyncStore:
     @staticmethod
     def _answer(queued: list[tuple[Callable[[Store], Any], asyncio.Future[Any]]],
                 outcomes: list[Outcome[Any]]) -> None:
+        """One wake-up per event loop for the whole group, not one per caller."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome[Any]]]] = {}
         for (_, future), outcome in zip(queued, outcomes, strict=True):
+            by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+        for loop, answers in by_loop.items():
             try:
-                future.get_loop().call_soon_threadsafe(_settle, future, outcome)
-            except RuntimeError:    # its event loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_settle, answers)
+            except RuntimeError:    # that event loop is closed: nobody is waiting any more
                 pass
 
     async def close(self) -> None:
@@ -125,10 +129,11 @@ class AsyncStore:
         await self.close()
 
 
-def _settle(future: asyncio.Future[Any], outcome: Outcome[Any]) -> None:
-    if future.done():
-        return
-    if outcome.error is not None:
-        future.set_exception(outcome.error)
-    else:
-        future.set_result(outcome.value)
+def _settle(answers: list[tuple[asyncio.Future[Any], Outcome[Any]]]) -> None:
+    for future, outcome in answers:
+        if future.done():
+            continue
+        if outcome.error is not None:
+            future.set_exception(outcome.error)
+        else:
+            future.set_result(outcome.value)
