@@ -220,7 +220,9 @@ def test_a_bare_cgla_answer_counts_only_when_the_driver_asks_for_it() -> None:
 
 
 _BARE_URCS = st.sampled_from(["+CEREG: 1,5", "RING", "RDY", "SMS DONE", "PB DONE", "+CPIN: READY"])
-_SESSION_TEXT = st.from_regex(r'"?[0-9A-Fa-f]{1,32}"?', fullmatch=True) | st.text(max_size=40)
+# one line of text: a line break would make it two lines of the reply, which is another test's matter
+_SESSION_TEXT = st.from_regex(r'"?[0-9A-Fa-f]{1,32}"?', fullmatch=True) \
+    | st.text(st.characters(blacklist_characters="\r\n"), max_size=40)
 
 
 @settings(max_examples=300, deadline=None)
