@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -58,15 +59,19 @@ def test_a_failing_unit_is_undone_alone_and_the_others_commit(store: Store) -> N
 
 
 def test_units_of_one_group_share_one_transaction(store: Store) -> None:
-    seen: list[bool] = []
+    other = sqlite3.connect(store.path)     # a second reader sees only what is committed
+    seen: list[tuple[int, int]] = []
 
     def probe(s: Store) -> None:
-        seen.append(s._db.conn.in_transaction)
+        committed = other.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        seen.append((s.outbox.usage().entries, committed))
         s.outbox.enqueue(SERVER, f"p{len(seen)}", "r", b"x", now=1.0)
 
     store.transaction_each([probe, probe, probe])
-    assert seen == [True, True, True]
-    # the second and third unit saw the first's write before any COMMIT: one transaction
+    # each unit saw the writes of those before it, none of them committed yet: one transaction
+    assert seen == [(0, 0), (1, 0), (2, 0)]
+    assert other.execute("SELECT count(*) FROM outbox").fetchone()[0] == 3     # one COMMIT for all
+    other.close()
     assert stored(store) == ["p1", "p2", "p3"]
 
 
